@@ -1,0 +1,1 @@
+"""Shoal detectors: indicator index, vectorised matchers, behavioural detectors, confirmation."""

@@ -1,0 +1,1 @@
+"""One module per ``shoal`` sub-command; each defines ``register(subparsers)`` and sets ``func``."""
