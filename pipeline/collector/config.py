@@ -1,0 +1,246 @@
+"""Typed collector configuration: defaults < TOML file < ``SHOAL_COLLECT__SECTION__KEY`` env < CLI.
+
+One frozen tree validated once at start-up, so a typo in a file or a variable fails loudly before any
+socket is opened instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SHOAL_COLLECT__"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A listening address: ``HOST:PORT``, IPv6 hosts in brackets (``[::1]:4739``)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"listen address {text!r} is not HOST:PORT")
+        host = host.strip("[]") or "0.0.0.0"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"listen address {text!r}: host must be an IP address") from None
+        if not 0 <= int(port) <= 65535:
+            raise ConfigError(f"listen address {text!r}: port out of range")
+        return cls(host, int(port))
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ReceiveConfig:
+    listen: tuple[str, ...] = ()
+    rcvbuf_bytes: int = 32 * 1024 * 1024
+    """SO_RCVBUF asked for each socket (the kernel caps it at net.core.rmem_max unless root)."""
+    recv_batch: int = 256
+    """Datagrams fetched per recvmmsg call."""
+    max_datagram: int = 65535
+    """Receive buffer per datagram; larger datagrams are truncated and counted, never decoded."""
+    allow_exporters: tuple[str, ...] = ()
+    """Exporter CIDRs accepted; empty accepts everyone. Others are dropped and counted."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_rows: int = 65536
+    max_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class ParquetConfig:
+    dir: str = ""
+    roll_seconds: float = 300.0
+    roll_bytes: int = 256 * 1024 * 1024
+    compression: str = "zstd"
+    compression_level: int = 3
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Bounded memory for batches a failing sink could not take."""
+
+    max_rows: int = 2_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    retry_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""
+    max_exporters: int = 64
+    """Distinct exporter label values per metric; the rest are folded into ``other``."""
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    receive: ReceiveConfig = field(default_factory=ReceiveConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    parquet: ParquetConfig = field(default_factory=ParquetConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    decoder: Mapping[str, Any] = field(default_factory=dict)
+    """Passed as keyword arguments to ``pipeline.decode.DecoderConfig`` (template TTL, limits...)."""
+    state_file: str = ""
+    """Where templates and sampling state persist across restarts; default ``<parquet dir>/.shoal/``."""
+
+    def validate(self) -> CollectorConfig:
+        r, b, p, buf, m = self.receive, self.batch, self.parquet, self.buffer, self.metrics
+        if not r.listen:
+            raise ConfigError("receive.listen: at least one HOST:PORT is needed")
+        for text in r.listen:
+            Endpoint.parse(text)
+        for cidr in r.allow_exporters:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"receive.allow_exporters: {cidr!r} is not a CIDR") from None
+        checks = [
+            (r.rcvbuf_bytes >= 4096, "receive.rcvbuf_bytes must be >= 4096"),
+            (1 <= r.recv_batch <= 4096, "receive.recv_batch must be in 1..4096"),
+            (512 <= r.max_datagram <= 65535, "receive.max_datagram must be in 512..65535"),
+            (b.max_rows >= 1, "batch.max_rows must be >= 1"),
+            (b.max_seconds > 0, "batch.max_seconds must be > 0"),
+            (p.roll_seconds > 0, "parquet.roll_seconds must be > 0"),
+            (p.roll_bytes >= 1024, "parquet.roll_bytes must be >= 1024"),
+            (p.compression in {"zstd", "snappy", "gzip", "lz4", "none"}, "parquet.compression unknown"),
+            (buf.max_rows >= 0 and buf.max_bytes >= 0, "buffer limits must be >= 0"),
+            (buf.retry_seconds > 0, "buffer.retry_seconds must be > 0"),
+            (m.max_exporters >= 1, "metrics.max_exporters must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if m.listen:
+            Endpoint.parse(m.listen)
+        return self
+
+    def state_path(self) -> Path | None:
+        if self.state_file:
+            return Path(self.state_file)
+        if self.parquet.dir:
+            return Path(self.parquet.dir) / ".shoal" / "decoder-state"
+        return None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert one value against a dataclass field type (strings come from the environment)."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, str):
+            if value.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ConfigError(f"{where}: expected a boolean")
+            return value.lower() in {"1", "true", "yes"}
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a boolean")
+        return value
+    if hint in (int, float):
+        try:
+            converted = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+        if isinstance(value, bool) or (hint is int and isinstance(value, float) and value != converted):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return converted
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        return value
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown setting {where}{key!r}")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: expected a table")
+            kwargs[name] = _build(hint, value, f"{where}{key}.")
+        elif typing.get_origin(hint) is Mapping or hint is Mapping:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: expected a table")
+            kwargs[name] = types.MappingProxyType(dict(value))
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``SHOAL_COLLECT__BATCH__MAX_ROWS=1000`` -> ``{"batch": {"max_rows": "1000"}}``."""
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> CollectorConfig:
+    """Read the TOML file (optional), apply environment then explicit overrides, validate."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    data = _merge(data, overrides or {})
+    return _build(CollectorConfig, data, "").validate()

@@ -1,0 +1,204 @@
+"""Failure handling for ANY sink: bounded in-memory buffering, counted drops, automatic recovery.
+
+A sink raising :class:`SinkError` (disk full, permission, broker away) must not stop the collector nor
+grow memory without bound. :class:`BufferedSink` keeps failed batches in order up to a row and byte
+budget, drops the oldest beyond it (counted in ``shoal_sink_dropped_rows_total``), and retries the
+backlog before new data, no more often than ``retry_seconds``. Metrics for every wrapped sink share
+one set of families per registry, labelled by sink name.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import weakref
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pipeline.metrics import NAMESPACE
+from pipeline.sinks.base import Sink, SinkError
+
+log = logging.getLogger(__name__)
+
+
+class SinkMetrics:
+    """One set of sink metric families per registry (several sinks share it through the label)."""
+
+    _per_registry: weakref.WeakKeyDictionary[CollectorRegistry, SinkMetrics] = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        kw = {"namespace": NAMESPACE, "registry": registry, "labelnames": ["sink"]}
+        self.batches = Counter("sink_batches_written", "Batches accepted by the sink", **kw)
+        self.rows = Counter("sink_rows_written", "Flow rows accepted by the sink", **kw)
+        self.bytes = Counter("sink_bytes_written", "Arrow bytes of the batches accepted by the sink", **kw)
+        self.errors = Counter("sink_errors", "Writes or flushes the sink refused (SinkError)", **kw)
+        self.dropped_rows = Counter(
+            "sink_dropped_rows", "Flow rows dropped because the failure buffer was full or closed", **kw
+        )
+        self.dropped_batches = Counter("sink_dropped_batches", "Batches dropped (see dropped rows)", **kw)
+        self.buffered_rows = Gauge("sink_buffered_rows", "Flow rows waiting for a failed sink", **kw)
+        self.buffered_bytes = Gauge("sink_buffered_bytes", "Arrow bytes waiting for a failed sink", **kw)
+        self.write_seconds = Histogram(
+            "sink_write_seconds",
+            "Time to write one batch to the sink",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            **kw,
+        )
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> SinkMetrics:
+        with cls._lock:
+            found = cls._per_registry.get(registry)
+            if found is None:
+                found = cls._per_registry[registry] = cls(registry)
+            return found
+
+
+class BufferedSink:
+    """Wraps ``inner``; implements :class:`Sink` but never raises :class:`SinkError` from ``write``.
+
+    Thread-safe: the collector's writer thread writes while the service may flush on stop.
+    """
+
+    def __init__(
+        self,
+        inner: Sink,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_rows: int = 2_000_000,
+        max_bytes: int = 512 * 1024 * 1024,
+        retry_seconds: float = 1.0,
+        clock=time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.retry_seconds = retry_seconds
+        self._clock = clock
+        self._backlog: collections.deque[pa.RecordBatch] = collections.deque()
+        self._rows = 0
+        self._bytes = 0
+        self._next_retry = 0.0
+        self._lock = threading.RLock()
+        self.failing = False
+        self.dropped_rows = 0
+        self.written_rows = 0
+        m = SinkMetrics.for_registry(registry) if registry is not None else None
+        self._m = m
+        if m is not None:
+            lbl = (self.name,)
+            self._c_batches, self._c_rows = m.batches.labels(*lbl), m.rows.labels(*lbl)
+            self._c_bytes, self._c_errors = m.bytes.labels(*lbl), m.errors.labels(*lbl)
+            self._c_drop_rows = m.dropped_rows.labels(*lbl)
+            self._c_drop_batches = m.dropped_batches.labels(*lbl)
+            self._g_rows, self._g_bytes = m.buffered_rows.labels(*lbl), m.buffered_bytes.labels(*lbl)
+            self._h_write = m.write_seconds.labels(*lbl)
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._rows
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Write ``batch`` after any backlog; on failure keep it (bounded) for a later retry."""
+        if batch.num_rows == 0:
+            return
+        with self._lock:
+            self._backlog.append(batch)
+            self._rows += batch.num_rows
+            self._bytes += batch.nbytes
+            self._drain(force=False)
+            self._enforce_bounds()
+            self._gauges()
+
+    def retry(self) -> None:
+        """Try the backlog again if the retry interval has passed (call periodically when idle)."""
+        with self._lock:
+            if self._backlog:
+                self._drain(force=False)
+                self._gauges()
+
+    def flush(self) -> None:
+        """Deliver the backlog and flush the inner sink; raises :class:`SinkError` if that fails."""
+        with self._lock:
+            self._drain(force=True)
+            self._gauges()
+            if self._backlog:
+                raise SinkError(f"{self.name}: {self._rows} rows still buffered")
+            try:
+                self.inner.flush()
+            except SinkError:
+                self._error()
+                raise
+
+    def close(self) -> None:
+        """Final flush; whatever cannot be delivered now is dropped and counted, never hidden."""
+        with self._lock:
+            try:
+                self.flush()
+            except SinkError as exc:
+                log.error("%s: closing with undelivered data: %s", self.name, exc)
+            while self._backlog:
+                self._drop_oldest()
+            self._gauges()
+            try:
+                self.inner.close()
+            except SinkError as exc:
+                self._error()
+                log.error("%s: close failed: %s", self.name, exc)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _drain(self, force: bool) -> None:
+        now = self._clock()
+        if self.failing and not force and now < self._next_retry:
+            return
+        while self._backlog:
+            batch = self._backlog[0]
+            start = time.perf_counter()
+            try:
+                self.inner.write(batch)
+            except SinkError as exc:
+                self._error()
+                if not self.failing:
+                    log.error("%s: write failed, buffering: %s", self.name, exc)
+                self.failing = True
+                self._next_retry = now + self.retry_seconds
+                return
+            self._backlog.popleft()
+            self._rows -= batch.num_rows
+            self._bytes -= batch.nbytes
+            self.written_rows += batch.num_rows
+            if self._m is not None:
+                self._h_write.observe(time.perf_counter() - start)
+                self._c_batches.inc()
+                self._c_rows.inc(batch.num_rows)
+                self._c_bytes.inc(batch.nbytes)
+            if self.failing:
+                log.warning("%s: recovered", self.name)
+                self.failing = False
+
+    def _enforce_bounds(self) -> None:
+        while self._backlog and (self._rows > self.max_rows or self._bytes > self.max_bytes):
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        batch = self._backlog.popleft()
+        self._rows -= batch.num_rows
+        self._bytes -= batch.nbytes
+        self.dropped_rows += batch.num_rows
+        if self._m is not None:
+            self._c_drop_rows.inc(batch.num_rows)
+            self._c_drop_batches.inc()
+
+    def _error(self) -> None:
+        if self._m is not None:
+            self._c_errors.inc()
+
+    def _gauges(self) -> None:
+        if self._m is not None:
+            self._g_rows.set(self._rows)
+            self._g_bytes.set(self._bytes)

@@ -1,0 +1,198 @@
+"""Parquet archive of flow batches: ``DIR/date=YYYY-MM-DD/hour=HH/flows-*.parquet``.
+
+Files are written under a dot-prefixed temporary name (ignored by pyarrow datasets and DuckDB globs)
+and renamed only once complete, so a reader never sees a file without its footer. Files roll on age,
+size, hour change and :meth:`flush`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.schemas import FLOW_SCHEMA
+from pipeline.sinks.base import SinkError
+
+log = logging.getLogger(__name__)
+
+_US_PER_HOUR = 3_600_000_000
+
+
+@dataclass
+class _OpenFile:
+    tmp: Path
+    final: Path
+    writer: pq.ParquetWriter
+    opened: float
+    rows: int = 0
+
+
+class ParquetSink:
+    """Implements :class:`pipeline.sinks.base.Sink`. ``time_column`` chooses the partition hour."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        roll_seconds: float = 300.0,
+        roll_bytes: int = 256 * 1024 * 1024,
+        compression: str = "zstd",
+        compression_level: int | None = 3,
+        schema: pa.Schema = FLOW_SCHEMA,
+        time_column: str = "time_received",
+        name: str = "parquet",
+    ) -> None:
+        self.name = name
+        self.directory = Path(directory)
+        self.roll_seconds = roll_seconds
+        self.roll_bytes = roll_bytes
+        self.compression = compression
+        self.compression_level = compression_level if compression in {"zstd", "gzip", "brotli"} else None
+        self.schema = schema
+        self.time_column = time_column
+        self.files_written = 0
+        self.rows_lost = 0
+        """Rows already accepted into a file that could not be completed (e.g. disk full at close)."""
+        self._open: dict[int, _OpenFile] = {}
+        self._closed = False
+
+    # -- Sink interface -------------------------------------------------------------------------
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._closed:
+            raise SinkError(f"{self.name}: sink is closed")
+        if batch.num_rows == 0:
+            return
+        if batch.schema != self.schema:
+            try:
+                batch = batch.cast(self.schema)
+            except (pa.ArrowInvalid, ValueError) as exc:
+                raise SinkError(f"{self.name}: batch does not match the flow schema: {exc}") from exc
+        for hour, part in self._split_by_hour(batch):
+            self._write_part(hour, part)
+        self._roll_due()
+
+    def flush(self) -> None:
+        """Complete every open file (a Parquet file is readable only once its footer is written)."""
+        errors = []
+        for hour in list(self._open):
+            try:
+                self._finish(hour)
+            except SinkError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+
+    # -- internals ------------------------------------------------------------------------------
+    def _split_by_hour(self, batch: pa.RecordBatch) -> list[tuple[int, pa.RecordBatch]]:
+        micros = batch.column(self.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        hours = micros // _US_PER_HOUR
+        first = int(hours[0])
+        if (hours == first).all():
+            return [(first, batch)]
+        out = []
+        for hour in np.unique(hours).tolist():
+            out.append((hour, batch.filter(pa.array(hours == hour))))
+        return out
+
+    def _path_for(self, hour: int) -> tuple[Path, Path]:
+        stamp = time.gmtime(hour * 3600)
+        folder = self.directory / f"date={time.strftime('%Y-%m-%d', stamp)}" / f"hour={stamp.tm_hour:02d}"
+        name = f"flows-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
+        return folder / f".{name}.tmp", folder / name
+
+    def _write_part(self, hour: int, part: pa.RecordBatch) -> None:
+        current = self._open.get(hour)
+        if current is None:
+            tmp, final = self._path_for(hour)
+            try:
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(
+                    tmp,
+                    self.schema,
+                    compression=self.compression,
+                    compression_level=self.compression_level,
+                )
+            except OSError as exc:
+                raise SinkError(f"{self.name}: cannot open {tmp}: {exc}") from exc
+            current = self._open[hour] = _OpenFile(tmp, final, writer, time.monotonic())
+        try:
+            current.writer.write_batch(part)
+        except (OSError, pa.ArrowException) as exc:
+            # The file's tail is now unknown: abandon it (its earlier row groups are counted as lost)
+            # and report the batch as not written so the caller can retry it.
+            self._abandon(hour)
+            raise SinkError(f"{self.name}: write to {current.tmp} failed: {exc}") from exc
+        current.rows += part.num_rows
+
+    def _roll_due(self) -> None:
+        now = time.monotonic()
+        for hour, f in list(self._open.items()):
+            newer_hour_open = any(h > hour for h in self._open)
+            if now - f.opened >= self.roll_seconds or newer_hour_open or self._size(f) >= self.roll_bytes:
+                self._finish(hour)
+
+    @staticmethod
+    def _size(f: _OpenFile) -> int:
+        try:
+            return f.tmp.stat().st_size
+        except OSError:
+            return 0
+
+    def _finish(self, hour: int) -> None:
+        f = self._open.pop(hour)
+        try:
+            f.writer.close()
+            os.replace(f.tmp, f.final)
+        except (OSError, pa.ArrowException) as exc:
+            self.rows_lost += f.rows
+            _unlink_quietly(f.tmp)
+            log.error("%s: could not complete %s, %d rows lost: %s", self.name, f.final, f.rows, exc)
+            raise SinkError(f"{self.name}: could not complete {f.final}: {exc}") from exc
+        self.files_written += 1
+
+    def _abandon(self, hour: int) -> None:
+        f = self._open.pop(hour)
+        try:
+            f.writer.close()
+            # Keep the file only if its footer lists exactly the rows accepted before the failure.
+            if pq.read_metadata(f.tmp).num_rows != f.rows:
+                raise OSError("row count mismatch after failed write")
+            os.replace(f.tmp, f.final)
+            self.files_written += 1
+        except (OSError, pa.ArrowException):
+            self.rows_lost += f.rows
+            _unlink_quietly(f.tmp)
+            log.error("%s: abandoned %s, %d rows lost", self.name, f.final, f.rows)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def read_flows(directory: str | Path) -> pa.Table:
+    """All completed flow files under ``directory`` as one table (temporary files are ignored)."""
+    files = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return FLOW_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(p, schema=FLOW_SCHEMA) for p in files)
+
+
+__all__ = ["ParquetSink", "read_flows"]

@@ -1,0 +1,109 @@
+import datetime as dt
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from collector_helpers import flow_batch
+
+from pipeline.sinks.base import Sink, SinkError
+from pipeline.sinks.parquet import ParquetSink, read_flows
+
+T0 = dt.datetime(2026, 3, 4, 22, 59, 0, tzinfo=dt.UTC)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_partitions_by_hour_readable_by_pyarrow_and_duckdb(tmp_path: Path):
+    sink = ParquetSink(tmp_path)
+    assert isinstance(sink, Sink)
+    batch = flow_batch(120, T0, step_s=1.0)  # 22:59:00 .. 23:00:59 -> two hours
+    sink.write(batch)
+    sink.close()
+    files = _files(tmp_path)
+    parts = sorted({f.parent.relative_to(tmp_path).as_posix() for f in files})
+    assert parts == ["date=2026-03-04/hour=22", "date=2026-03-04/hour=23"]
+    assert all(f.suffix == ".parquet" and not f.name.startswith(".") for f in files)
+    for f in files:
+        md = pq.read_metadata(f)
+        assert md.row_group(0).column(0).compression == "ZSTD"
+    table = read_flows(tmp_path).sort_by("src_port")
+    assert table.column("src_port").to_pylist() == list(range(1, 121))
+    assert table.to_pydict() == batch.to_pydict()  # same rows, same values
+    con = duckdb.connect()
+    rows = con.execute(
+        f"select hour, count(*) from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true) "
+        "group by hour order by hour"
+    ).fetchall()
+    assert rows == [(22, 60), (23, 60)]
+
+
+def test_open_files_are_invisible_until_complete(tmp_path: Path):
+    sink = ParquetSink(tmp_path, roll_seconds=3600)
+    sink.write(flow_batch(10, T0))
+    visible = [f for f in _files(tmp_path) if not f.name.startswith(".")]
+    assert visible == []
+    assert len(read_flows(tmp_path)) == 0
+    sink.flush()
+    assert len(read_flows(tmp_path)) == 10
+    sink.write(flow_batch(5, T0))
+    sink.close()
+    assert len(read_flows(tmp_path)) == 15
+    assert len([f for f in _files(tmp_path) if f.suffix == ".parquet"]) == 2
+    with pytest.raises(SinkError):
+        sink.write(flow_batch(1, T0))
+
+
+def test_rolls_by_size_and_time(tmp_path: Path):
+    sink = ParquetSink(tmp_path, roll_bytes=20_000, roll_seconds=3600)
+    for i in range(20):
+        sink.write(flow_batch(500, T0, step_s=0.001, first_port=i * 500))
+    sink.close()
+    assert sink.files_written > 3
+    assert len(read_flows(tmp_path)) == 10_000
+
+    timed = tmp_path / "timed"
+    sink = ParquetSink(timed, roll_seconds=0.05)
+    sink.write(flow_batch(10, T0))
+    time.sleep(0.06)
+    sink.write(flow_batch(10, T0))  # this write finds the file due and rolls it
+    assert len(read_flows(timed)) == 20
+    sink.close()
+
+
+def test_unwritable_directory_raises_sink_error_and_recovers(tmp_path: Path):
+    target = tmp_path / "archive"
+    target.write_text("not a directory")  # mkdir fails even as root
+    sink = ParquetSink(target)
+    with pytest.raises(SinkError):
+        sink.write(flow_batch(10, T0))
+    target.unlink()
+    sink.write(flow_batch(10, T0))
+    sink.close()
+    assert len(read_flows(target)) == 10
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_disk_full_raises_sink_error_and_keeps_completed_files(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], check=True)
+    try:
+        sink = ParquetSink(mnt, compression="none", roll_bytes=50_000)
+        written = 0
+        with pytest.raises(SinkError):
+            for i in range(1000):
+                sink.write(flow_batch(200, T0, step_s=0.001, first_port=i))
+                written += 200
+        assert not [f for f in _files(mnt) if f.name.startswith(".")]  # no temp litter
+        kept = len(read_flows(mnt))
+        assert 0 < kept <= written
+        assert kept + sink.rows_lost == written
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
