@@ -10,7 +10,6 @@ cannot explode the time-series count.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -114,9 +113,7 @@ class CollectorMetrics(_PromCollector):
 
     @staticmethod
     def listener(sock: Any) -> str:
-        ep = sock.endpoint
-        port = ep.port or sock.address[1]
-        return f"[{ep.host}]:{port}" if ep.family_v6 else f"{ep.host}:{port}"
+        return sock.label
 
     def count_packets(self, sock: Any, got: Iterable[tuple[bytes, str, int]]) -> None:
         lst = self.listener(sock)
@@ -214,8 +211,7 @@ class CollectorMetrics(_PromCollector):
             families["truncated"].add_metric(lst, s.stats.truncated)
             families["errors"].add_metric(lst, s.stats.errors)
             families["drops"].add_metric(lst, drops.get(s.inode, 0))
-            with contextlib.suppress(OSError):  # socket closed after stop
-                families["rcvbuf"].add_metric(lst, s.rcvbuf)
+            families["rcvbuf"].add_metric(lst, s.rcvbuf)
         yield from families.values()
 
         fam = CounterMetricFamily(f"{ns}_collector_batches", "Batches handed to the sinks")

@@ -108,6 +108,9 @@ class BatchSocket:
         self._sender_cache: dict[bytes, tuple[str, int]] = {}
         self.inode = os.fstat(self.sock.fileno()).st_ino
         self.v6 = family == socket.AF_INET6
+        self.address: tuple[str, int] = tuple(self.sock.getsockname()[:2])
+        self.rcvbuf: int = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        """SO_RCVBUF granted by the kernel."""
 
     def _set_rcvbuf(self, size: int) -> None:
         # SO_RCVBUFFORCE lets root exceed net.core.rmem_max; fall back to the capped option.
@@ -118,13 +121,10 @@ class BatchSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     @property
-    def rcvbuf(self) -> int:
-        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.sock.getsockname()[:2]
-        return host, port
+    def label(self) -> str:
+        """``HOST:PORT`` as bound (the real port when 0 was asked), for logs and metric labels."""
+        host, port = self.address
+        return f"[{host}]:{port}" if self.v6 else f"{host}:{port}"
 
     def fileno(self) -> int:
         return self.sock.fileno()

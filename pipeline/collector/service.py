@@ -18,6 +18,7 @@ import selectors
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -25,7 +26,6 @@ from pipeline.collector.batcher import Batcher, Ready
 from pipeline.collector.config import CollectorConfig, Endpoint
 from pipeline.collector.metrics import CollectorMetrics
 from pipeline.collector.receiver import BatchSocket
-from pipeline.decode import Datagram, DecoderConfig, FlowDecoder
 from pipeline.metrics import new_registry
 from pipeline.schemas import FLOW_SCHEMA
 from pipeline.sinks.base import Sink, SinkError
@@ -57,12 +57,14 @@ class Allowlist:
         return verdict
 
 
-def build_decoder_config(settings: dict) -> DecoderConfig | None:
+def build_decoder_config(settings: dict) -> Any:
     """``[decoder]`` table -> ``DecoderConfig``, converting env-provided strings to the field types."""
     if not settings:
         return None
     import dataclasses
     import typing
+
+    from pipeline.decode import DecoderConfig
 
     values = dict(settings)
     if dataclasses.is_dataclass(DecoderConfig):
@@ -84,8 +86,11 @@ class Collector:
         config: CollectorConfig,
         sinks: Sequence[Sink],
         registry: CollectorRegistry | None = None,
-        decoder: FlowDecoder | None = None,
+        decoder: Any = None,
+        datagram_type: Any = None,
     ) -> None:
+        """``decoder`` defaults to ``pipeline.decode.FlowDecoder`` built from ``config.decoder``; anything
+        with the same ``decode``/``expire``/``stats``/``save_state``/``load_state`` surface will do."""
         self.config = config
         self.registry = registry if registry is not None else new_registry()
         buf = config.buffer
@@ -101,7 +106,14 @@ class Collector:
             )
             for s in sinks
         ]
-        self.decoder = decoder or FlowDecoder(build_decoder_config(dict(config.decoder)))
+        if decoder is None:
+            from pipeline.decode import FlowDecoder
+
+            decoder = FlowDecoder(build_decoder_config(dict(config.decoder)))
+        self.decoder = decoder
+        if datagram_type is None:
+            from pipeline.decode import Datagram as datagram_type
+        self._datagram = datagram_type
         self.endpoints = [Endpoint.parse(t) for t in config.receive.listen]
         self.allowlist = Allowlist(config.receive.allow_exporters)
         self.batcher = Batcher(FLOW_SCHEMA, config.batch.max_rows, config.batch.max_seconds)
@@ -134,7 +146,7 @@ class Collector:
         for s in self.sockets:
             if s.rcvbuf < rc.rcvbuf_bytes:
                 log.warning("%s: SO_RCVBUF is %d, asked for %d", s.endpoint, s.rcvbuf, rc.rcvbuf_bytes)
-            log.info("listening on %s (SO_RCVBUF %d)", _label(s), s.rcvbuf)
+            log.info("listening on %s (SO_RCVBUF %d)", s.label, s.rcvbuf)
         self.metrics.attach(self.sockets, self.sinks, self.decoder, self.batcher)
         self._writer = threading.Thread(target=self._write_loop, name="shoal-writer", daemon=True)
         self._receiver = threading.Thread(target=self._receive_loop, name="shoal-receiver", daemon=True)
@@ -211,7 +223,8 @@ class Collector:
         m.count_packets(sock, got)
         if not got:
             return
-        datagrams = [Datagram(p, ip, sport, received) for p, ip, sport in got]
+        make = self._datagram
+        datagrams = [make(p, ip, sport, received) for p, ip, sport in got]
         start = time.perf_counter()
         try:
             batch = self.decoder.decode(datagrams)
@@ -253,7 +266,3 @@ class Collector:
                     log.exception("sink %s failed", sink.name)
             self.flows_out += batch.num_rows
             self.metrics.batch_written(batch, time.monotonic() - first)
-
-
-def _label(sock: BatchSocket) -> str:
-    return str(sock.endpoint) if sock.endpoint.port else f"{sock.endpoint.host}:{sock.address[1]}"
