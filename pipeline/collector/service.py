@@ -112,7 +112,9 @@ class Collector:
             decoder = FlowDecoder(build_decoder_config(dict(config.decoder)))
         self.decoder = decoder
         if datagram_type is None:
-            from pipeline.decode import Datagram as datagram_type
+            from pipeline.decode import Datagram
+
+            datagram_type = Datagram
         self._datagram = datagram_type
         self.endpoints = [Endpoint.parse(t) for t in config.receive.listen]
         self.allowlist = Allowlist(config.receive.allow_exporters)

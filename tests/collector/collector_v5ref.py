@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import struct
 from collections import Counter
+from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -101,7 +102,7 @@ class V5Decoder:
 
     def save_state(self, path) -> None:
         self.saved_to = path
-        open(path, "w").write("v5 has no templates\n")
+        Path(path).write_text("v5 has no templates\n")
 
     def load_state(self, path) -> None:
         pass
