@@ -197,8 +197,8 @@ V6_FIELDS = [
     (1, 8),
     (10, 4),
     (14, 4),
-    (152, 8),
-    (153, 8),
+    (158, 4),
+    (159, 4),
 ]
 
 
@@ -210,7 +210,7 @@ def _template(template_id: int, fields: list[tuple[int, int]]) -> NetflowFlowset
 
 
 def templated_packets(rng: random.Random, n_packets: int, version: int) -> list:
-    """v9 (IPv4, sysUptime times) or IPFIX (IPv6, absolute ms times), template in every 10th packet."""
+    """v9 (IPv4, sysUptime times) or IPFIX (IPv6, times as microseconds before export), template in every 10th packet."""
     v6 = version == 10
     tmpl = _template(260 if v6 else 256, V6_FIELDS if v6 else V4_FIELDS)
     record_cls = GetNetflowRecordV9(tmpl)
@@ -220,8 +220,8 @@ def templated_packets(rng: random.Random, n_packets: int, version: int) -> list:
         uptime, export = 3_600_000 + i * 1000, EPOCH + i
         records = []
         for s, d, sp, dp, pr, pk, oc in flows(rng, 30, v6=v6):
-            if v6:
-                start, end = (export - 5) * 1000, export * 1000 - 100
+            if v6:  # IPFIX: microseconds before the export time (IEs 158/159)
+                start, end = 5_000_000, 100_000
             else:
                 start, end = uptime - 5000, uptime - 100
             values = [s, d, sp, dp, pr, 0x1B if pr == 6 else 0, pk, oc, 3, 4, start, end]
