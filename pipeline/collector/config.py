@@ -78,7 +78,7 @@ class ParquetConfig:
     roll_seconds: float = 300.0
     roll_bytes: int = 256 * 1024 * 1024
     compression: str = "zstd"
-    compression_level: int = 3
+    compression_level: int = 1
 
 
 @dataclass(frozen=True)

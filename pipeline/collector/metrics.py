@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -86,7 +86,6 @@ class CollectorMetrics(_PromCollector):
     def __init__(self, registry: CollectorRegistry, max_exporters: int = 64) -> None:
         self.exporter_label = ExporterLabels(max_exporters)
         self._lock = threading.Lock()
-        self._packets: collections.Counter[tuple[str, str]] = collections.Counter()
         self._rejected: collections.Counter[str] = collections.Counter()
         self._flows: collections.Counter[str] = collections.Counter()
         self._decode_seconds: collections.Counter[str] = collections.Counter()
@@ -114,13 +113,6 @@ class CollectorMetrics(_PromCollector):
     @staticmethod
     def listener(sock: Any) -> str:
         return sock.label
-
-    def count_packets(self, sock: Any, got: Iterable[tuple[bytes, str, int]]) -> None:
-        lst = self.listener(sock)
-        per = collections.Counter(g[1] for g in got)
-        with self._lock:
-            for exporter, n in per.items():
-                self._packets[(lst, self.exporter_label(exporter))] += n
 
     def rejected(self, sock: Any, n: int) -> None:
         with self._lock:
@@ -154,18 +146,23 @@ class CollectorMetrics(_PromCollector):
     def collect(self) -> Iterator:
         ns = NAMESPACE
         with self._lock:
-            packets = dict(self._packets)
             rejected, flows = dict(self._rejected), dict(self._flows)
             seconds, crashes = dict(self._decode_seconds), dict(self._decoder_crashes)
             batches, rows_out = self._batches, self._rows_out
 
+        socks = list(self._sockets)
         fam = CounterMetricFamily(
             f"{ns}_collector_packets_received",
-            "UDP datagrams received, by listener and exporter",
+            "UDP datagrams received (allowlist not yet applied), by listener and exporter",
             labels=["listener", "exporter"],
         )
-        for (lst, exp), n in packets.items():
-            fam.add_metric([lst, exp], n)
+        for s in socks:
+            # The receiver bounds its own exporter set; fold again so the total stays bounded too.
+            folded: collections.Counter[str] = collections.Counter()
+            for exp, n in list(s.exporter_packets.items()):
+                folded[exp if exp == OTHER else self.exporter_label(exp)] += n
+            for exp, n in folded.items():
+                fam.add_metric([s.label, exp], n)
         yield fam
 
         per_listener = [
@@ -180,7 +177,6 @@ class CollectorMetrics(_PromCollector):
                 fam.add_metric([lst], n)
             yield fam
 
-        socks = list(self._sockets)
         drops = socket_drops(s.inode for s in socks)
         families = {
             "bytes": CounterMetricFamily(

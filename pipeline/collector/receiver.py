@@ -12,11 +12,16 @@ import ctypes.util
 import errno
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from pipeline.collector.config import Endpoint
+
+T = TypeVar("T")
+OTHER = "other"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -67,7 +72,9 @@ class ReceiveStats:
 class BatchSocket:
     """One bound, non-blocking UDP socket and its reusable ``recvmmsg`` buffers."""
 
-    def __init__(self, endpoint: Endpoint, rcvbuf_bytes: int, batch: int, max_datagram: int) -> None:
+    def __init__(
+        self, endpoint: Endpoint, rcvbuf_bytes: int, batch: int, max_datagram: int, max_exporters: int = 64
+    ) -> None:
         self.endpoint = endpoint
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -104,8 +111,10 @@ class BatchSocket:
         self._flags = raw[:, _FLAGS_OFFSET : _FLAGS_OFFSET + 4].view(np.int32).reshape(batch)
         self._namelen = raw[:, _NAMELEN_OFFSET : _NAMELEN_OFFSET + 4].view(np.uint32).reshape(batch)
         self._namelen[:] = _SOCKADDR_SIZE
-        self._names_np = np.frombuffer(self._names, dtype=np.uint8).reshape(batch, _SOCKADDR_SIZE)
         self._sender_cache: dict[bytes, tuple[str, int]] = {}
+        self.max_exporters = max_exporters
+        self.exporter_packets: dict[str, int] = {}
+        """Datagrams per source address; the first ``max_exporters`` keep their name, then ``other``."""
         self.inode = os.fstat(self.sock.fileno()).st_ino
         self.v6 = family == socket.AF_INET6
         self.address: tuple[str, int] = tuple(self.sock.getsockname()[:2])
@@ -129,11 +138,8 @@ class BatchSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _sender(self, i: int) -> tuple[str, int]:
-        raw = self._names_np[i].tobytes()
-        cached = self._sender_cache.get(raw)
-        if cached is not None:
-            return cached
+    def _resolve(self, raw: bytes) -> tuple[str, int]:
+        """Source address bytes (sockaddr_in/in6) -> (ip text, port); memoised, bounded."""
         port = int.from_bytes(raw[2:4], "big")
         if self.v6:
             ip = socket.inet_ntop(socket.AF_INET6, raw[8:24])
@@ -141,13 +147,21 @@ class BatchSocket:
                 ip = ip[7:]
         else:
             ip = socket.inet_ntop(socket.AF_INET, raw[4:8])
-        if len(self._sender_cache) > 65536:  # bounded: hostile spoofed sources cannot grow it forever
+        if len(self._sender_cache) > 65536:  # bounded: spoofed sources cannot grow it forever
             self._sender_cache.clear()
         self._sender_cache[raw] = (ip, port)
         return ip, port
 
-    def receive(self) -> list[tuple[bytes, str, int]]:
-        """Up to ``batch`` datagrams waiting now as ``(payload, source ip, source port)``; [] if none.
+    def _count_exporter(self, ip: str, n: int) -> None:
+        counts = self.exporter_packets
+        if ip in counts or len(counts) < self.max_exporters:
+            counts[ip] = counts.get(ip, 0) + n
+        else:
+            counts[OTHER] = counts.get(OTHER, 0) + n
+
+    def receive(self, make: Callable[..., T], received: float) -> list[T]:
+        """Up to ``batch`` datagrams waiting now, each as ``make(payload, source ip, source port,
+        received)``; [] if none.
 
         Truncated datagrams (larger than ``max_datagram``) are counted and left out: decoding a cut
         packet would produce wrong flows.
@@ -160,17 +174,31 @@ class BatchSocket:
                     self.stats.errors += 1
             return []
         lens = self._lens[:n].tolist()
-        truncated = (self._flags[:n] & MSG_TRUNC).nonzero()[0].tolist()
+        skip = set((self._flags[:n] & MSG_TRUNC).nonzero()[0].tolist())
         # The kernel rewrites msg_namelen on each call; reset it so the next call may fill a full name.
         self._namelen[:n] = _SOCKADDR_SIZE
-        mv, size, sender = self._mv, self.max_datagram, self._sender
-        out = [(mv[i * size : i * size + length].tobytes(), *sender(i)) for i, length in enumerate(lens)]
-        if truncated:
-            self.stats.truncated += len(truncated)
-            skip = set(truncated)
-            out = [d for i, d in enumerate(out) if i not in skip]
+        names = ctypes.string_at(self._names, n * _SOCKADDR_SIZE)
+        mv, size, cache, resolve = self._mv, self.max_datagram, self._sender_cache, self._resolve
+        out: list[T] = []
+        total = 0
+        last_key, last, run = b"", ("", 0), 0
+        for i, length in enumerate(lens):
+            if skip and i in skip:
+                continue
+            key = names[i * _SOCKADDR_SIZE : i * _SOCKADDR_SIZE + 24]
+            if key != last_key:
+                if run:
+                    self._count_exporter(last[0], run)
+                last_key, run = key, 0
+                last = cache.get(key) or resolve(key)
+            run += 1
+            out.append(make(mv[i * size : i * size + length].tobytes(), last[0], last[1], received))
+            total += length
+        if run:
+            self._count_exporter(last[0], run)
+        self.stats.truncated += len(skip)
         self.stats.datagrams += len(out)
-        self.stats.bytes += sum(len(d[0]) for d in out)
+        self.stats.bytes += total
         return out
 
     def close(self) -> None:

@@ -140,7 +140,15 @@ class Collector:
         rc = self.config.receive
         try:
             for ep in self.endpoints:
-                self.sockets.append(BatchSocket(ep, rc.rcvbuf_bytes, rc.recv_batch, rc.max_datagram))
+                self.sockets.append(
+                    BatchSocket(
+                        ep,
+                        rc.rcvbuf_bytes,
+                        rc.recv_batch,
+                        rc.max_datagram,
+                        self.config.metrics.max_exporters,
+                    )
+                )
         except OSError:
             for s in self.sockets:
                 s.close()
@@ -206,33 +214,29 @@ class Collector:
 
     def _read(self, sock: BatchSocket, rounds: int) -> None:
         for _ in range(rounds):
-            got = sock.receive()
-            if not got:
+            datagrams = sock.receive(self._datagram, time.time())
+            if not datagrams:
                 return
-            self._decode(sock, got)
-            if len(got) < sock.batch:
+            self._decode(sock, datagrams)
+            if len(datagrams) < sock.batch:
                 return
 
-    def _decode(self, sock: BatchSocket, got: list[tuple[bytes, str, int]]) -> None:
-        received = time.time()
+    def _decode(self, sock: BatchSocket, datagrams: list) -> None:
         m = self.metrics
         if self.allowlist:
             allows = self.allowlist.allows
-            kept = [g for g in got if allows(g[1])]
-            if len(kept) != len(got):
-                m.rejected(sock, len(got) - len(kept))
-            got = kept
-        m.count_packets(sock, got)
-        if not got:
-            return
-        make = self._datagram
-        datagrams = [make(p, ip, sport, received) for p, ip, sport in got]
+            kept = [d for d in datagrams if allows(d[1])]
+            if len(kept) != len(datagrams):
+                m.rejected(sock, len(datagrams) - len(kept))
+            datagrams = kept
+            if not datagrams:
+                return
         start = time.perf_counter()
         try:
             batch = self.decoder.decode(datagrams)
         except Exception:
             # The decoder promises not to raise; if it ever does, count it and keep the service up.
-            log.exception("decoder raised on %d datagrams from %s", len(datagrams), sock.endpoint)
+            log.exception("decoder raised on %d datagrams from %s", len(datagrams), sock.label)
             m.decoder_crash(sock, len(datagrams))
             return
         m.decoded(sock, batch.num_rows, time.perf_counter() - start)

@@ -11,7 +11,7 @@ from pipeline.collector.receiver import BatchSocket
 def _drain(bs: BatchSocket, expect: int, timeout: float = 2.0):
     got, deadline = [], time.monotonic() + timeout
     while len(got) < expect and time.monotonic() < deadline:
-        got += bs.receive() or []
+        got += bs.receive(lambda p, ip, port, t: (p, ip, port), 0.0)
         time.sleep(0.001)
     return got
 
