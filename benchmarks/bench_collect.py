@@ -15,11 +15,11 @@ committed); pass ``--goflow2 PATH`` to use another binary or ``--skip goflow2``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
-
 import shutil
 import signal
 import socket
@@ -182,7 +182,7 @@ class Sender:
         return sent
 
 
-def replay(
+def replay(  # noqa: PLR0917
     v9: list[bytes], ipfix: list[bytes], port: int, pairs: int, rate_flows: float, per_pair: int
 ) -> float:
     """Send ``pairs`` (v9, IPFIX) packet pairs paced to ``rate_flows``; return seconds taken."""
@@ -215,10 +215,8 @@ def tree_pids(pid: int) -> list[int]:
         p = todo.pop()
         out.append(p)
         for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
+            with contextlib.suppress(OSError):
                 todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
     return out
 
 
@@ -297,7 +295,7 @@ class Result:
         return 1 - self.kept / self.sent if self.sent else 0.0
 
 
-def run_collector(name: str, cmd: list[str], port: int, count, args, stream) -> Result:
+def run_collector(name: str, cmd: list[str], port: int, count, args, stream) -> Result:  # noqa: PLR0917
     v9, ipfix, per_pair = stream
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -341,7 +339,10 @@ def bench_nfcapd(args, stream, work: Path) -> Result:
 
     def count() -> int:
         text = subprocess.run(
-            ["nfdump", "-R", str(out), "-q", "-o", "fmt:%pr", "-N"], capture_output=True, text=True
+            ["nfdump", "-R", str(out), "-q", "-o", "fmt:%pr", "-N"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         return sum(1 for line in text.splitlines() if line.strip())
 
