@@ -134,6 +134,14 @@ class CollectorMetrics(_PromCollector):
             self._batches += 1
             self._rows_out += batch.num_rows
 
+    def total_flows(self) -> int:
+        with self._lock:
+            return sum(self._flows.values())
+
+    def total_rejected(self) -> int:
+        with self._lock:
+            return sum(self._rejected.values())
+
     def refresh(self) -> None:
         """Take the decoder's snapshot (called from the decoding thread, so it is consistent)."""
         if self._decoder is not None:

@@ -182,6 +182,20 @@ class Collector:
         for s in self.sockets:
             s.close()
 
+    def summary(self) -> dict[str, int]:
+        """Totals since start: what came in, what was decoded, what each sink took or dropped."""
+        out = {
+            "datagrams": sum(s.stats.datagrams for s in self.sockets),
+            "truncated": sum(s.stats.truncated for s in self.sockets),
+            "rejected": self.metrics.total_rejected(),
+            "flows_decoded": self.metrics.total_flows(),
+            "flows_batched": self.flows_out,
+        }
+        for sink in self.sinks:
+            out[f"{sink.name}_written"] = sink.written_rows
+            out[f"{sink.name}_dropped"] = sink.dropped_rows
+        return out
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [s.address for s in self.sockets]

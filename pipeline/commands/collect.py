@@ -143,5 +143,6 @@ def run(args: argparse.Namespace) -> int:
     while not stop.wait(0.5):
         pass
     collector.stop()
-    log.info("stopped: %d flows written", collector.flows_out)
+    totals = " ".join(f"{k}={v}" for k, v in collector.summary().items())
+    print(f"shoal collect: stopped: {totals}", flush=True)
     return 0
