@@ -26,8 +26,11 @@ def free_port(family: int = socket.AF_INET) -> int:
 class Shoal:
     """``python -m pipeline.cli collect`` as a subprocess; the real ports are read from its banner."""
 
-    def __init__(self, out: Path, listens: list[str], *extra: str, env: dict | None = None) -> None:
-        cmd = [sys.executable, "-m", "pipeline.cli", "collect", "--parquet", str(out)]
+    def __init__(
+        self, out: Path, listens: list[str], *extra: str, env: dict | None = None, netns: str = ""
+    ) -> None:
+        cmd = ["ip", "netns", "exec", netns] if netns else []
+        cmd += [sys.executable, "-m", "pipeline.cli", "collect", "--parquet", str(out)]
         for listen in listens:
             cmd += ["--listen", listen]
         cmd += list(extra)
@@ -66,17 +69,18 @@ class Shoal:
 
 
 class Nfcapd:
-    def __init__(self, out: Path, port: int) -> None:
+    def __init__(self, out: Path, port: int, netns: str = "") -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
+        prefix = ["ip", "netns", "exec", netns] if netns else []
         self.proc = subprocess.Popen(
-            ["nfcapd", "-w", str(out), "-p", str(port), "-b", "127.0.0.1", "-t", "3600"],
+            [*prefix, "nfcapd", "-w", str(out), "-p", str(port), "-b", "127.0.0.1", "-t", "3600"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self.port = port
         deadline = time.monotonic() + 10
-        while not _udp_bound(port):
+        while not _udp_bound(port, netns):
             assert time.monotonic() < deadline, "nfcapd did not bind"
             assert self.proc.poll() is None, "nfcapd exited"
             time.sleep(0.02)
@@ -87,9 +91,15 @@ class Nfcapd:
         return nfdump_json(self.out)
 
 
-def _udp_bound(port: int) -> bool:
+def _udp_bound(port: int, netns: str = "") -> bool:
     for path in ("/proc/net/udp", "/proc/net/udp6"):
-        for line in Path(path).read_text().splitlines()[1:]:
+        if netns:
+            text = subprocess.run(
+                ["ip", "netns", "exec", netns, "cat", path], capture_output=True, text=True, check=False
+            ).stdout
+        else:
+            text = Path(path).read_text()
+        for line in text.splitlines()[1:]:
             if int(line.split()[1].rsplit(":", 1)[1], 16) == port:
                 return True
     return False
