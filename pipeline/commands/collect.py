@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if config.metrics.listen:
         serve(registry, config.metrics.listen)
-    print("shoal collect: listening on " + ", ".join(f"{h}:{p}" for h, p in collector.addresses), flush=True)
+    print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):
         pass
     collector.stop()
