@@ -202,17 +202,18 @@ V6_FIELDS = [
 ]
 
 
-def _template(template_id: int, fields: list[tuple[int, int]]) -> NetflowFlowsetV9:
+def _template(template_id: int, fields: list[tuple[int, int]], ipfix: bool) -> NetflowFlowsetV9:
     tf = [NetflowTemplateFieldV9(fieldType=t, fieldLength=length) for t, length in fields]
     return NetflowFlowsetV9(
-        templates=[NetflowTemplateV9(templateID=template_id, fieldCount=len(tf), template_fields=tf)]
+        flowSetID=2 if ipfix else 0,
+        templates=[NetflowTemplateV9(templateID=template_id, fieldCount=len(tf), template_fields=tf)],
     )
 
 
 def templated_packets(rng: random.Random, n_packets: int, version: int) -> list:
     """v9 (IPv4, sysUptime times) or IPFIX (IPv6, times as microseconds before export), template in every 10th packet."""
     v6 = version == 10
-    tmpl = _template(260 if v6 else 256, V6_FIELDS if v6 else V4_FIELDS)
+    tmpl = _template(260 if v6 else 256, V6_FIELDS if v6 else V4_FIELDS, ipfix=v6)
     record_cls = GetNetflowRecordV9(tmpl)
     names = [f.name for f in record_cls.fields_desc]
     pkts, seq = [], 0
@@ -233,7 +234,9 @@ def templated_packets(rng: random.Random, n_packets: int, version: int) -> list:
                 ExportTime=export, flowSequence=seq, ObservationDomainID=1
             )
             seq += len(records)
-            pkts.append(_udp("2001:db8::1", 4739, hdr / body))
+            raw = bytearray(bytes(hdr / body))
+            raw[2:4] = len(raw).to_bytes(2, "big")  # scapy 2.6-2.8 miscounts the IPFIX message length
+            pkts.append(_udp("2001:db8::1", 4739, bytes(raw)))
         else:
             count = len(records) + (1 if i % 10 == 0 else 0)
             hdr = NetflowHeader(version=9) / NetflowHeaderV9(

@@ -1,0 +1,211 @@
+"""Templates (NetFlow v9 / IPFIX) and their compiled numpy record types.
+
+A template whose fields all have fixed lengths becomes one big-endian structured dtype, so a whole
+data set — or the data sets of many packets, concatenated — decodes with a single ``np.frombuffer``.
+Fields Shoal maps are typed (``>u2``, ``>u4``...); everything else, enterprise IEs included, becomes
+an opaque ``V<n>`` gap that numpy skips by length.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.decode.ies import ADDRESS_IES, MAPPED_IES
+
+VARIABLE = 65535  # RFC 7011 §7: variable-length field marker
+V9_SCOPE = 0xFFFFFFFF
+"""Marks a NetFlow v9 options *scope* field: its type is a scope type (1 System, 2 Interface...), not an
+Information Element, so it must never be mapped as one."""
+_FIELD = struct.Struct("!HH")
+_PEN = struct.Struct("!I")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be sound; ``reason`` is the counter label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Field:
+    ie: int
+    length: int
+    enterprise: int = 0
+
+    @property
+    def mapped(self) -> bool:
+        return self.enterprise == 0 and self.ie in MAPPED_IES
+
+
+@dataclass
+class Template:
+    template_id: int
+    fields: tuple[Field, ...]
+    scope_count: int = 0
+    """Options templates: how many leading fields are scope fields (0 for data templates)."""
+    options: bool = False
+    last_seen: float = 0.0
+    dtype: np.dtype | None = field(init=False, default=None, repr=False)
+    record_length: int = field(init=False, default=0)
+    names: dict[int, str] = field(init=False, default_factory=dict)
+    """IE -> field name in ``dtype`` (first occurrence of each mapped IE)."""
+
+    def __post_init__(self) -> None:
+        self.names = {}
+        if any(f.length == VARIABLE for f in self.fields):
+            self.dtype = None
+            self.record_length = 0
+            for f in self.fields:
+                if f.mapped and f.length != VARIABLE:
+                    self.names.setdefault(f.ie, f"f{f.ie}")
+            return
+        spec: list[tuple[str, object]] = []
+        for i, f in enumerate(self.fields):
+            if f.mapped and f.ie not in self.names:
+                name = f"f{f.ie}"
+                self.names[f.ie] = name
+                spec.append((name, field_dtype(f.ie, f.length)))
+            else:
+                spec.append((f"_{i}", f"V{f.length}"))
+        self.dtype = np.dtype(spec)
+        self.record_length = self.dtype.itemsize
+
+    @property
+    def variable(self) -> bool:
+        return self.dtype is None
+
+    def same_layout(self, other: Template) -> bool:
+        return self.fields == other.fields and self.scope_count == other.scope_count
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.template_id,
+            "fields": [[f.ie, f.length, f.enterprise] for f in self.fields],
+            "scope_count": self.scope_count,
+            "options": self.options,
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Template:
+        fields = tuple(Field(int(ie), int(n), int(pen)) for ie, n, pen in data["fields"])
+        return cls(
+            int(data["id"]), fields, int(data["scope_count"]), bool(data["options"]), float(data["last_seen"])
+        )
+
+
+def field_dtype(ie: int, length: int) -> object:
+    """Unsigned big-endian integers for the natural widths; raw bytes for addresses and odd
+    reduced-size encodings (converted later)."""
+    if ie in ADDRESS_IES:
+        return ("u1", (length,))
+    return {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}.get(length, ("u1", (length,)))
+
+
+def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int) -> list[Template | int]:
+    """Templates of one (options) template set. An ``int`` in the result is an IPFIX withdrawal of that
+    template id (RFC 7011 §8.1: field count 0; id 2 or 3 withdraws every template of the kind)."""
+    out: list[Template | int] = []
+    pos, end = 0, len(body)
+    while end - pos >= 4:
+        if ipfix:
+            tid, count = _FIELD.unpack_from(body, pos)
+            pos += 4
+            scope = 0
+            if options and count:
+                if end - pos < 2:
+                    raise TemplateError("template_truncated")
+                scope = struct.unpack_from("!H", body, pos)[0]
+                pos += 2
+            if count == 0:
+                out.append(tid)
+                continue
+            if scope > count or (options and scope == 0):
+                raise TemplateError("template_bad_scope")
+        elif options:
+            if end - pos < 6:
+                break
+            tid, scope_len, option_len = struct.unpack_from("!HHH", body, pos)
+            pos += 6
+            if scope_len % 4 or option_len % 4:
+                raise TemplateError("template_bad_scope")
+            scope, count = scope_len // 4, (scope_len + option_len) // 4
+            if count == 0:
+                raise TemplateError("template_bad_field_count")
+        else:
+            tid, count = _FIELD.unpack_from(body, pos)
+            pos += 4
+            scope = 0
+        if tid < 256:
+            raise TemplateError("template_bad_id")
+        if count == 0 or count > max_fields:
+            raise TemplateError("template_bad_field_count")
+        fields: list[Field] = []
+        for _ in range(count):
+            if end - pos < 4:
+                raise TemplateError("template_truncated")
+            ie, length = _FIELD.unpack_from(body, pos)
+            pos += 4
+            pen = 0
+            if ipfix and ie & 0x8000:
+                if end - pos < 4:
+                    raise TemplateError("template_truncated")
+                pen = _PEN.unpack_from(body, pos)[0]
+                pos += 4
+                ie &= 0x7FFF
+            if length == 0 or (length == VARIABLE and not ipfix):
+                raise TemplateError("template_bad_field_length")
+            if not ipfix and options and len(fields) < scope:
+                pen = V9_SCOPE
+            fields.append(Field(ie, length, pen))
+        out.append(Template(tid, tuple(fields), scope, options))
+        if not ipfix and options:
+            break  # v9 options flowsets carry one template, then padding
+    return out
+
+
+def variable_offsets(template: Template, data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
+    starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
+    fixed-width fields it needs with numpy fancy indexing."""
+    nf = len(template.fields)
+    lengths = [f.length for f in template.fields]
+    rows: list[list[int]] = []
+    ends: list[int] = []
+    pos, end = 0, len(data)
+    min_len = sum(1 if n == VARIABLE else n for n in lengths)
+    while end - pos >= min_len > 0:
+        starts = [0] * nf
+        p = pos
+        ok = True
+        for j, declared in enumerate(lengths):
+            n = declared
+            if n == VARIABLE:
+                if p >= end:
+                    ok = False
+                    break
+                n = data[p]
+                p += 1
+                if n == 255:
+                    if p + 2 > end:
+                        ok = False
+                        break
+                    n = (data[p] << 8) | data[p + 1]
+                    p += 2
+            starts[j] = p
+            p += n
+            if p > end:
+                ok = False
+                break
+        if not ok:
+            break
+        rows.append(starts)
+        ends.append(p)
+        pos = p
+    arr = np.array(rows, dtype=np.int64).reshape(len(rows), nf)
+    return arr, np.array(ends, dtype=np.int64), pos
