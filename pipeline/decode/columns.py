@@ -197,7 +197,28 @@ def build_batch(fields: FieldArrays, n: int, ctx: Context) -> pa.RecordBatch:
         arrow_type = FLOW_SCHEMA.field(name).type
         raw = as_uint(values) if values is not None else np.zeros(n, dtype=np.uint64)
         columns[name] = pa.array(raw.astype(arrow_type.to_pandas_dtype()), type=arrow_type)
+    icmp = _icmp(fields, n)
+    if icmp is not None:
+        dst_port = columns["dst_port"].to_numpy(zero_copy_only=False)
+        columns["dst_port"] = pa.array(
+            np.where(dst_port == 0, icmp, dst_port).astype(np.uint16), type=pa.uint16()
+        )
     return pa.RecordBatch.from_arrays([columns[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
+
+
+def _icmp(fields: FieldArrays, n: int) -> np.ndarray | None:
+    """ICMP type*256+code from whichever ICMP IEs the template has (None if it has none)."""
+    found = None
+    for ie in ies.ICMP_TYPE_CODE:
+        if ie in fields:
+            value = as_uint(fields[ie])
+            found = value if found is None else np.where(found == 0, value, found)
+    for type_ie, code_ie in ies.ICMP_TYPE_AND_CODE:
+        if type_ie in fields:
+            code = as_uint(fields[code_ie]) if code_ie in fields else np.zeros(n, dtype=np.uint64)
+            value = (as_uint(fields[type_ie]) << np.uint64(8)) | code
+            found = value if found is None else np.where(found == 0, value, found)
+    return found
 
 
 def empty_batch() -> pa.RecordBatch:

@@ -246,7 +246,11 @@ class FlowDecoder:
             return
         if length > len(payload):
             self.stats.error(exporter, "message_truncated")
-        end = min(length, len(payload))
+        elif length < len(payload):
+            # Some encoders (scapy among them) leave the final set's padding out of the message
+            # length; nfdump accepts such messages, so sets are bounded by the datagram instead.
+            self.stats.error(exporter, "length_mismatch")
+        end = len(payload)
         tkey = (exporter, port if self.config.template_key_includes_port else 0, domain, 10)
         ctx = (self._ex16(exporter), port, domain, 10, received, export_time * 1_000_000, -1, -1)
         records = self._sets(payload, _IPFIX_HEADER.size, end, tkey, ctx, received, ipfix=True)

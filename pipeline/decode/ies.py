@@ -27,6 +27,10 @@ PACKETS = ((2,), (86,), (298, 299))
 SRC_V4, DST_V4, NEXT_HOP_V4, BGP_NEXT_HOP_V4 = 8, 12, 15, 18
 SRC_V6, DST_V6, NEXT_HOP_V6, BGP_NEXT_HOP_V6 = 27, 28, 62, 63
 IP_VERSION = 60
+# ICMP type/code: packed (type*256+code, IE 32 v4 / 139 v6) or separate (176/177 v4, 178/179 v6).
+# They fill dst_port where the exporter sent no port, as nfdump and most collectors do.
+ICMP_TYPE_CODE = (32, 139)
+ICMP_TYPE_AND_CODE = ((176, 177), (178, 179))
 ADDRESS_IES = frozenset(
     (SRC_V4, DST_V4, NEXT_HOP_V4, BGP_NEXT_HOP_V4, SRC_V6, DST_V6, NEXT_HOP_V6, BGP_NEXT_HOP_V6)
 )
@@ -79,6 +83,8 @@ MAPPED_IES: frozenset[int] = frozenset(
     [ie for ies in UINT_COLUMNS.values() for ie in ies]
     + [ie for group in OCTETS + PACKETS for ie in group]
     + [SRC_V4, DST_V4, NEXT_HOP_V4, BGP_NEXT_HOP_V4, SRC_V6, DST_V6, NEXT_HOP_V6, BGP_NEXT_HOP_V6, IP_VERSION]
+    + list(ICMP_TYPE_CODE)
+    + [ie for pair in ICMP_TYPE_AND_CODE for ie in pair]
     + list(TIME_IES)
     + list(SAMPLING_IES)
 )

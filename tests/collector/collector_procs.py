@@ -69,12 +69,15 @@ class Shoal:
 
 
 class Nfcapd:
-    def __init__(self, out: Path, port: int, netns: str = "") -> None:
+    def __init__(self, out: Path, port: int, netns: str = "", repeat_to: str = "") -> None:
+        """``repeat_to`` ("IP/port"): nfcapd also forwards every datagram it receives there, so a
+        second collector sees exactly the same bytes (softflowd exports to one destination only)."""
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         prefix = ["ip", "netns", "exec", netns] if netns else []
+        repeat = ["-R", repeat_to] if repeat_to else []
         self.proc = subprocess.Popen(
-            [*prefix, "nfcapd", "-w", str(out), "-p", str(port), "-b", "127.0.0.1", "-t", "3600"],
+            [*prefix, "nfcapd", "-w", str(out), "-p", str(port), "-b", "127.0.0.1", "-t", "3600", *repeat],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -126,12 +129,13 @@ def nfdump_flow(rec: dict) -> dict:
     def ts(text: str) -> dt.datetime:
         return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
 
-    flags = sum(1 << (7 - i) for i, ch in enumerate(rec["tcp_flags"]) if ch != ".")
+    flags = sum(1 << (7 - i) for i, ch in enumerate(rec.get("tcp_flags", "........")) if ch != ".")
     return {
         "src_addr": ipaddress.ip_address(rec.get("src4_addr") or rec.get("src6_addr")),
         "dst_addr": ipaddress.ip_address(rec.get("dst4_addr") or rec.get("dst6_addr")),
-        "src_port": rec["src_port"],
-        "dst_port": rec["dst_port"],
+        # ICMP records carry type/code instead of ports; exporters put type*256+code in dst_port.
+        "src_port": rec.get("src_port", 0),
+        "dst_port": rec.get("dst_port", rec.get("icmp_type", 0) * 256 + rec.get("icmp_code", 0)),
         "protocol": rec["proto"],
         "packets": rec["in_packets"],
         "octets": rec["in_bytes"],
