@@ -369,7 +369,8 @@ class FlowDecoder:
     def _fields(self, template: Template, data: bytes) -> tuple[FieldArrays, int]:
         """Decode records of one template: one frombuffer, or offsets-then-gather when variable."""
         if not template.variable:
-            rec = np.frombuffer(data, dtype=template.dtype)
+            usable = len(data) - len(data) % template.record_length  # sets may end in padding
+            rec = np.frombuffer(data, dtype=template.dtype, count=usable // template.record_length)
             return {ie: rec[name] for ie, name in template.names.items()}, len(rec)
         starts, _, _ = variable_offsets(template, data)
         raw = np.frombuffer(data, dtype=np.uint8)
