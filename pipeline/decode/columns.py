@@ -52,22 +52,27 @@ def _first(fields: FieldArrays, candidates: tuple[int, ...]) -> np.ndarray | Non
 
 
 def _address(fields: FieldArrays, v4: int, v6: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(n, 16) IPv4-mapped or IPv6 bytes, and a bool mask of rows holding IPv6 (None if no field)."""
-    out = np.zeros((n, 16), dtype=np.uint8)
+    """(n, 16) IPv4-mapped or IPv6 bytes, and a bool mask of rows holding IPv6 (None if no field).
+    A template carries one family almost always: that case is two slice copies, no masks."""
     a4 = fields.get(v4)
     a6 = fields.get(v6)
     a4 = a4 if a4 is not None and a4.ndim == 2 and a4.shape[1] == 4 else None
     a6 = a6 if a6 is not None and a6.ndim == 2 and a6.shape[1] == 16 else None
     if a4 is None and a6 is None:
-        return out, None
-    is_v6 = np.zeros(n, dtype=bool)
-    if a6 is not None:
-        is_v6 = a6.any(axis=1) if a4 is not None else np.ones(n, dtype=bool)
-        out[is_v6] = a6[is_v6]
-    if a4 is not None:
-        v4rows = ~is_v6
-        out[v4rows, 10:12] = 0xFF
-        out[v4rows, 12:] = a4[v4rows]
+        return np.zeros((n, 16), dtype=np.uint8), None
+    if a6 is None:
+        out = np.empty((n, 16), dtype=np.uint8)
+        out[:, :10] = 0
+        out[:, 10:12] = 0xFF
+        out[:, 12:] = a4
+        return out, np.zeros(n, dtype=bool)
+    if a4 is None:
+        return np.ascontiguousarray(a6), np.ones(n, dtype=bool)
+    is_v6 = a6.any(axis=1)
+    out = np.zeros((n, 16), dtype=np.uint8)
+    out[is_v6] = a6[is_v6]
+    out[~is_v6, 10:12] = 0xFF
+    out[~is_v6, 12:] = a4[~is_v6]
     return out, is_v6
 
 

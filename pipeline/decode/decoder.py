@@ -265,18 +265,38 @@ class FlowDecoder:
         records: int | None = 0
         view = memoryview(payload)
         template_set, options_set = (2, 3) if ipfix else (0, 1)
+        templates = self._templates.get(tkey)
+        full: tuple | None = None  # per-record context, built once per packet when first needed
         while end - pos >= 4:
             set_id, length = _SET.unpack_from(payload, pos)
             if length < 4 or pos + length > end:
                 self.stats.error(exporter, "set_overrun")
                 break
-            body = view[pos + 4 : pos + length]
+            start = pos + 4
             pos += length
-            if set_id in (template_set, options_set):
-                self._template_set(bytes(body), tkey, received, ipfix, set_id == options_set, ctx)
-            elif set_id >= 256:
-                n = self._data_set(body, set_id, tkey, ctx, received)
+            if set_id >= 256:
+                template = templates.get(set_id) if templates is not None else None
+                if template is not None and not template.options and not template.variable:
+                    # Hot path: a fixed-length data set is just appended to its template's group.
+                    count = (length - 4) // template.record_length
+                    if count:
+                        if full is None:
+                            dkey = (tkey[0], tkey[1], tkey[2])
+                            full = (*ctx[:7], self._sysinit.get(dkey, -1), self._default_rate(dkey))
+                        group = self._groups.get(id(template))
+                        if group is None:
+                            group = self._groups[id(template)] = _Group(template, (tkey[0], tkey[1], tkey[2]))
+                        group.parts.append(view[start : start + count * template.record_length])
+                        group.counts.append(count)
+                        group.ctx.append(full)
+                    if records is not None:
+                        records += count
+                    continue
+                n = self._data_set(view[start:pos], set_id, tkey, ctx, received)
                 records = None if n is None or records is None else records + n
+            elif set_id in (template_set, options_set):
+                self._template_set(bytes(view[start:pos]), tkey, received, ipfix, set_id == options_set, ctx)
+                templates = self._templates.get(tkey)
             else:
                 self.stats.error(exporter, "reserved_set_id")
         if end - pos > 0 and end - pos < 4 and any(payload[pos:end]):

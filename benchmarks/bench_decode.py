@@ -1,0 +1,133 @@
+"""Decode throughput: realistic export packets (30 records each) decoded in collector-sized batches.
+
+    .venv/bin/python -m benchmarks.bench_decode [--seconds 3]
+
+Cases: NetFlow v5; v9 and IPFIX fixed-length templates of 20 fields; an IPFIX template with a
+variable-length field (interfaceName). Figures are flows per CPU-second of this one process
+(``time.process_time``), i.e. per core. Packets are packed with numpy (the tests, not this file,
+hold the independent-encoder checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import time
+
+import numpy as np
+
+from benchmarks.machine import machine_line
+from pipeline.decode import Datagram, FlowDecoder
+
+EXPORT = 1_790_000_000
+RECORDS = 30
+BATCH = 512  # datagrams per decode call, as the collector's recvmmsg loop hands them over
+V9_FIELDS = [(8, 4), (12, 4), (15, 4), (7, 2), (11, 2), (4, 1), (5, 1), (6, 1), (10, 4), (14, 4), (16, 4),
+             (17, 4), (9, 1), (13, 1), (2, 4), (1, 4), (22, 4), (21, 4), (61, 1), (48, 1)]  # fmt: skip
+IPFIX_FIELDS = [(8, 4), (12, 4), (15, 4), (7, 2), (11, 2), (4, 1), (5, 1), (6, 2), (10, 4), (14, 4), (16, 4),
+                (17, 4), (9, 1), (13, 1), (2, 8), (1, 8), (152, 8), (153, 8), (61, 1), (89, 4)]  # fmt: skip
+
+
+def _records(rng: np.random.Generator, fields: list[tuple[int, int]]) -> bytes:
+    dtype = np.dtype([(f"f{t}", {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}[n]) for t, n in fields])
+    rec = np.zeros(RECORDS, dtype=dtype)
+    for name in dtype.names:
+        rec[name] = rng.integers(0, np.iinfo(dtype[name]).max, RECORDS, dtype=np.uint64, endpoint=True)
+    if "f152" in dtype.names:
+        rec["f152"], rec["f153"] = EXPORT * 1000 - 5000, EXPORT * 1000 - 1000
+    else:
+        rec["f22"], rec["f21"] = 3_595_000, 3_599_000
+    return rec.tobytes()
+
+
+def _template(set_id: int, tid: int, fields: list[tuple[int, int]]) -> bytes:
+    body = struct.pack("!HH", tid, len(fields)) + b"".join(struct.pack("!HH", t, n) for t, n in fields)
+    return struct.pack("!HH", set_id, 4 + len(body)) + body
+
+
+def v5_packets(rng: np.random.Generator, n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        recs = rng.integers(0, 256, RECORDS * 48, dtype=np.uint8).tobytes()
+        out.append(struct.pack("!HHIIIIBBH", 5, RECORDS, 3_600_000, EXPORT, 0, i * RECORDS, 0, 0, 0) + recs)
+    return out
+
+
+def v9_packets(rng: np.random.Generator, n: int) -> tuple[bytes, list[bytes]]:
+    tmpl = struct.pack("!HHIIII", 9, 1, 3_600_000, EXPORT, 0, 1) + _template(0, 256, V9_FIELDS)
+    out = []
+    for i in range(n):
+        data = _records(rng, V9_FIELDS)
+        out.append(
+            struct.pack("!HHIIII", 9, RECORDS, 3_600_000, EXPORT, i + 1, 1)
+            + struct.pack("!HH", 256, 4 + len(data))
+            + data
+        )
+    return tmpl, out
+
+
+def ipfix_packets(rng: np.random.Generator, n: int) -> tuple[bytes, list[bytes]]:
+    tset = _template(2, 256, IPFIX_FIELDS)
+    tmpl = struct.pack("!HHIII", 10, 16 + len(tset), EXPORT, 0, 1) + tset
+    out = []
+    for i in range(n):
+        data = _records(rng, IPFIX_FIELDS)
+        sets = struct.pack("!HH", 256, 4 + len(data)) + data
+        out.append(struct.pack("!HHIII", 10, 16 + len(sets), EXPORT, i * RECORDS, 1) + sets)
+    return tmpl, out
+
+
+def ipfix_variable_packets(rng: np.random.Generator, n: int) -> tuple[bytes, list[bytes]]:
+    fields = [*IPFIX_FIELDS[:19], (82, 65535)]
+    tset = _template(2, 257, fields)
+    tmpl = struct.pack("!HHIII", 10, 16 + len(tset), EXPORT, 0, 1) + tset
+    fixed = np.dtype([(f"f{t}", {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}[k]) for t, k in fields[:19]])
+    out = []
+    for i in range(n):
+        rec = np.frombuffer(_records(rng, IPFIX_FIELDS[:19]), dtype=fixed)
+        body = b"".join(
+            r.tobytes() + bytes([len(name)]) + name
+            for r, name in zip(rec, [b"xe-0/0/%d" % (j % 48) for j in range(RECORDS)], strict=True)
+        )
+        sets = struct.pack("!HH", 257, 4 + len(body)) + body
+        out.append(struct.pack("!HHIII", 10, 16 + len(sets), EXPORT, i * RECORDS, 1) + sets)
+    return tmpl, out
+
+
+def measure(name: str, template: bytes | None, packets: list[bytes], seconds: float) -> float:
+    decoder = FlowDecoder()
+    if template is not None:
+        decoder.decode([Datagram(template, "192.0.2.1", 2055, EXPORT)])
+    batches = [
+        [Datagram(p, "192.0.2.1", 2055, EXPORT) for p in packets[i : i + BATCH]]
+        for i in range(0, len(packets), BATCH)
+    ]
+    decoder.decode(batches[0])  # warm up
+    flows, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
+        for batch in batches:
+            flows += decoder.decode(batch).num_rows
+    cpu = time.process_time() - start
+    rate = flows / cpu
+    assert not decoder.stats.errors, decoder.stats.errors
+    print(f"{name:34s} {rate / 1e6:7.2f} M flows/s per core  ({flows:,} flows, {cpu:.2f} CPU-s)")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="CPU-seconds per case")
+    args = parser.parse_args()
+    rng = np.random.default_rng(1)
+    print(machine_line())
+    print(f"{RECORDS} records per packet, {BATCH} packets per decode call")
+    measure("NetFlow v5", None, v5_packets(rng, 2048), args.seconds)
+    measure("NetFlow v9, 20 fixed fields", *v9_packets(rng, 2048), args.seconds)
+    measure("IPFIX, 20 fixed fields", *ipfix_packets(rng, 2048), args.seconds)
+    measure("IPFIX, 19 fixed + 1 variable field", *ipfix_variable_packets(rng, 1024), args.seconds)
+
+
+if __name__ == "__main__":
+    main()
