@@ -1,0 +1,120 @@
+"""MISP events (JSON export), MISP feed directories (manifest.json + event files) and MISP servers
+(PyMISP restSearch). Only ``to_ids`` attributes detect, unless told otherwise."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.intel.load import IntelError, IntelLoad
+from pipeline.intel.model import Condition, Indicator, parse_time
+
+ADDRESS_TYPES = {"ip-src": "src", "ip-dst": "dst", "ip-src|port": "src", "ip-dst|port": "dst"}
+
+
+def load_misp_event(path: Path, to_ids_only: bool = True) -> IntelLoad:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntelError(f"{path}: not readable JSON ({exc})") from exc
+    return from_events([data], str(path), to_ids_only)
+
+
+def load_misp_feed(path: Path, to_ids_only: bool = True) -> IntelLoad:
+    """A feed directory as MISP publishes it: every event the manifest lists."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise IntelError(f"{path}: no readable manifest.json ({exc})") from exc
+    load = IntelLoad(str(path))
+    for uuid in manifest:
+        file = path / f"{uuid}.json"
+        try:
+            event = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            load.errors.append(f"event {uuid}: {exc}")
+            continue
+        load.merge(from_events([event], path.name, to_ids_only))
+    return load
+
+
+def load_misp_server(url: str, key: str, to_ids_only: bool = True, **search: Any) -> IntelLoad:
+    """Attributes from a MISP server through PyMISP's restSearch (events, so tags come along)."""
+    from pymisp import PyMISP
+
+    misp = PyMISP(url, key, ssl=True)
+    events = misp.search(controller="events", to_ids=to_ids_only or None, pythonify=False, **search)
+    if isinstance(events, dict) and "errors" in events:
+        raise IntelError(f"{url}: {events['errors']}")
+    return from_events(list(events), url, to_ids_only)
+
+
+def from_events(events: list[Any], source: str, to_ids_only: bool) -> IntelLoad:
+    load = IntelLoad(source)
+    for wrapper in events:
+        event = wrapper.get("Event", wrapper) if isinstance(wrapper, dict) else None
+        if not isinstance(event, dict):
+            load.errors.append(f"{source}: an item is not a MISP event")
+            continue
+        org = (event.get("Orgc") or {}).get("name") or source
+        event_tlp = _tlp(event.get("Tag", []))
+        attributes = list(event.get("Attribute", []))
+        for obj in event.get("Object", []) or []:
+            attributes += obj.get("Attribute", []) or []
+        for attr in attributes:
+            try:
+                _attribute(attr, org, event_tlp, to_ids_only, load)
+            except (ValueError, TypeError, KeyError) as exc:
+                load.errors.append(
+                    f"attribute {attr.get('uuid', '?') if isinstance(attr, dict) else '?'}: {exc}"
+                )
+    return load
+
+
+def _attribute(attr: dict, org: str, event_tlp: str | None, to_ids_only: bool, load: IntelLoad) -> None:
+    kind, value = attr["type"], str(attr["value"])
+    if to_ids_only and not _truthy(attr.get("to_ids", False)):
+        load.skipped["not_to_ids"] += 1
+        return
+    if kind in ADDRESS_TYPES:
+        side = ADDRESS_TYPES[kind]
+        ports = None
+        if kind.endswith("|port"):
+            address, _, port = value.rpartition("|")
+            value_net, ports = ipaddress.ip_network(address, strict=False), frozenset({int(port)})
+        else:
+            value_net = ipaddress.ip_network(value, strict=False)
+        port_key = "src_ports" if side == "src" else "dst_ports"
+        condition = Condition(network=value_net, side=side, **({port_key: ports} if ports else {}))
+    elif kind == "AS":
+        condition = Condition(asn=int(value.upper().removeprefix("AS")))
+    else:
+        load.unsupported[f"misp type {kind}"] += 1
+        return
+    load.indicators.append(
+        Indicator(
+            id=attr["uuid"],
+            value=f"{kind}: {value}",
+            source=org,
+            conditions=(condition,),
+            name=attr.get("comment") or None,
+            tlp=_tlp(attr.get("Tag", [])) or event_tlp,
+            valid_from=parse_time(attr.get("first_seen")),
+            valid_until=parse_time(attr.get("last_seen")),
+            labels=(attr.get("category", ""),) if attr.get("category") else (),
+        )
+    )
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _tlp(tags: list[Any]) -> str | None:
+    for tag in tags or []:
+        name = str(tag.get("name", "") if isinstance(tag, dict) else tag).lower()
+        if name.startswith("tlp:"):
+            return name.removeprefix("tlp:")
+    return None
