@@ -1,0 +1,201 @@
+"""Match flow batches against an :class:`IndicatorIndex`: one row per (flow, indicator, side) hit.
+
+All of it is array work: address lookups for src and dst, then constraint checks, validity at the
+flow's time, de-duplication and allowlist suppression over the (rare) hits only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detectors.index import IndicatorIndex
+from pipeline.schemas import address_words, bytes16_to_ip
+
+FLOW_COLUMNS = ("time_received", "exporter", "observation_domain", "flow_start", "flow_end", "src_addr", "dst_addr",
+                "src_port", "dst_port", "protocol", "tcp_flags", "packets", "octets", "sampling_rate",
+                "src_as", "dst_as", "input_if", "output_if")  # fmt: skip
+SIDE_NAMES = np.array(["any", "src", "dst"])
+
+
+def _keys16(column: pa.Array) -> np.ndarray:
+    if column.null_count:
+        column = column.fill_null(bytes(16))
+    return np.frombuffer(column.buffers()[1], dtype="S16", count=len(column) + column.offset)[column.offset :]
+
+
+def _within(hi: np.ndarray, lo: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """first <= (hi, lo) <= last for 128-bit values given as (hi, lo) words."""
+    ge = (hi > first[:, 0]) | ((hi == first[:, 0]) & (lo >= first[:, 1]))
+    le = (hi < last[:, 0]) | ((hi == last[:, 0]) & (lo <= last[:, 1]))
+    return ge & le
+
+
+class MatchStats:
+    def __init__(self) -> None:
+        self.flows = 0
+        self.hits: Counter[str] = Counter()  # by source
+        self.suppressed: Counter[str] = Counter()  # by allowlist name
+        self.inactive = 0  # hits on indicators not valid at the flow's time (expired, not yet valid)
+
+
+class Matcher:
+    def __init__(self, index: IndicatorIndex, geoip: Any = None) -> None:
+        self.index = index
+        self.geoip = geoip
+        self.stats = MatchStats()
+
+    def match(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        if isinstance(batch, pa.Table):
+            batch = (
+                batch.combine_chunks().to_batches()[0]
+                if batch.num_rows
+                else pa.RecordBatch.from_pylist([], schema=batch.schema)
+            )
+        ix = self.index
+        self.stats.flows += batch.num_rows
+        words = {s: address_words(batch.column(f"{s}_addr")) for s in ("src", "dst")}
+        keys = {s: _keys16(batch.column(f"{s}_addr")) for s in ("src", "dst")}
+        sport = batch.column("src_port").to_numpy(zero_copy_only=False).astype(np.int32)
+        dport = batch.column("dst_port").to_numpy(zero_copy_only=False).astype(np.int32)
+        proto = batch.column("protocol").to_numpy(zero_copy_only=False).astype(np.int16)
+        asns = {
+            s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False).astype(np.int64) for s in ("src", "dst")
+        }
+        rows_all, ind_all, side_all = [], [], []
+        for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
+            rows, entries = ix.table.lookup(*words[side], keys[side])
+            if len(rows):
+                ok = (ix.entry_side[entries] == 0) | (ix.entry_side[entries] == code)
+                es, ed, ep = ix.entry_sport[entries], ix.entry_dport[entries], ix.entry_proto[entries]
+                ok &= (es == -1) | (es == sport[rows])
+                ok &= (ed == -1) | (ed == dport[rows])
+                ok &= (ep == -1) | (ep == proto[rows])
+                ea = ix.entry_asn[entries]
+                ok &= (ea == -1) | (ea == asns[side][rows])
+                has_other = ix.entry_has_other[entries]
+                if has_other.any():
+                    ohi, olo = words[other][0][rows], words[other][1][rows]
+                    inside = _within(ohi, olo, ix.other_first[entries], ix.other_last[entries])
+                    ok &= ~has_other | inside
+                rows_all.append(rows[ok])
+                ind_all.append(ix.entry_ind[entries[ok]])
+                side_all.append(np.full(int(ok.sum()), code, np.int8))
+            if len(ix.asn_values):
+                values = asns[side]
+                lo_pos = np.searchsorted(ix.asn_values, values, side="left")
+                hi_pos = np.searchsorted(ix.asn_values, values, side="right")
+                counts = hi_pos - lo_pos
+                hit_rows = np.nonzero(counts)[0]
+                if len(hit_rows):
+                    c = counts[hit_rows]
+                    rep = np.repeat(hit_rows, c)
+                    pos = np.repeat(lo_pos[hit_rows] - (np.cumsum(c) - c), c) + np.arange(int(c.sum()))
+                    ok = (ix.asn_side[pos] == 0) | (ix.asn_side[pos] == code)
+                    rows_all.append(rep[ok])
+                    ind_all.append(ix.asn_ind[pos[ok]])
+                    side_all.append(np.full(int(ok.sum()), code, np.int8))
+        rows = np.concatenate(rows_all) if rows_all else np.empty(0, np.int64)
+        inds = np.concatenate(ind_all) if ind_all else np.empty(0, np.int32)
+        sides = np.concatenate(side_all) if side_all else np.empty(0, np.int8)
+        if len(rows):
+            rows, inds, sides = self._active(batch, rows, inds, sides)
+        if len(rows):
+            key = (rows.astype(np.int64) * len(ix.indicators) + inds) * 3 + sides
+            _, first = np.unique(key, return_index=True)
+            rows, inds, sides = rows[first], inds[first], sides[first]
+            rows, inds, sides = self._allowed(words, keys, sport, dport, rows, inds, sides)
+        for i in inds:
+            self.stats.hits[ix.indicators[i].source] += 1
+        return self._table(batch, rows, inds, sides)
+
+    def _active(self, batch: pa.RecordBatch, rows, inds, sides):
+        """Only indicators valid at the flow's time (its end, else its receipt) fire."""
+        ix = self.index
+        end = batch.column("flow_end")
+        when = pc.if_else(pc.is_null(end), batch.column("time_received"), end)
+        t = when.cast(pa.int64()).to_numpy(zero_copy_only=False)[rows]
+        ok = (ix.valid_from[inds] <= t) & (t < ix.valid_until[inds])
+        self.stats.inactive += int((~ok).sum())
+        return rows[ok], inds[ok], sides[ok]
+
+    def _allowed(self, words, keys, sport, dport, rows, inds, sides):
+        ix = self.index
+        if not len(ix.allow_port):
+            return rows, inds, sides
+        hit_hi = np.where(sides == 1, words["src"][0][rows], words["dst"][0][rows])
+        hit_lo = np.where(sides == 1, words["src"][1][rows], words["dst"][1][rows])
+        hit_keys = np.where(sides == 1, keys["src"][rows], keys["dst"][rows])
+        hit_idx, entries = ix.allow.lookup(hit_hi, hit_lo, hit_keys)
+        port = np.where(sides == 1, sport[rows], dport[rows])
+        allowed_port = ix.allow_port[entries]
+        ok = (allowed_port == -1) | (allowed_port == port[hit_idx])
+        suppressed = np.zeros(len(rows), dtype=bool)
+        suppressed[hit_idx[ok]] = True
+        for e in entries[ok]:
+            self.stats.suppressed[ix.allow_name[e]] += 1
+        keep = ~suppressed
+        return rows[keep], inds[keep], sides[keep]
+
+    def _table(self, batch: pa.RecordBatch, rows, inds, sides) -> pa.Table:
+        ix = self.index
+        flows = (
+            pa.Table.from_batches([batch]).select(list(FLOW_COLUMNS)).take(pa.array(rows, type=pa.int64()))
+        )
+        chosen = [ix.indicators[i] for i in inds]
+        extra = {
+            "side": pa.array(SIDE_NAMES[sides] if len(sides) else [], type=pa.string()),
+            "indicator_id": pa.array([i.id for i in chosen], type=pa.string()),
+            "indicator": pa.array([i.value for i in chosen], type=pa.string()),
+            "indicator_name": pa.array([i.name for i in chosen], type=pa.string()),
+            "source": pa.array([i.source for i in chosen], type=pa.string()),
+            "confidence": pa.array([i.confidence for i in chosen], type=pa.int32()),
+            "tlp": pa.array([i.tlp for i in chosen], type=pa.string()),
+            "valid_until": pa.array([i.valid_until for i in chosen], type=pa.timestamp("us", tz="UTC")),
+        }
+        for name, column in extra.items():
+            flows = flows.append_column(name, column)
+        if self.geoip is not None:
+            flows = self.geoip.enrich(flows)
+        return flows
+
+
+class MatcherHandle:
+    """The matcher in use, swapped whole when intel changes; batches in flight keep the old one."""
+
+    def __init__(self, matcher: Matcher) -> None:
+        self._matcher = matcher
+        self._lock = threading.Lock()
+
+    @property
+    def matcher(self) -> Matcher:
+        return self._matcher
+
+    def swap(self, index: IndicatorIndex) -> None:
+        with self._lock:
+            old = self._matcher
+            new = Matcher(index, old.geoip)
+            new.stats = old.stats
+            self._matcher = new  # one reference assignment: atomic for readers
+
+    def match(self, batch: pa.RecordBatch) -> pa.Table:
+        return self._matcher.match(batch)
+
+
+def alerts_to_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """Alert rows as JSON-ready dicts (addresses as text, times as ISO 8601)."""
+    out = []
+    for row in table.to_pylist():
+        for key in ("src_addr", "dst_addr", "exporter"):
+            row[key] = str(bytes16_to_ip(row[key]))
+        for key, value in row.items():
+            if isinstance(value, datetime):
+                row[key] = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        out.append(row)
+    return out
