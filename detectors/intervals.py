@@ -59,10 +59,13 @@ class V4Intervals:
         end = last.astype(np.uint64) + np.uint64(1)
         boundaries = np.unique(np.concatenate([first, end, np.zeros(1, np.uint64)]))
         offsets, ids = _csr(boundaries, first, np.searchsorted(boundaries, end, side="left"))
-        diff = np.zeros(V4_SLASH24 + 1, dtype=np.int32)
-        np.add.at(diff, (first >> np.uint64(8)).astype(np.int64), 1)
-        np.add.at(diff, ((end - np.uint64(1)) >> np.uint64(8)).astype(np.int64) + 1, -1)
-        slash24 = (np.cumsum(diff[:-1]) > 0).astype(np.uint8)
+        slash24 = np.zeros(V4_SLASH24, dtype=np.uint8)  # calloc'd: pages only touched where marked
+        a = (first >> np.uint64(8)).astype(np.int64)
+        b = ((end - np.uint64(1)) >> np.uint64(8)).astype(np.int64)
+        single = a == b
+        slash24[a[single]] = 1
+        for x, y in zip(a[~single].tolist(), b[~single].tolist(), strict=True):  # prefixes shorter than /24
+            slash24[x : y + 1] = 1
         return cls(boundaries, offsets, ids, slash24)
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
