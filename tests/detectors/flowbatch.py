@@ -43,6 +43,6 @@ def flow_batch(flows: list[dict]) -> pa.RecordBatch:
                 "dst_mask": 0,
                 "ip_version": 6 if ":" in f["src"] else 4,
                 "sampling_rate": 1,
-            }  # fmt: skip
+            }
         )
     return pa.RecordBatch.from_pylist(rows, schema=FLOW_SCHEMA)

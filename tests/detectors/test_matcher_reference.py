@@ -69,7 +69,7 @@ flows = st.lists(
             "sport": st.sampled_from(PORTS),
             "dport": st.sampled_from(PORTS),
             "proto": st.sampled_from([6, 17]),
-        }  # fmt: skip
+        }
     ),
     min_size=1,
     max_size=40,
