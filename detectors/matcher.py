@@ -68,6 +68,8 @@ class Matcher:
         asns = {
             s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False).astype(np.int64) for s in ("src", "dst")
         }
+        if self.geoip is not None and len(ix.asn_values):  # AS indicators, flows without AS fields
+            asns = {s: self.geoip.fill_asn(keys[s], asns[s]) for s in ("src", "dst")}
         rows_all, ind_all, side_all = [], [], []
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
             rows, entries = ix.table.lookup(*words[side], keys[side])
