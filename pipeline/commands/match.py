@@ -6,6 +6,7 @@ import argparse
 import glob
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def build_index(args: argparse.Namespace) -> tuple[Any, list]:
+def build_index(args: argparse.Namespace, now: datetime | None = None) -> tuple[Any, list]:
+    """Index of every --intel source. ``now`` (live detection) drops intel already expired; retro-hunts
+    pass None and judge validity at each flow's time."""
     from detectors.index import IndicatorIndex
     from pipeline.intel import IntelError, load_source
     from pipeline.intel.allowlists import Allowlist, load_allowlist
@@ -48,7 +51,7 @@ def build_index(args: argparse.Namespace) -> tuple[Any, list]:
     loads = []
     for spec in args.intel:
         try:
-            loads.append(load_source(spec, args.min_confidence, not args.all_attributes))
+            loads.append(load_source(spec, args.min_confidence, not args.all_attributes, now=now))
         except IntelError as exc:
             raise SystemExit(f"shoal: intel: {exc}") from exc
     for load in loads:

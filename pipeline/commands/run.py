@@ -1,0 +1,125 @@
+"""``shoal run``: collector and matcher in one process, no Kafka — Shoal's embedded default."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
+
+log = logging.getLogger("shoal.run")
+
+HELP = """\
+Receive NetFlow v5/v9 and IPFIX, match every flow against intel and write alerts to the terminal and a
+JSON-lines file, all in one process (the same collector and matcher stages that `shoal collect` and the
+Kafka workers run). With no --intel it loads the bundled sample intel (documentation address ranges
+only). --demo also plays the bundled sample traffic into itself, so alerts appear within seconds.
+Point routers at the listen ports (see docs/collector.md). Ctrl-C stops cleanly.
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="embedded collector + matcher (no Kafka)", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="UDP listeners (default 0.0.0.0:2055 for NetFlow and 0.0.0.0:4739 for IPFIX)")  # fmt: skip
+    p.add_argument(
+        "--intel", action="append", metavar="SOURCE", help="intel source (default: bundled sample intel)"
+    )
+    p.add_argument(
+        "--allowlist", action="append", default=[], metavar="FILE", help="warninglist or CIDR list"
+    )
+    p.add_argument("--geoip", action="append", default=[], metavar="MMDB", help="MaxMind-format database(s)")
+    p.add_argument("--alerts", default="shoal-alerts.jsonl", metavar="FILE", help="JSON-lines alert file")
+    p.add_argument("--parquet", metavar="DIR", help="also archive flows as Parquet")
+    p.add_argument(
+        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="Prometheus /metrics ('' = off)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no alert lines on the terminal")
+    p.add_argument("--demo", action="store_true", help="play the bundled sample traffic into the listeners")
+    p.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: until Ctrl-C)"
+    )
+    p.add_argument("--min-confidence", type=int, default=0)
+    p.add_argument("--all-attributes", action="store_true", help="use MISP attributes without to_ids too")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from detectors.matcher import Matcher, MatcherHandle
+    from pipeline.collector.config import ConfigError, load_config
+    from pipeline.collector.service import Collector
+    from pipeline.commands.match import build_index
+    from pipeline.metrics import new_registry, serve
+    from pipeline.runtime.alerts import ConsoleOutput, JsonLinesOutput
+    from pipeline.runtime.matching import MatchingSink
+
+    args.intel = args.intel or [str(DEMO_INTEL)]
+    listens = args.listen or ["0.0.0.0:2055", "0.0.0.0:4739"]
+    index, loads = build_index(args, now=datetime.now(UTC))
+    geoip = None
+    if args.geoip:
+        from detectors.geoip import GeoIP
+
+        geoip = GeoIP([Path(p) for p in args.geoip])
+    registry = new_registry()
+    outputs: list = [JsonLinesOutput(Path(args.alerts))]
+    if not args.quiet:
+        outputs.append(ConsoleOutput(sys.stdout))
+    sinks: list = [MatchingSink(MatcherHandle(Matcher(index, geoip)), outputs, registry)]
+    overrides: dict[str, Any] = {"receive": {"listen": listens}, "batch": {"max_seconds": 0.5}}
+    if args.parquet:
+        from pipeline.sinks.parquet import ParquetSink
+
+        sinks.append(ParquetSink(args.parquet))
+    try:
+        config = load_config(None, overrides=overrides)
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+    collector = Collector(config, sinks, registry)
+    try:
+        collector.start()
+    except OSError as exc:
+        print(
+            f"shoal run: cannot listen on {', '.join(listens)}: {exc} (choose others with --listen)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.metrics:
+        serve(registry, args.metrics)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
+    print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "
+          f"{', '.join(x.source for x in loads)}; alerts to {args.alerts}"
+          + (f"; metrics at http://{args.metrics}/metrics" if args.metrics else ""), flush=True)  # fmt: skip
+    if args.demo:
+        threading.Thread(target=_play_demo, args=(collector.addresses,), daemon=True).start()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    while not stop.wait(0.2):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    collector.stop()
+    print(f"shoal run: stopped; {collector.flows_out} flows matched, {sinks[0].alerts} alerts", flush=True)
+    return 0
+
+
+def _play_demo(addresses: list[tuple[str, int]]) -> None:
+    from pipeline.runtime.replay import replay
+
+    host, first = addresses[0]
+    second = addresses[1][1] if len(addresses) > 1 else first
+    target = "::1" if ":" in host else "127.0.0.1"
+    time.sleep(0.3)
+    sent = replay(DEMO_TRAFFIC, target, {2055: first, 4739: second}, pace_seconds=0.01)
+    print(f"shoal run --demo: played {sent} sample export packets (NetFlow v5, v9, IPFIX) into the collector",
+          flush=True)  # fmt: skip
