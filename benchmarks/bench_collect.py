@@ -182,7 +182,7 @@ class Sender:
         return sent
 
 
-def replay(  # noqa: PLR0917
+def replay(
     v9: list[bytes], ipfix: list[bytes], port: int, pairs: int, rate_flows: float, per_pair: int
 ) -> float:
     """Send ``pairs`` (v9, IPFIX) packet pairs paced to ``rate_flows``; return seconds taken."""
@@ -295,7 +295,7 @@ class Result:
         return 1 - self.kept / self.sent if self.sent else 0.0
 
 
-def run_collector(name: str, cmd: list[str], port: int, count, args, stream) -> Result:  # noqa: PLR0917
+def run_collector(name: str, cmd: list[str], port: int, count, args, stream) -> Result:
     v9, ipfix, per_pair = stream
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
