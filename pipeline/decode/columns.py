@@ -153,7 +153,10 @@ def _times(fields: FieldArrays, ctx: Context) -> tuple[pa.Array, pa.Array]:
             start_ok = start_ok | end_ok
             break
     ts = pa.timestamp("us", tz="UTC")
-    return (pa.array(start, type=ts, mask=~start_ok), pa.array(end, type=ts, mask=~end_ok))
+    return (
+        pa.array(start, type=ts, mask=None if start_ok.all() else ~start_ok),
+        pa.array(end, type=ts, mask=None if end_ok.all() else ~end_ok),
+    )
 
 
 def _counter(fields: FieldArrays, groups: tuple[tuple[int, ...], ...], n: int) -> np.ndarray:
@@ -200,8 +203,14 @@ def build_batch(fields: FieldArrays, n: int, ctx: Context) -> pa.RecordBatch:
     for name, candidates in ies.UINT_COLUMNS.items():
         values = _first(fields, candidates)
         arrow_type = FLOW_SCHEMA.field(name).type
-        raw = as_uint(values) if values is not None else np.zeros(n, dtype=np.uint64)
-        columns[name] = pa.array(raw.astype(arrow_type.to_pandas_dtype()), type=arrow_type)
+        target = arrow_type.to_pandas_dtype()
+        if values is None:
+            raw = np.zeros(n, dtype=target)
+        elif values.ndim == 1:
+            raw = values.astype(target)  # byte swap and width change in one pass
+        else:
+            raw = as_uint(values).astype(target)
+        columns[name] = pa.array(raw, type=arrow_type)
     icmp = _icmp(fields, n)
     if icmp is not None:
         dst_port = columns["dst_port"].to_numpy(zero_copy_only=False)

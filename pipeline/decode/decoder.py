@@ -103,6 +103,7 @@ class FlowDecoder:
         self._pending_load: dict[str, list[int]] = {}  # exporter -> [sets, bytes]
         self._exporter16: dict[str, bytes] = {}
         self._groups: dict[int, _Group] = {}
+        self._streams: dict[tuple[str, int, int, int], tuple[TemplateKey, bytes, tuple[str, int]]] = {}
 
     # -- public surface ----------------------------------------------------------------------------
     def decode(self, datagrams: Sequence[Any]) -> pa.RecordBatch:
@@ -229,10 +230,9 @@ class FlowDecoder:
             self.stats.error(exporter, "short_packet")
             return
         _, _count, uptime, secs, seq, source_id = _V9_HEADER.unpack_from(payload)
-        self.stats.packets[(exporter, 9)] += 1
+        tkey, ex16 = self._stream(exporter, port, source_id, 9)
         self._check_sequence(exporter, source_id, 9, seq, 1)
-        tkey = (exporter, port if self.config.template_key_includes_port else 0, source_id, 9)
-        ctx = (self._ex16(exporter), port, source_id, 9, received, secs * 1_000_000, uptime, -1)
+        ctx = (ex16, port, source_id, 9, received, secs * 1_000_000, uptime, -1)
         self._sets(payload, _V9_HEADER.size, len(payload), tkey, ctx, received, ipfix=False)
 
     def _ipfix(self, payload: bytes, exporter: str, port: int, received: float) -> None:
@@ -240,7 +240,7 @@ class FlowDecoder:
             self.stats.error(exporter, "short_packet")
             return
         _, length, export_time, seq, domain = _IPFIX_HEADER.unpack_from(payload)
-        self.stats.packets[(exporter, 10)] += 1
+        tkey, ex16 = self._stream(exporter, port, domain, 10)
         if length < _IPFIX_HEADER.size:
             self.stats.error(exporter, "bad_message_length")
             return
@@ -251,8 +251,7 @@ class FlowDecoder:
             # length; nfdump accepts such messages, so sets are bounded by the datagram instead.
             self.stats.error(exporter, "length_mismatch")
         end = len(payload)
-        tkey = (exporter, port if self.config.template_key_includes_port else 0, domain, 10)
-        ctx = (self._ex16(exporter), port, domain, 10, received, export_time * 1_000_000, -1, -1)
+        ctx = (ex16, port, domain, 10, received, export_time * 1_000_000, -1, -1)
         records = self._sets(payload, _IPFIX_HEADER.size, end, tkey, ctx, received, ipfix=True)
         self._check_sequence(exporter, domain, 10, seq, records)
 
@@ -282,7 +281,8 @@ class FlowDecoder:
                     if count:
                         if full is None:
                             dkey = (tkey[0], tkey[1], tkey[2])
-                            full = (*ctx[:7], self._sysinit.get(dkey, -1), self._default_rate(dkey))
+                            rate = self._default_rate(dkey) if self._sampling else 1
+                            full = (*ctx[:7], self._sysinit.get(dkey, -1) if self._sysinit else -1, rate)
                         group = self._groups.get(id(template))
                         if group is None:
                             group = self._groups[id(template)] = _Group(template, (tkey[0], tkey[1], tkey[2]))
@@ -418,11 +418,18 @@ class FlowDecoder:
             return empty_batch()
         counts = np.asarray(group.counts)
         cols = list(zip(*group.ctx, strict=True))
-        exporter = np.repeat(np.frombuffer(b"".join(cols[0]), dtype=np.uint8).reshape(-1, 16), counts, axis=0)
 
         def rep(i: int, dtype: Any) -> np.ndarray:
-            return np.repeat(np.asarray(cols[i], dtype=dtype), counts)
+            values = cols[i]
+            if values.count(values[0]) == len(values):  # usually constant across a template's group
+                return np.full(n, values[0], dtype=dtype)
+            return np.repeat(np.asarray(values, dtype=dtype), counts)
 
+        exporters = cols[0]
+        if exporters.count(exporters[0]) == len(exporters):
+            exporter = np.frombuffer(exporters[0] * n, dtype=np.uint8).reshape(n, 16)
+        else:
+            exporter = np.repeat(np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts, axis=0)
         received = np.repeat((np.asarray(cols[4], dtype=np.float64) * 1e6).astype(np.int64), counts)
         ctx = Context(
             exporter=exporter,
@@ -533,6 +540,20 @@ class FlowDecoder:
             elif diff:
                 self.stats.sequence_resets[(exporter, domain)] += 1
         self._sequence[key] = None if units is None else (seq + units) & 0xFFFFFFFF
+
+    def _stream(self, exporter: str, port: int, domain: int, version: int) -> tuple[TemplateKey, bytes]:
+        """Template key and 16-byte exporter of one export stream, cached: the per-packet path then
+        costs one dict lookup. Also counts the packet."""
+        skey = (exporter, port, domain, version)
+        cached = self._streams.get(skey)
+        if cached is None:
+            if len(self._streams) > 65536:
+                self._streams.clear()
+            tkey = (exporter, port if self.config.template_key_includes_port else 0, domain, version)
+            cached = self._streams[skey] = (tkey, self._ex16(exporter), (exporter, version))
+        packets = self.stats.packets
+        packets[cached[2]] = packets.get(cached[2], 0) + 1
+        return cached[0], cached[1]
 
     def _ex16(self, exporter: str) -> bytes:
         raw = self._exporter16.get(exporter)
