@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from benchmarks.machine import machine_line
+from pipeline.allocator import tune_allocator
 from pipeline.decode import Datagram, FlowDecoder
 
 EXPORT = 1_790_000_000
@@ -121,7 +122,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="CPU-seconds per case")
     args = parser.parse_args()
     rng = np.random.default_rng(1)
+    tuned = tune_allocator()  # as the shoal CLI does for every command
     print(machine_line())
+    print(f"allocator tuned: {tuned}")
     print(f"{RECORDS} records per packet, {BATCH} packets per decode call")
     measure("NetFlow v5", None, v5_packets(rng, 2048), args.seconds)
     measure("NetFlow v9, 20 fixed fields", *v9_packets(rng, 2048), args.seconds)

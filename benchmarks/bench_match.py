@@ -21,6 +21,7 @@ import pyarrow as pa
 from benchmarks.machine import machine_line
 from detectors.index import IndicatorIndex
 from detectors.matcher import Matcher
+from pipeline.allocator import tune_allocator
 from pipeline.intel.model import Condition, Indicator
 from pipeline.schemas import FLOW_SCHEMA
 
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=1_000_000)
     args = parser.parse_args()
     rng = np.random.default_rng(3)
+    tune_allocator()
     print(machine_line())
     for size in (int(s) for s in args.sizes.split(",")):
         inds = indicators(size, rng)

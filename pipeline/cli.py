@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 from pipeline import __version__, commands
+from pipeline.allocator import tune_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_allocator()
     return int(args.func(args) or 0)
 
 

@@ -60,12 +60,13 @@ def _address(fields: FieldArrays, v4: int, v6: int, n: int) -> tuple[np.ndarray,
     a6 = a6 if a6 is not None and a6.ndim == 2 and a6.shape[1] == 16 else None
     if a4 is None and a6 is None:
         return np.zeros((n, 16), dtype=np.uint8), None
-    if a6 is None:
-        out = np.empty((n, 16), dtype=np.uint8)
-        out[:, :10] = 0
-        out[:, 10:12] = 0xFF
-        out[:, 12:] = a4
-        return out, np.zeros(n, dtype=bool)
+    if a6 is None:  # fill as four 32-bit words: 0, 0, 0x0000ffff (big-endian), the address bytes
+        words = np.empty((n, 4), dtype=np.uint32)
+        words[:, 0] = 0
+        words[:, 1] = 0
+        words[:, 2] = np.frombuffer(b"\x00\x00\xff\xff", dtype=np.uint32)[0]
+        words[:, 3] = np.ascontiguousarray(a4).view(np.uint32).ravel()
+        return words.view(np.uint8), np.zeros(n, dtype=bool)
     if a4 is None:
         return np.ascontiguousarray(a6), np.ones(n, dtype=bool)
     is_v6 = a6.any(axis=1)
@@ -152,11 +153,20 @@ def _times(fields: FieldArrays, ctx: Context) -> tuple[pa.Array, pa.Array]:
             end_ok = end_ok | start_ok
             start_ok = start_ok | end_ok
             break
-    ts = pa.timestamp("us", tz="UTC")
-    return (
-        pa.array(start, type=ts, mask=None if start_ok.all() else ~start_ok),
-        pa.array(end, type=ts, mask=None if end_ok.all() else ~end_ok),
-    )
+    return timestamps(start, start_ok), timestamps(end, end_ok)
+
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def timestamps(us: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """int64 microseconds as a UTC timestamp array, zero-copy (``pa.array`` with a time-zone type
+    converts element by element: milliseconds per batch)."""
+    us = np.ascontiguousarray(us, dtype=np.int64)
+    validity = None
+    if valid is not None and not valid.all():
+        validity = pa.array(valid).buffers()[1]
+    return pa.Array.from_buffers(TIMESTAMP, len(us), [validity, pa.py_buffer(us)])
 
 
 def _counter(fields: FieldArrays, groups: tuple[tuple[int, ...], ...], n: int) -> np.ndarray:
@@ -185,7 +195,7 @@ def build_batch(fields: FieldArrays, n: int, ctx: Context) -> pa.RecordBatch:
         )
     start, end = _times(fields, ctx)
     columns: dict[str, pa.Array] = {
-        "time_received": pa.array(ctx.received_us, type=pa.timestamp("us", tz="UTC")),
+        "time_received": timestamps(ctx.received_us),
         "exporter": _binary16(ctx.exporter),
         "exporter_port": pa.array(ctx.exporter_port, type=pa.uint16()),
         "observation_domain": pa.array(ctx.domain, type=pa.uint32()),

@@ -429,7 +429,9 @@ class FlowDecoder:
         if exporters.count(exporters[0]) == len(exporters):
             exporter = np.frombuffer(exporters[0] * n, dtype=np.uint8).reshape(n, 16)
         else:
-            exporter = np.repeat(np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts, axis=0)
+            exporter = np.repeat(
+                np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts, axis=0
+            )
         received = np.repeat((np.asarray(cols[4], dtype=np.float64) * 1e6).astype(np.int64), counts)
         ctx = Context(
             exporter=exporter,
