@@ -19,6 +19,18 @@ def parse_entry(text: str) -> Condition:
     return Condition(network=network)
 
 
+def _add(load: IntelLoad, path: Path, text: str, where: str) -> None:
+    """One entry into ``load``, or an error naming where it came from."""
+    try:
+        condition = parse_entry(text)
+    except ValueError as exc:
+        load.errors.append(f"{where}: {exc}")
+        return
+    load.indicators.append(
+        Indicator(id=f"{path.name}:{text}", value=text, source=path.stem, conditions=(condition,))
+    )
+
+
 def load_list(path: Path) -> IntelLoad:
     try:
         lines = path.read_text().splitlines()
@@ -27,16 +39,8 @@ def load_list(path: Path) -> IntelLoad:
     load = IntelLoad(str(path))
     for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            condition = parse_entry(text)
-        except ValueError as exc:
-            load.errors.append(f"{path}:{number}: {exc}")
-            continue
-        load.indicators.append(
-            Indicator(id=f"{path.name}:{text}", value=text, source=path.stem, conditions=(condition,))
-        )
+        if text:
+            _add(load, path, text, f"{path}:{number}")
     return load
 
 
@@ -51,15 +55,7 @@ def load_csv(path: Path, value_column: str, port_column: str | None = None) -> I
             for number, row in enumerate(reader, 2):
                 value = (row.get(value_column) or "").strip()
                 port = (row.get(port_column) or "").strip() if port_column else ""
-                text = f"{value}|{port}" if port else value
-                try:
-                    condition = parse_entry(text)
-                except ValueError as exc:
-                    load.errors.append(f"{path}:{number}: {exc}")
-                    continue
-                load.indicators.append(
-                    Indicator(id=f"{path.name}:{text}", value=text, source=path.stem, conditions=(condition,))
-                )
+                _add(load, path, f"{value}|{port}" if port else value, f"{path}:{number}")
     except OSError as exc:
         raise IntelError(f"{path}: {exc}") from exc
     return load
