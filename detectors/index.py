@@ -13,7 +13,9 @@ from datetime import datetime
 from itertools import product
 
 import numpy as np
+import pyarrow as pa
 
+from detectors.addresses import Addresses
 from detectors.intervals import V4Intervals, V6Intervals
 from pipeline.intel.allowlists import Allowlist
 from pipeline.intel.model import Indicator, Network
@@ -60,12 +62,16 @@ class AddressTable:
             V6Intervals.build(hi[:, 0], lo[:, 0], hi[:, 1], lo[:, 1]), v6_rows,
         )  # fmt: skip
 
-    def lookup(self, hi: np.ndarray, lo: np.ndarray, keys16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row, entry) pairs for addresses given as (hi, lo) words and as 16-byte keys."""
-        is_v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
-        rows = np.arange(len(hi), dtype=np.int64)
-        r4, e4 = self.v4.lookup((lo[is_v4] & np.uint64(0xFFFFFFFF)).astype(np.uint32), rows[is_v4])
-        r6, e6 = self.v6.lookup(keys16[~is_v4], rows[~is_v4])
+    def lookup(self, addresses: Addresses) -> tuple[np.ndarray, np.ndarray]:
+        """(row, entry) pairs for every address that some network covers."""
+        if addresses.all_v4:  # the common batch: no masks, no IPv6 work
+            rows = np.arange(len(addresses), dtype=np.int64)
+            r4, e4 = self.v4.lookup(addresses.v4, rows)
+            return r4, self.v4_entries[e4]
+        v4_rows = np.nonzero(addresses.is_v4)[0]
+        v6_rows = np.nonzero(~addresses.is_v4)[0]
+        r4, e4 = self.v4.lookup(addresses.v4[v4_rows], v4_rows)
+        r6, e6 = self.v6.lookup(addresses.keys16(v6_rows), v6_rows)
         return np.concatenate([r4, r6]), np.concatenate([self.v4_entries[e4], self.v6_entries[e6]])
 
 
@@ -126,6 +132,20 @@ class IndicatorIndex:
         self.asn_values = np.array(asn_entries["asn"], dtype=np.int64)[order]
         self.asn_ind = np.array(asn_entries["ind"], dtype=np.int32)[order]
         self.asn_side = np.array(asn_entries["side"], dtype=np.int8)[order]
+        inds = self.indicators
+        # Alert attributes, one row per indicator: hits take rows of it instead of building Python lists.
+        self.attributes = pa.table({
+            "indicator_id": pa.array([i.id for i in inds], type=pa.string()),
+            "indicator": pa.array([i.value for i in inds], type=pa.string()),
+            "indicator_name": pa.array([i.name for i in inds], type=pa.string()),
+            "source": pa.array([i.source for i in inds], type=pa.string()),
+            "confidence": pa.array([i.confidence for i in inds], type=pa.int32()),
+            "tlp": pa.array([i.tlp for i in inds], type=pa.string()),
+            "valid_until": pa.array([i.valid_until for i in inds], type=pa.timestamp("us", tz="UTC")),
+        })  # fmt: skip
+        self.source_names = sorted({i.source for i in inds})
+        codes = {name: n for n, name in enumerate(self.source_names)}
+        self.source_code = np.array([codes[i.source] for i in inds], dtype=np.int32)
         self.valid_from = np.array([_us(i.valid_from, NO_TIME_MIN) for i in self.indicators], dtype=np.int64)
         self.valid_until = np.array(
             [_us(i.valid_until, NO_TIME_MAX) for i in self.indicators], dtype=np.int64

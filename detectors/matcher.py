@@ -15,19 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detectors.addresses import Addresses
 from detectors.index import IndicatorIndex
-from pipeline.schemas import address_words, bytes16_to_ip
+from pipeline.schemas import bytes16_to_ip
 
 FLOW_COLUMNS = ("time_received", "exporter", "observation_domain", "flow_start", "flow_end", "src_addr", "dst_addr",
                 "src_port", "dst_port", "protocol", "tcp_flags", "packets", "octets", "sampling_rate",
                 "src_as", "dst_as", "input_if", "output_if")  # fmt: skip
 SIDE_NAMES = np.array(["any", "src", "dst"])
-
-
-def _keys16(column: pa.Array) -> np.ndarray:
-    if column.null_count:
-        column = column.fill_null(bytes(16))
-    return np.frombuffer(column.buffers()[1], dtype="S16", count=len(column) + column.offset)[column.offset :]
 
 
 def _within(hi: np.ndarray, lo: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -60,8 +55,7 @@ class Matcher:
             )
         ix = self.index
         self.stats.flows += batch.num_rows
-        words = {s: address_words(batch.column(f"{s}_addr")) for s in ("src", "dst")}
-        keys = {s: _keys16(batch.column(f"{s}_addr")) for s in ("src", "dst")}
+        addrs = {s: Addresses.from_column(batch.column(f"{s}_addr")) for s in ("src", "dst")}
         sport = batch.column("src_port").to_numpy(zero_copy_only=False).astype(np.int32)
         dport = batch.column("dst_port").to_numpy(zero_copy_only=False).astype(np.int32)
         proto = batch.column("protocol").to_numpy(zero_copy_only=False).astype(np.int16)
@@ -69,10 +63,10 @@ class Matcher:
             s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False).astype(np.int64) for s in ("src", "dst")
         }
         if self.geoip is not None and len(ix.asn_values):  # AS indicators, flows without AS fields
-            asns = {s: self.geoip.fill_asn(keys[s], asns[s]) for s in ("src", "dst")}
+            asns = {s: self.geoip.fill_asn(addrs[s].keys16(), asns[s]) for s in ("src", "dst")}
         rows_all, ind_all, side_all = [], [], []
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
-            rows, entries = ix.table.lookup(*words[side], keys[side])
+            rows, entries = ix.table.lookup(addrs[side])
             if len(rows):
                 ok = (ix.entry_side[entries] == 0) | (ix.entry_side[entries] == code)
                 es, ed, ep = ix.entry_sport[entries], ix.entry_dport[entries], ix.entry_proto[entries]
@@ -83,7 +77,7 @@ class Matcher:
                 ok &= (ea == -1) | (ea == asns[side][rows])
                 has_other = ix.entry_has_other[entries]
                 if has_other.any():
-                    ohi, olo = words[other][0][rows], words[other][1][rows]
+                    ohi, olo = addrs[other].hilo(rows)
                     inside = _within(ohi, olo, ix.other_first[entries], ix.other_last[entries])
                     ok &= ~has_other | inside
                 rows_all.append(rows[ok])
@@ -112,9 +106,11 @@ class Matcher:
             key = (rows.astype(np.int64) * len(ix.indicators) + inds) * 3 + sides
             _, first = np.unique(key, return_index=True)
             rows, inds, sides = rows[first], inds[first], sides[first]
-            rows, inds, sides = self._allowed(words, keys, sport, dport, rows, inds, sides)
-        for i in inds:
-            self.stats.hits[ix.indicators[i].source] += 1
+            rows, inds, sides = self._allowed(addrs, sport, dport, rows, inds, sides)
+        if len(inds):
+            per_source = np.bincount(ix.source_code[inds], minlength=len(ix.source_names))
+            for code in np.nonzero(per_source)[0]:
+                self.stats.hits[ix.source_names[code]] += int(per_source[code])
         return self._table(batch, rows, inds, sides)
 
     def _active(self, batch: pa.RecordBatch, rows, inds, sides):
@@ -127,14 +123,12 @@ class Matcher:
         self.stats.inactive += int((~ok).sum())
         return rows[ok], inds[ok], sides[ok]
 
-    def _allowed(self, words, keys, sport, dport, rows, inds, sides):
+    def _allowed(self, addrs, sport, dport, rows, inds, sides):
         ix = self.index
         if not len(ix.allow_port):
             return rows, inds, sides
-        hit_hi = np.where(sides == 1, words["src"][0][rows], words["dst"][0][rows])
-        hit_lo = np.where(sides == 1, words["src"][1][rows], words["dst"][1][rows])
-        hit_keys = np.where(sides == 1, keys["src"][rows], keys["dst"][rows])
-        hit_idx, entries = ix.allow.lookup(hit_hi, hit_lo, hit_keys)
+        matched = Addresses(np.where((sides == 1)[:, None], addrs["src"].raw[rows], addrs["dst"].raw[rows]))
+        hit_idx, entries = ix.allow.lookup(matched)
         port = np.where(sides == 1, sport[rows], dport[rows])
         allowed_port = ix.allow_port[entries]
         ok = (allowed_port == -1) | (allowed_port == port[hit_idx])
@@ -150,17 +144,11 @@ class Matcher:
         flows = (
             pa.Table.from_batches([batch]).select(list(FLOW_COLUMNS)).take(pa.array(rows, type=pa.int64()))
         )
-        chosen = [ix.indicators[i] for i in inds]
-        extra = {
-            "side": pa.array(SIDE_NAMES[sides] if len(sides) else [], type=pa.string()),
-            "indicator_id": pa.array([i.id for i in chosen], type=pa.string()),
-            "indicator": pa.array([i.value for i in chosen], type=pa.string()),
-            "indicator_name": pa.array([i.name for i in chosen], type=pa.string()),
-            "source": pa.array([i.source for i in chosen], type=pa.string()),
-            "confidence": pa.array([i.confidence for i in chosen], type=pa.int32()),
-            "tlp": pa.array([i.tlp for i in chosen], type=pa.string()),
-            "valid_until": pa.array([i.valid_until for i in chosen], type=pa.timestamp("us", tz="UTC")),
-        }
+        attributes = ix.attributes.take(pa.array(inds, type=pa.int32()))
+        flows = flows.append_column(
+            "side", pa.array(SIDE_NAMES[sides] if len(sides) else [], type=pa.string())
+        )
+        extra = {name: attributes.column(name) for name in attributes.column_names}
         for name, column in extra.items():
             flows = flows.append_column(name, column)
         if self.geoip is not None:

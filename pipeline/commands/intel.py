@@ -33,7 +33,6 @@ def _kind(condition: Any) -> str:
 
 def run_stats(args: argparse.Namespace) -> int:
     from detectors.index import IndicatorIndex
-    from detectors.matcher import Matcher
     from pipeline.intel import IntelError, load_source
     from pipeline.intel.allowlists import Allowlist, load_allowlist
 
@@ -56,17 +55,18 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"  skipped (revoked/expired/confidence/to_ids): {dict(load.skipped) or 0}")
         if allow.entries:
             index = IndicatorIndex.build(load.indicators, allow)
-            suppressed = _suppressed_by_allowlist(index, Matcher)
+            suppressed = _suppressed_by_allowlist(index)
             print(f"  indicators inside allowlisted ranges: {suppressed}")
         for error in load.errors:
             print(f"  error: {error}")
     return status
 
 
-def _suppressed_by_allowlist(index: Any, matcher_cls: Any) -> int:
+def _suppressed_by_allowlist(index: Any) -> int:
     """Indicators whose own first address is allowlisted (they would never alert there)."""
     import numpy as np
 
+    from detectors.addresses import Addresses
     from pipeline.schemas import ip_to_bytes16
 
     rows = [
@@ -74,7 +74,6 @@ def _suppressed_by_allowlist(index: Any, matcher_cls: Any) -> int:
     ]
     if not rows:
         return 0
-    keys = np.frombuffer(b"".join(rows), dtype="S16")
-    words = np.frombuffer(b"".join(rows), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    hit, _ = index.allow.lookup(words[:, 0], words[:, 1], keys)
+    raw = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16)
+    hit, _ = index.allow.lookup(Addresses(raw))
     return len(np.unique(hit))
