@@ -71,7 +71,8 @@ def netns():
         # at random moments. Replayed IPv6 frames are still captured by softflowd.
         for key in ("all", "default"):
             subprocess.run(
-                ["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"], check=True
+                ["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
+                check=True,
             )
         for cmd in (
             ["link", "set", "lo", "up"],
