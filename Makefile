@@ -2,7 +2,7 @@
 .PHONY: demo test lint bench bootstrap
 
 bootstrap:
-	scripts/bootstrap.sh --peers
+	scripts/bootstrap.sh --peers --kafka
 
 demo:
 	scripts/bootstrap.sh
@@ -16,5 +16,5 @@ lint:
 	.venv/bin/ruff check .
 
 bench:
-	scripts/bootstrap.sh --peers
+	scripts/bootstrap.sh --peers --kafka
 	.venv/bin/python -m benchmarks

@@ -37,6 +37,17 @@ def _parquet_sink(args: argparse.Namespace, config: CollectorConfig) -> Sink | N
 
 SINK_BUILDERS.append(("parquet", _parquet_sink))
 
+
+def _kafka_sink(args: argparse.Namespace, config: CollectorConfig) -> Sink | None:
+    if not getattr(args, "kafka", None):
+        return None
+    from pipeline.sinks.kafka import KafkaSink
+
+    return KafkaSink(args.kafka, args.kafka_topic, args.registry)
+
+
+SINK_BUILDERS.append(("kafka", _kafka_sink))
+
 HELP = """\
 Listen for NetFlow v5/v9 and IPFIX export packets, decode them into columnar flow batches and write
 them to the configured sinks. Settings come from, in increasing precedence: built-in defaults, the
@@ -90,6 +101,15 @@ def register(subparsers: Any) -> None:
         metavar="BYTES",
         help="socket receive buffer (SO_RCVBUF) per listener. Overrides receive.rcvbuf_bytes.",
     )
+    p.add_argument(
+        "--kafka",
+        metavar="BOOTSTRAP",
+        help="also send flow batches to Kafka (Arrow IPC per message, keyed by exporter). TLS/SASL and "
+        "other librdkafka settings come from SHOAL_KAFKA_<KEY> environment variables, never options.",
+    )
+    p.add_argument(
+        "--kafka-topic", default="shoal.flows.v1", metavar="TOPIC", help="flows topic (default %(default)s)"
+    )
     p.set_defaults(func=run)
 
 
@@ -114,15 +134,16 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("configuration: %s", exc)
         return 2
-    sinks = [s for _, build in SINK_BUILDERS if (s := build(args, config)) is not None]
-    if not sinks:
-        log.error("no sink configured: give --parquet DIR (or another sink option)")
-        return 2
-
     from pipeline.collector.service import Collector
     from pipeline.metrics import new_registry, serve
 
     registry = new_registry()
+    args.registry = registry
+    sinks = [s for _, build in SINK_BUILDERS if (s := build(args, config)) is not None]
+    if not sinks:
+        log.error("no sink configured: give --parquet DIR or --kafka BOOTSTRAP")
+        return 2
+
     collector = Collector(config, sinks, registry)
     stop = threading.Event()
 

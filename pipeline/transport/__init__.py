@@ -1,0 +1,1 @@
+"""Kafka transport: message formats of Shoal's topics and the clients that move them."""
