@@ -42,7 +42,14 @@ def tshark_flows(payloads: list[bytes], tmp: Path, port: int = 2055) -> list[dic
         for p in payloads
     ]
     wrpcap(str(pcap), frames)
-    cmd = ["tshark", "-r", str(pcap), "-d", f"udp.port=={port},cflow", "-T", "fields", "-E", "separator=\t"]
+    return tshark_pcap_flows(pcap, [port])
+
+
+def tshark_pcap_flows(pcap: Path, ports: list[int]) -> list[dict]:
+    """Flow records tshark decodes from an existing capture file, export packets on ``ports``."""
+    cmd = ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=\t"]
+    for port in ports:
+        cmd += ["-d", f"udp.port=={port},cflow"]
     for f in FIELDS:
         cmd += ["-e", f"cflow.{f}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
