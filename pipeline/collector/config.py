@@ -15,9 +15,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "SHOAL_COLLECT__"
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -212,13 +213,13 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
     """``SHOAL_COLLECT__BATCH__MAX_ROWS=1000`` -> ``{"batch": {"max_rows": "1000"}}``."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(prefix):
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        path = [p.lower() for p in name[len(prefix) :].split("__") if p]
         if not path:
             continue
         node = tree
@@ -228,12 +229,15 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
-def load_config(
-    path: str | Path | None = None,
+def load_tree(
+    cls: type[T],
+    path: str | Path | None,
+    prefix: str,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> CollectorConfig:
-    """Read the TOML file (optional), apply environment then explicit overrides, validate."""
+) -> T:
+    """A typed configuration tree ``cls``: defaults < TOML file < ``<prefix>SECTION__KEY`` env <
+    explicit overrides. Unknown keys and wrong types raise :class:`ConfigError`."""
     data: dict[str, Any] = {}
     if path:
         try:
@@ -241,6 +245,15 @@ def load_config(
                 data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc}") from None
-    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    data = _merge(data, env_overrides(os.environ if environ is None else environ, prefix))
     data = _merge(data, overrides or {})
-    return _build(CollectorConfig, data, "").validate()
+    return _build(cls, data, "")
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> CollectorConfig:
+    """Read the TOML file (optional), apply environment then explicit overrides, validate."""
+    return load_tree(CollectorConfig, path, ENV_PREFIX, environ, overrides).validate()

@@ -1,4 +1,5 @@
-"""``shoal intel``: inspect intel sources (``stats``); Kafka publishing adds sub-commands here."""
+"""``shoal intel``: inspect intel sources (``stats``) and publish them to the indicators topic
+(``publish`` once, ``sync`` on a schedule)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pipeline.commands._kafka_args import add_kafka_args, streams_config
 
 
 def register(subparsers: Any) -> None:
@@ -20,6 +23,19 @@ def register(subparsers: Any) -> None:
     stats.add_argument("--min-confidence", type=int, default=0)
     stats.add_argument("--all-attributes", action="store_true")
     stats.set_defaults(func=run_stats)
+    publish = sub.add_parser("publish", help="publish sources to the Kafka indicators topic (changes only)")
+    sync = sub.add_parser("sync", help="publish sources again every --every seconds (TAXII, MISP, files)")
+    for q in (publish, sync):
+        add_kafka_args(q)
+        q.add_argument("sources", nargs="+", metavar="SOURCE")
+        q.add_argument("--min-confidence", type=int, default=0)
+        q.add_argument("--all-attributes", action="store_true")
+    publish.set_defaults(func=run_publish)
+    sync.add_argument("--every", type=float, default=300.0, metavar="SECONDS", help="default %(default)s")
+    sync.add_argument(
+        "--rounds", type=int, metavar="N", help="stop after N rounds (default: run until stopped)"
+    )
+    sync.set_defaults(func=run_sync)
 
 
 def _kind(condition: Any) -> str:
@@ -77,3 +93,57 @@ def _suppressed_by_allowlist(index: Any) -> int:
     raw = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16)
     hit, _ = index.allow.lookup(Addresses(raw))
     return len(np.unique(hit))
+
+
+def _publish_once(args: argparse.Namespace, topic: str) -> int:
+    """Load every source and publish its differences; a source that fails to load publishes nothing
+    (its indicators stay as they were, rather than being withdrawn by a network error)."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.intel import IntelError, load_source
+    from pipeline.transport.indicators import publish
+
+    now = datetime.now(UTC)
+    loads, status = [], 0
+    for spec in args.sources:
+        try:
+            loads.append(load_source(spec, args.min_confidence, not args.all_attributes, now=now))
+        except IntelError as exc:
+            print(f"{spec}: ERROR {exc} (nothing published for it)")
+            status = 1
+    for load in loads:
+        for error in load.errors:
+            print(f"{load.source}: error: {error}")
+    try:
+        reports = publish(args.kafka, topic, loads)
+    except (KafkaException, TimeoutError) as exc:
+        print(f"shoal intel: publishing to {topic} failed: {exc}")
+        return 1
+    for r in reports:
+        print(
+            f"{r.feed}: {r.new} new, {r.changed} changed, {r.withdrawn} withdrawn, {r.unchanged} unchanged -> {topic}"
+        )
+    return status
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    return _publish_once(args, streams_config(args).topics.indicators.name)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    topic = streams_config(args).topics.indicators.name
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rounds = 0
+    status = 0
+    while not stop.is_set():
+        status = _publish_once(args, topic)
+        rounds += 1
+        if args.rounds is not None and rounds >= args.rounds:
+            break
+        stop.wait(args.every)
+    return status

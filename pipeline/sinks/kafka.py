@@ -7,7 +7,6 @@ the batch, then counts drops beyond its own bound. Delivery reports are counted 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pyarrow as pa
@@ -16,16 +15,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from pipeline.metrics import NAMESPACE
 from pipeline.sinks.base import SinkError
+from pipeline.transport.client import client_settings
 from pipeline.transport.flows import SCHEMA_HEADER, SCHEMA_VALUE, by_exporter, encode_batch
-
-
-def client_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """librdkafka settings from the environment: SHOAL_KAFKA_<KEY> with '_' for '.', for example
-    SHOAL_KAFKA_SECURITY_PROTOCOL=SASL_SSL or SHOAL_KAFKA_SASL_PASSWORD=... — credentials never go
-    on the command line (or into shell history)."""
-    env = os.environ if environ is None else environ
-    prefix = "SHOAL_KAFKA_"
-    return {k[len(prefix) :].lower().replace("_", "."): v for k, v in env.items() if k.startswith(prefix)}
 
 
 class KafkaSink:

@@ -19,7 +19,12 @@ _OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
 class FlowMessageError(ValueError):
-    """A flows-topic message Shoal cannot read (garbage, other schema or version)."""
+    """A flows-topic message Shoal cannot read (garbage, other schema or version). ``reason`` is a
+    short label for metrics: schema_header, empty, not_arrow, schema_mismatch."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def encode_batch(batch: pa.RecordBatch, max_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
@@ -47,14 +52,14 @@ def decode_message(value: bytes | None, headers: list[tuple[str, bytes]] | None)
     """One flows message back to a record batch in the current flow schema."""
     found = dict(headers or []).get(SCHEMA_HEADER)
     if found != SCHEMA_VALUE:
-        raise FlowMessageError(f"schema header {found!r}, expected {SCHEMA_VALUE!r}")
+        raise FlowMessageError(f"schema header {found!r}, expected {SCHEMA_VALUE!r}", "schema_header")
     if not value:
-        raise FlowMessageError("empty message")
+        raise FlowMessageError("empty message", "empty")
     try:
         reader = pa.ipc.open_stream(value)
         batches = list(reader)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise FlowMessageError(f"not an Arrow IPC stream: {exc}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise FlowMessageError(f"not an Arrow IPC stream: {exc}", "not_arrow") from exc
     if len(batches) != 1 or not batches[0].schema.equals(FLOW_SCHEMA):
-        raise FlowMessageError("unexpected batch count or schema")
+        raise FlowMessageError("unexpected batch count or schema", "schema_mismatch")
     return batches[0]

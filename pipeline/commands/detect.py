@@ -1,0 +1,97 @@
+"""``shoal detect``: a matcher worker of a consumer group on the flows topic (exactly-once alerts)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pipeline.commands._kafka_args import add_kafka_args, streams_config
+
+log = logging.getLogger("shoal.detect")
+
+HELP = """\
+Consume flow batches from the flows topic as a member of a consumer group, match every flow against
+the intel on the indicators topic (rebuilt and swapped in whenever the topic changes), and produce one
+alert per hit to the alerts topic in a Kafka transaction together with the consumed offsets: readers
+with isolation.level=read_committed see every alert exactly once, across crashes and restarts. Run
+more workers with the same --group to scale, up to the flows topic's partition count.
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("detect", help="Kafka matcher worker (consumer group, exactly-once alerts)",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_kafka_args(p)
+    p.add_argument("--group", metavar="NAME", help="consumer group (default shoal-detect)")
+    p.add_argument("--instance-id", metavar="ID",
+                   help="stable worker identity (default: host name); distinct per worker on one host")  # fmt: skip
+    p.add_argument("--allowlist", action="append", default=[], metavar="FILE",
+                   help="MISP warninglist or CIDR list whose ranges must not alert (repeatable)")  # fmt: skip
+    p.add_argument("--geoip", action="append", default=[], metavar="MMDB", help="MaxMind-format database(s)")
+    p.add_argument("--metrics", default="", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from pipeline.intel import IntelError
+    from pipeline.intel.allowlists import Allowlist, load_allowlist
+    from pipeline.metrics import new_registry, serve
+    from pipeline.runtime.detect import DetectWorker
+    from pipeline.runtime.intel_follower import IntelFollower
+
+    detect: dict[str, Any] = {}
+    if args.group:
+        detect["group"] = args.group
+    if args.instance_id:
+        detect["instance_id"] = args.instance_id
+    config = streams_config(args, {"detect": detect} if detect else None)
+    allow = Allowlist()
+    try:
+        for path in args.allowlist:
+            load_allowlist(Path(path), into=allow)
+    except IntelError as exc:
+        print(f"shoal detect: allowlist: {exc}", file=sys.stderr)
+        return 2
+    geoip = None
+    if args.geoip:
+        from detectors.geoip import GeoIP
+
+        geoip = GeoIP([Path(p) for p in args.geoip])
+    registry = new_registry()
+    follower = IntelFollower(args.kafka, config.topics.indicators.name, registry, allow, geoip,
+                             config.detect.intel_settle_seconds)  # fmt: skip
+    try:
+        handle = follower.start()
+        worker = DetectWorker(args.kafka, config, handle, registry)
+    except (KafkaException, TimeoutError) as exc:
+        print(f"shoal detect: {exc}", file=sys.stderr)
+        return 1
+    if args.metrics:
+        serve(registry, args.metrics)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    t = config.topics
+    print(f"shoal detect: worker {worker.identity} of group {config.detect.group}; "
+          f"{len(handle.matcher.index.indicators)} indicators from {t.indicators.name}; "
+          f"{t.flows.name} -> {t.alerts.name}", flush=True)  # fmt: skip
+    try:
+        worker.run(stop)
+    except KafkaException as exc:
+        print(f"shoal detect: fatal Kafka error, exiting: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        follower.stop()
+    print(f"shoal detect: stopped; {handle.matcher.stats.flows} flows matched, {worker.sink.alerts} alerts",
+          flush=True)  # fmt: skip
+    return 0

@@ -1,0 +1,32 @@
+"""``shoal topics create``: create the flows, alerts and indicators topics from configuration."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.commands._kafka_args import add_kafka_args, streams_config
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("topics", help="manage Shoal's Kafka topics")
+    sub = p.add_subparsers(dest="topics_command", metavar="SUBCOMMAND", required=True)
+    create = sub.add_parser(
+        "create", help="create the flows, alerts and indicators topics (existing ones are kept)"
+    )
+    add_kafka_args(create)
+    create.set_defaults(func=run_create)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from pipeline.transport.topics import create_topics
+
+    config = streams_config(args)
+    results = create_topics(args.kafka, config.topics.all())
+    failed = 0
+    for topic in config.topics.all():
+        status = results.get(topic.name, "no answer")
+        failed += status not in ("created", "exists")
+        print(f"{topic.name}: {status} (partitions {topic.partitions}, replication {topic.replication}"
+              f"{', compacted' if topic.compact else ''})")  # fmt: skip
+    return 1 if failed else 0

@@ -1,0 +1,155 @@
+"""The Kafka detection worker: consume flow batches, match them, and produce the alerts in one Kafka
+transaction together with the consumed offsets (consume-transform-produce, exactly once for readers
+with ``isolation.level=read_committed``).
+
+Scaling is Kafka's: workers in one consumer group share the flows topic's partitions. Each worker has
+a stable identity (static group membership and transactional id), so a restarted worker takes its
+partitions back at once and fences whatever its previous incarnation left open.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from detectors.matcher import MatcherHandle
+from pipeline.metrics import NAMESPACE
+from pipeline.runtime.matching import MatchingSink
+from pipeline.sinks.base import SinkError
+from pipeline.transport.alerts import ALERT_SCHEMA_VALUE, SCHEMA_HEADER, encode_alert
+from pipeline.transport.client import client_config
+from pipeline.transport.config import StreamsConfig
+from pipeline.transport.flows import FlowMessageError, decode_message
+
+log = logging.getLogger(__name__)
+
+
+class KafkaAlertOutput:
+    """Alerts into the producer's open transaction (keyed by indicator id)."""
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+        self.headers = [(SCHEMA_HEADER, ALERT_SCHEMA_VALUE)]
+
+    def write(self, alerts: list[dict[str, Any]]) -> None:
+        for alert in alerts:
+            key, value = encode_alert(alert)
+            while True:
+                try:
+                    self.producer.produce(self.topic, value, key=key, headers=self.headers)
+                    break
+                except BufferError:  # queue full: let deliveries drain, the transaction stays open
+                    self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def close(self) -> None:
+        pass
+
+
+class DetectWorker:
+    def __init__(
+        self, bootstrap: str, config: StreamsConfig, handle: MatcherHandle, registry: CollectorRegistry
+    ) -> None:
+        d, topics = config.detect, config.topics
+        self.config = config
+        self.identity = d.identity()
+        self.consumer = Consumer(client_config(bootstrap, **{
+            "group.id": d.group, "group.instance.id": self.identity, "enable.auto.commit": False,
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+            "session.timeout.ms": d.session_timeout_ms,
+        }))  # fmt: skip
+        self.producer = Producer(client_config(bootstrap, **{
+            "transactional.id": f"shoal-detect.{d.group}.{self.identity}",
+            "transaction.timeout.ms": d.transaction_timeout_ms, "linger.ms": 5, "compression.type": "lz4",
+        }))  # fmt: skip
+        self.sink = MatchingSink(handle, [KafkaAlertOutput(self.producer, topics.alerts.name)], registry)
+        kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
+        self.messages = Counter("detect_messages", "Flow messages consumed", **kw)
+        self.bad = Counter("detect_bad_messages", "Flow messages skipped, by reason", ["reason"], **kw)
+        self.transactions = Counter("detect_transactions", "Transactions by outcome", ["outcome"], **kw)
+        self.latency = Histogram(
+            "detect_latency_seconds",
+            "From the oldest flow's receipt by the collector to its batch's alerts being committed",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), **kw,
+        )  # fmt: skip
+        self._last_warning = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: consume, match, commit. Fatal client errors raise (the process
+        exits and its supervisor restarts it; the transaction left open is fenced)."""
+        d = self.config.detect
+        self.producer.init_transactions(60)
+        self.consumer.subscribe([self.config.topics.flows.name])
+        try:
+            while not stop.is_set():
+                messages = self.consumer.consume(num_messages=d.max_messages, timeout=d.poll_seconds)
+                if messages:
+                    self._process(messages)
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+
+    def _process(self, messages: list[Any]) -> None:
+        batches = []
+        for msg in messages:
+            if msg.error() is not None:
+                self._skip("consumer_error", str(msg.error()))
+                continue
+            self.messages.inc()
+            try:
+                batches.append(decode_message(msg.value(), msg.headers()))
+            except FlowMessageError as exc:
+                self._skip(exc.reason, f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {exc}")
+        self.producer.begin_transaction()
+        try:
+            if batches:
+                try:
+                    self.sink.write(pa.Table.from_batches(batches))
+                except SinkError as exc:  # the matcher failed on this data: skipped and counted
+                    self._skip("match_error", str(exc), len(batches))
+            positions = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
+            self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata())
+            self._commit()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise
+            log.warning("transaction aborted, re-reading from the committed offsets: %s", error)
+            self.producer.abort_transaction()
+            self.transactions.labels("aborted").inc()
+            self._rewind()
+            return
+        if batches:
+            received = min(b.column("time_received").cast(pa.int64()).to_numpy().min() for b in batches)
+            self.latency.observe(max(0.0, time.time() - int(received) / 1e6))
+
+    def _commit(self) -> None:
+        for attempt in range(10):
+            try:
+                self.producer.commit_transaction(30)
+                self.transactions.labels("committed").inc()
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or attempt == 9:
+                    raise
+                time.sleep(0.5)
+
+    def _rewind(self) -> None:
+        """After an abort, go back to the last committed offsets so nothing is skipped."""
+        assignment = self.consumer.assignment()
+        for tp in self.consumer.committed(assignment, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _skip(self, reason: str, detail: str, count: int = 1) -> None:
+        self.bad.labels(reason).inc(count)
+        now = time.monotonic()
+        if now - self._last_warning > 10:  # one line per 10 s at most: a flood of garbage stays readable
+            log.warning("skipped flow message (%s): %s", reason, detail)
+            self._last_warning = now
