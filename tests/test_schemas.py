@@ -59,3 +59,32 @@ def test_address_words_match_integer_value(addrs: list, offset: int) -> None:
     for i, raw in enumerate(column.to_pylist()):
         value = int.from_bytes(raw, "big")
         assert (int(hi[i]) << 64 | int(lo[i])) == value
+
+
+def test_alerts_validate_against_the_alert_json_schema() -> None:
+    """Alerts as the matcher writes them (JSON lines, Kafka values) conform to schemas/alert/v1.json,
+    and a wrong value is refused — the schema is a contract, not decoration."""
+    import jsonschema
+
+    from detectors.index import IndicatorIndex
+    from detectors.matcher import Matcher, alerts_to_dicts
+    from pipeline.decode import Datagram, FlowDecoder
+    from pipeline.intel import load_source
+    from pipeline.runtime.replay import read_capture
+    from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
+
+    batch = FlowDecoder().decode(
+        [Datagram(d.payload, d.exporter, 2055, 1.8e9) for d in read_capture(DEMO_TRAFFIC)]
+    )
+    index = IndicatorIndex.build(load_source(str(DEMO_INTEL)).indicators)
+    alerts = [json.loads(json.dumps(a, default=str)) for a in alerts_to_dicts(Matcher(index).match(batch))]
+    assert alerts
+    schema = json.loads((schemas_dir() / "alert" / "v1.json").read_text())
+    checker = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    for alert in alerts:
+        checker.validate(alert)
+    bad = dict(alerts[0], src_addr="not-an-address")
+    assert not checker.is_valid(bad)
+    assert not checker.is_valid(dict(alerts[0], side="both"))

@@ -48,6 +48,9 @@ class KafkaSink:
         (self.failed if err is not None else self.delivered).labels(self.topic).inc()
 
     def write(self, batch: pa.RecordBatch) -> None:
+        # Delivery reports count against librdkafka's queue until poll() serves them: serve them first,
+        # or a queue that filled during a broker outage would stay full after the broker returns.
+        self.producer.poll(0)
         messages = [(key, payload) for key, part in by_exporter(batch) for payload in encode_batch(part)]
         for n, (key, payload) in enumerate(messages):
             self._produce(key, payload, first=n == 0)
@@ -64,9 +67,10 @@ class KafkaSink:
                 self.bytes.labels(self.topic).inc(len(payload))
                 return
             except BufferError as exc:
-                if first:
+                if first and self.producer.poll(0.05) == 0:  # no report freed room: the queue is really full
                     raise SinkError(f"kafka producer queue full: {exc}") from exc
-                self.producer.poll(0.1)
+                if not first:
+                    self.producer.poll(0.1)
             except KafkaException as exc:
                 raise SinkError(f"kafka: {exc}") from exc
         self.failed.labels(self.topic).inc()  # still no room after a minute: counted, not silent

@@ -131,4 +131,3 @@ def scrape(metrics: str) -> dict[str, float]:
         if m := re.fullmatch(r"(shoal_[^ ]+) ([0-9.e+-]+)", line):
             out[m.group(1)] = float(m.group(2))
     return out
-
