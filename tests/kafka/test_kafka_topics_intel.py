@@ -110,3 +110,32 @@ def test_unreadable_indicator_messages_are_counted_and_the_rest_loads(kafka, tmp
     assert sorted(state.indicators) == ["list.txt:198.51.100.7", "list.txt:198.51.100.9"]
     out = shoal("intel", "publish", "--kafka", kafka.bootstrap, "--config", str(config), str(listing))
     assert "0 new, 0 changed, 0 withdrawn, 2 unchanged" in out
+
+
+def test_sync_follows_a_taxii_collection_onto_the_topic(kafka, medallion: str, tmp_path: Path) -> None:
+    """``shoal intel sync`` against a real TAXII 2.1 server: round one publishes the partner's
+    indicators; the partner then revokes one, and round two withdraws it with a tombstone."""
+    import subprocess
+    import sys
+
+    from kafka_helpers import ROOT
+    from taxii2client.v21 import Collection
+
+    config, names = streams_config(tmp_path)
+    shoal("topics", "create", "--kafka", kafka.bootstrap, "--config", str(config))
+    partner = Collection(medallion, user="partner", password="s3cret")
+    indicators = [stix2.Indicator(pattern=f"[ipv4-addr:value = '203.0.113.{i}']", pattern_type="stix",
+                                  valid_from="2026-01-01T00:00:00Z") for i in (1, 2, 3)]  # fmt: skip
+    partner.add_objects(stix2.Bundle(*indicators).serialize())
+    env = {**__import__("os").environ, "SHOAL_TAXII_USER": "partner", "SHOAL_TAXII_PASSWORD": "s3cret"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "intel", "sync", "--kafka", kafka.bootstrap,
+                             "--config", str(config), "--every", "2", "--rounds", "2", f"taxii:{medallion}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    first = proc.stdout.readline()
+    assert "3 new, 0 changed, 0 withdrawn" in first, first + proc.stderr.read()
+    partner.add_objects(stix2.Bundle(indicators[1].new_version(revoked=True)).serialize())
+    second = proc.stdout.readline()
+    proc.wait(30)
+    assert "0 new, 0 changed, 1 withdrawn, 2 unchanged" in second, second
+    state = read_state(kafka.bootstrap, names["indicators"])
+    assert sorted(state.indicators) == sorted([indicators[0].id, indicators[2].id])
