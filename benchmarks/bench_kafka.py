@@ -10,11 +10,14 @@ Two phases on a fresh single-node broker (started by scripts/kafka.sh in a tempo
 2. Latency: flows are offered at ``--rate`` flows/s for ``--seconds``, each batch stamped with its
    send time as ``time_received`` (the collector's receipt); a read_committed consumer takes every
    alert and records (now - time_received): the delay until the alert is committed and readable.
+3. Through the collector: NetFlow v9 + IPFIX packets (bench_collect's stream) sent over UDP at
+   ``--rate`` into ``shoal collect --kafka`` (batches of at most 0.25 s), then the same workers; the
+   latency runs from the collector's receipt of a packet to its alert being readable.
 
-The injector stands in for ``shoal collect --kafka`` (16,384-row batches, zstd Arrow IPC, keyed by
-16 exporters); the collector's own cost is measured by bench_collect. Flows have random campus
-sources and public destinations, ~0.5% of destinations an indicator. CPU seconds are reported per
-process (broker, workers, injector), all sharing the machine's cores.
+In phases 1 and 2 an injector stands in for ``shoal collect --kafka`` (16,384-row batches, zstd Arrow
+IPC, keyed by 16 exporters). Flows have random campus sources and public destinations, ~0.5% of
+destinations an indicator. CPU seconds are reported per process (broker, workers, injector or
+collector), all sharing the machine's cores.
 """
 
 from __future__ import annotations
@@ -147,6 +150,57 @@ class AlertReader(threading.Thread):
         self.consumer.close()
 
 
+def through_collector(args, bootstrap, config, streams, reader, workers, broker_pid, matched) -> None:
+    """Phase 3: UDP export packets -> shoal collect --kafka -> workers -> alerts."""
+    from benchmarks.bench_collect import build_stream, replay
+
+    udp_intel = IntelLoad("bench-udp")
+    net = __import__("ipaddress").IPv4Network("203.0.113.7/32")  # 1 in 254 of the stream's destinations
+    udp_intel.indicators.append(
+        Indicator("bench-udp-1", "203.0.113.7", "bench-udp", (Condition(network=net),))
+    )
+    publish(bootstrap, streams.topics.indicators.name, [udp_intel])
+    v9, ipfix, per_pair = build_stream(2000)
+    port = free_port()
+    env = {**os.environ, "SHOAL_COLLECT__BATCH__MAX_SECONDS": "0.25"}
+    collector = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--listen", f"127.0.0.1:{port}",
+                                  "--kafka", bootstrap, "--kafka-topic", streams.topics.flows.name], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        collector.stdout.readline()
+        time.sleep(3)  # the intel change reaches the workers
+        reader.latencies = []
+        pids = {"broker": broker_pid, "collector": collector.pid} | {
+            f"w{i}": p.pid for i, (p, _) in enumerate(workers)
+        }
+        cpu0 = {k: proc_cpu(v) for k, v in pids.items()}
+        before = matched()
+        pairs = int(args.rate * args.seconds / per_pair)
+        took = replay(v9, ipfix, port, pairs, args.rate, per_pair)
+        last, still = matched(), time.monotonic()
+        while time.monotonic() - still < 3:
+            time.sleep(0.25)
+            now = matched()
+            if now != last:
+                last, still = now, time.monotonic()
+        cpu1 = {k: proc_cpu(v) for k, v in pids.items()}
+    finally:
+        collector.terminate()
+        collector.wait(30)
+    sent, kept = pairs * per_pair, last - before
+    lat = np.array(reader.latencies)
+    print(f"through the collector: sent {sent:,} flows over UDP at {sent / took:,.0f} flows/s; "
+          f"{kept:,.0f} matched ({100 * (1 - kept / sent):.2f}% lost before Kafka); {len(lat):,} alerts read")  # fmt: skip
+    if len(lat):
+        print(f"  packet receipt -> alert committed: p50 {np.percentile(lat, 50):.3f} s, "
+              f"p99 {np.percentile(lat, 99):.3f} s, max {lat.max():.3f} s")  # fmt: skip
+    print(
+        "  CPU s: "
+        + ", ".join(f"{k} {cpu1[k] - cpu0[k]:.1f}" for k in cpu1)
+        + f" (over {took:.1f} s of sending)"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
@@ -272,6 +326,7 @@ def main() -> int:
                   f"max {lat.max():.3f} s")  # fmt: skip
         print("  CPU s: " + ", ".join(f"{k} {cpu3[k] - cpu2[k]:.1f}" for k in cpu3)
               + f", injector {time.process_time() - inj0:.1f} (over {elapsed:.1f} s wall)")  # fmt: skip
+        through_collector(args, bootstrap, config, streams, reader, workers, broker_pid, matched)
     finally:
         if reader is not None:
             reader.stop.set()
