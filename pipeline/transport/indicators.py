@@ -90,7 +90,8 @@ def assign_from_beginning(consumer: Consumer, topic: str, timeout: float = 30.0)
     """Assign every partition of ``topic`` at its first offset; returns them with their end offsets."""
     metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise KafkaException(f"topic {topic}: {metadata.error if metadata else 'not found'}")
+        problem = metadata.error if metadata else "not found"
+        raise KafkaException(f"topic {topic}: {problem} (create the topics with `shoal topics create`)")
     parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(metadata.partitions)]
     consumer.assign(parts)
     ends = []

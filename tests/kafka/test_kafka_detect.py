@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 from demo_reference import expected_alerts, expected_hits, free_port
@@ -167,3 +168,37 @@ def test_bad_flow_messages_are_skipped_counted_and_work_goes_on(kafka, tmp_path:
     assert values['shoal_detect_bad_messages_total{reason="empty"}'] == 1
     assert values["shoal_detect_messages_total"] == 5
     assert values['shoal_detect_transactions_total{outcome="committed"}'] >= 1
+
+
+def test_two_workers_share_the_partitions_and_alert_exactly_once(kafka, tmp_path: Path) -> None:
+    """Two workers in one group split the flows topic (both consume) and together raise each
+    expected alert once."""
+    config, names = streams_config(tmp_path, flows_partitions=6)
+    setup_topics(kafka.bootstrap, config)
+    base = datetime(2026, 2, 1, tzinfo=UTC)
+    batches = []
+    for i in range(24):  # 24 routers: keys spread over the partitions
+        b = demo_batch(base + timedelta(seconds=i))
+        exporter = bytes(10) + b"\xff\xff" + bytes([10, 0, 0, i + 1])
+        field = b.schema.field("exporter")
+        batches.append(
+            b.set_column(
+                b.schema.get_field_index("exporter"), field, pa.array([exporter] * b.num_rows, field.type)
+            )
+        )
+    want = collections.Counter(
+        (int((base + timedelta(seconds=i)).timestamp()), *hit)
+        for i, b in enumerate(batches) for hit in expected_hits(flow_tuples(b))
+    )  # fmt: skip
+    metrics = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    workers = [start_worker(kafka.bootstrap, config, f"share-{n}", metrics=m) for n, m in enumerate(metrics)]
+    try:
+        time.sleep(3)  # both join before the data arrives
+        produce_batches(kafka.bootstrap, names["flows"], batches)
+        alerts = read_alerts(kafka.bootstrap, names["alerts"], sum(want.values()), timeout=90)
+        consumed = [scrape(m)["shoal_detect_messages_total"] for m in metrics]
+    finally:
+        for w in workers:
+            stop(w)
+    assert collections.Counter(alert_key(a) for a in alerts) == want
+    assert sum(consumed) == 24 and min(consumed) > 0, consumed
