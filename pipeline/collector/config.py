@@ -107,6 +107,9 @@ class CollectorConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     decoder: Mapping[str, Any] = field(default_factory=dict)
     """Passed as keyword arguments to ``pipeline.decode.DecoderConfig`` (template TTL, limits...)."""
+    kafka: Mapping[str, Any] = field(default_factory=dict)
+    """librdkafka settings of the Kafka sink (``security.protocol``, ``ssl.ca.location``...);
+    ``SHOAL_KAFKA_<KEY>`` environment variables override them (secrets)."""
     state_file: str = ""
     """Where templates and sampling state persist across restarts; default ``<parquet dir>/.shoal/``."""
 

@@ -14,7 +14,8 @@ def add_kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help=KAFKA_HELP)
     p.add_argument("--config", metavar="FILE",
                    help="TOML file with [topics.flows|alerts|indicators] (name, partitions, replication, "
-                        "retention_ms) and [detect]; env SHOAL_STREAMS__SECTION__KEY overrides it")  # fmt: skip
+                        "retention_ms), [detect] and [client] (librdkafka settings such as "
+                        "security.protocol); env SHOAL_STREAMS__SECTION__KEY overrides it")  # fmt: skip
 
 
 def streams_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:

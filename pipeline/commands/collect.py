@@ -43,7 +43,7 @@ def _kafka_sink(args: argparse.Namespace, config: CollectorConfig) -> Sink | Non
         return None
     from pipeline.sinks.kafka import KafkaSink
 
-    return KafkaSink(args.kafka, args.kafka_topic, args.registry)
+    return KafkaSink(args.kafka, args.kafka_topic, args.registry, dict(config.kafka))
 
 
 SINK_BUILDERS.append(("kafka", _kafka_sink))
@@ -139,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     registry = new_registry()
     args.registry = registry
-    sinks = [s for _, build in SINK_BUILDERS if (s := build(args, config)) is not None]
+    from confluent_kafka import KafkaException
+
+    try:
+        sinks = [s for _, build in SINK_BUILDERS if (s := build(args, config)) is not None]
+    except KafkaException as exc:  # e.g. an unknown librdkafka setting in [kafka] or SHOAL_KAFKA_*
+        log.error("kafka sink: %s", exc)
+        return 2
     if not sinks:
         log.error("no sink configured: give --parquet DIR or --kafka BOOTSTRAP")
         return 2

@@ -66,11 +66,12 @@ def run(args: argparse.Namespace) -> int:
 
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
-    follower = IntelFollower(args.kafka, config.topics.indicators.name, registry, allow, geoip,
-                             config.detect.intel_settle_seconds)  # fmt: skip
+    kafka = config.connection(args.kafka)
     try:
+        follower = IntelFollower(kafka, config.topics.indicators.name, registry, allow, geoip,
+                                 config.detect.intel_settle_seconds)  # fmt: skip
         handle = follower.start()
-        worker = DetectWorker(args.kafka, config, handle, registry)
+        worker = DetectWorker(kafka, config, handle, registry)
     except (KafkaException, TimeoutError) as exc:
         print(f"shoal detect: {exc}", file=sys.stderr)
         return 1

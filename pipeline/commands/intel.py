@@ -95,7 +95,7 @@ def _suppressed_by_allowlist(index: Any) -> int:
     return len(np.unique(hit))
 
 
-def _publish_once(args: argparse.Namespace, topic: str) -> int:
+def _publish_once(args: argparse.Namespace, config: Any) -> int:
     """Load every source and publish its differences; a source that fails to load publishes nothing
     (its indicators stay as they were, rather than being withdrawn by a network error)."""
     from confluent_kafka import KafkaException
@@ -103,6 +103,7 @@ def _publish_once(args: argparse.Namespace, topic: str) -> int:
     from pipeline.intel import IntelError, load_source
     from pipeline.transport.indicators import publish
 
+    topic = config.topics.indicators.name
     now = datetime.now(UTC)
     loads, status = [], 0
     for spec in args.sources:
@@ -115,7 +116,7 @@ def _publish_once(args: argparse.Namespace, topic: str) -> int:
         for error in load.errors:
             print(f"{load.source}: error: {error}")
     try:
-        reports = publish(args.kafka, topic, loads)
+        reports = publish(config.connection(args.kafka), topic, loads)
     except (KafkaException, TimeoutError) as exc:
         print(f"shoal intel: publishing to {topic} failed: {exc}")
         return 1
@@ -127,21 +128,21 @@ def _publish_once(args: argparse.Namespace, topic: str) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    return _publish_once(args, streams_config(args).topics.indicators.name)
+    return _publish_once(args, streams_config(args))
 
 
 def run_sync(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    topic = streams_config(args).topics.indicators.name
+    config = streams_config(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     rounds = 0
     status = 0
     while not stop.is_set():
-        status = _publish_once(args, topic)
+        status = _publish_once(args, config)
         rounds += 1
         if args.rounds is not None and rounds >= args.rounds:
             break

@@ -22,7 +22,13 @@ def run_create(args: argparse.Namespace) -> int:
     from pipeline.transport.topics import create_topics
 
     config = streams_config(args)
-    results = create_topics(args.kafka, config.topics.all())
+    from confluent_kafka import KafkaException
+
+    try:
+        results = create_topics(config.connection(args.kafka), config.topics.all())
+    except KafkaException as exc:
+        print(f"shoal topics: {exc}")
+        return 1
     failed = 0
     for topic in config.topics.all():
         status = results.get(topic.name, "no answer")

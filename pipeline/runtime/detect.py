@@ -23,7 +23,7 @@ from pipeline.metrics import NAMESPACE
 from pipeline.runtime.matching import MatchingSink
 from pipeline.sinks.base import SinkError
 from pipeline.transport.alerts import ALERT_SCHEMA_VALUE, SCHEMA_HEADER, encode_alert
-from pipeline.transport.client import client_config
+from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.config import StreamsConfig
 from pipeline.transport.flows import FlowMessageError, decode_message
 
@@ -54,17 +54,22 @@ class KafkaAlertOutput:
 
 class DetectWorker:
     def __init__(
-        self, bootstrap: str, config: StreamsConfig, handle: MatcherHandle, registry: CollectorRegistry
+        self,
+        kafka: KafkaConnection | str,
+        config: StreamsConfig,
+        handle: MatcherHandle,
+        registry: CollectorRegistry,
     ) -> None:
         d, topics = config.detect, config.topics
         self.config = config
         self.identity = d.identity()
-        self.consumer = Consumer(client_config(bootstrap, **{
+        kafka = connection(kafka)
+        self.consumer = Consumer(kafka.config(**{
             "group.id": d.group, "group.instance.id": self.identity, "enable.auto.commit": False,
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             "session.timeout.ms": d.session_timeout_ms,
         }))  # fmt: skip
-        self.producer = Producer(client_config(bootstrap, **{
+        self.producer = Producer(kafka.config(**{
             "transactional.id": f"shoal-detect.{d.group}.{self.identity}",
             "transaction.timeout.ms": d.transaction_timeout_ms, "linger.ms": 5, "compression.type": "lz4",
         }))  # fmt: skip

@@ -16,7 +16,7 @@ from detectors.index import IndicatorIndex
 from detectors.matcher import Matcher, MatcherHandle
 from pipeline.intel.allowlists import Allowlist
 from pipeline.metrics import NAMESPACE
-from pipeline.transport.client import client_config
+from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.indicators import IndicatorState, assign_from_beginning, read_to_end
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ MAX_SETTLE_SECONDS = 5.0
 class IntelFollower:
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection | str,
         topic: str,
         registry: CollectorRegistry,
         allowlist: Allowlist | None = None,
@@ -40,7 +40,7 @@ class IntelFollower:
         self.settle_seconds = settle_seconds
         self.state = IndicatorState()
         self.handle: MatcherHandle | None = None
-        self._consumer = Consumer(client_config(bootstrap, **{
+        self._consumer = Consumer(connection(kafka).config(**{
             "group.id": f"shoal-intel-{uuid.uuid4().hex}", "enable.auto.commit": False,
         }))  # fmt: skip
         self._stop = threading.Event()

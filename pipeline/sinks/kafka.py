@@ -35,8 +35,8 @@ class KafkaSink:
             "message.max.bytes": 1_000_000,
             "queue.buffering.max.kbytes": 262_144,
             "log_level": 3,
-            **client_settings(),
             **(settings or {}),
+            **client_settings(),
         }
         self.producer = Producer(config)
         kw = {"namespace": NAMESPACE, "registry": registry, "labelnames": ["topic"]}

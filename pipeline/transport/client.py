@@ -1,9 +1,11 @@
-"""librdkafka settings shared by every Kafka client Shoal makes."""
+"""How every Kafka client Shoal makes reaches the cluster: bootstrap servers, librdkafka settings from
+a configuration file, and ``SHOAL_KAFKA_<KEY>`` environment variables on top (for secrets)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "SHOAL_KAFKA_"
@@ -17,6 +19,17 @@ def client_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k[len(PREFIX) :].lower().replace("_", "."): v for k, v in env.items() if k.startswith(PREFIX)}
 
 
-def client_config(bootstrap: str, **settings: Any) -> dict[str, Any]:
-    """``bootstrap.servers`` + quiet logging + ``settings``, then the environment's settings on top."""
-    return {"bootstrap.servers": bootstrap, "log_level": 3, **settings, **client_settings()}
+@dataclass(frozen=True)
+class KafkaConnection:
+    bootstrap: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """librdkafka settings from a configuration file (``security.protocol``, ``ssl.ca.location``...)."""
+
+    def config(self, **defaults: Any) -> dict[str, Any]:
+        """Shoal's ``defaults`` for one client, then the file's settings, then the environment's."""
+        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **defaults, **self.settings,
+                **client_settings()}  # fmt: skip
+
+
+def connection(kafka: KafkaConnection | str) -> KafkaConnection:
+    return kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(kafka)

@@ -8,11 +8,13 @@ Precedence: defaults < TOML file (``--config``) < ``SHOAL_STREAMS__SECTION__KEY`
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.collector.config import ConfigError, load_tree
+from pipeline.transport.client import KafkaConnection
 
 ENV_PREFIX = "SHOAL_STREAMS__"
 DAY_MS = 24 * 3600 * 1000
@@ -85,6 +87,12 @@ class DetectConfig:
 class StreamsConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    client: Mapping[str, Any] = field(default_factory=dict)
+    """librdkafka settings for every client (``security.protocol``, ``sasl.mechanism``,
+    ``ssl.ca.location``...); ``SHOAL_KAFKA_<KEY>`` environment variables override them (secrets)."""
+
+    def connection(self, bootstrap: str) -> KafkaConnection:
+        return KafkaConnection(bootstrap, dict(self.client))
 
     def validate(self) -> StreamsConfig:
         for topic in self.topics.all():

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from pipeline.intel.load import IntelLoad
 from pipeline.intel.model import Indicator
-from pipeline.transport.client import client_config
+from pipeline.transport.client import KafkaConnection, connection
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,9 @@ def read_to_end(
                 del remaining[msg.partition()]
 
 
-def read_state(bootstrap: str, topic: str) -> IndicatorState:
+def read_state(kafka: KafkaConnection | str, topic: str) -> IndicatorState:
     """The topic's current content, read once from the beginning."""
-    consumer = Consumer(client_config(bootstrap, **{"group.id": f"shoal-reader-{uuid.uuid4().hex}",
+    consumer = Consumer(connection(kafka).config(**{"group.id": f"shoal-reader-{uuid.uuid4().hex}",
                                                     "enable.auto.commit": False}))  # fmt: skip
     state = IndicatorState()
     try:
@@ -174,11 +174,13 @@ def plan(
     return messages, reports
 
 
-def publish(bootstrap: str, topic: str, loads: list[IntelLoad], timeout: float = 60.0) -> list[PublishReport]:
+def publish(
+    kafka: KafkaConnection | str, topic: str, loads: list[IntelLoad], timeout: float = 60.0
+) -> list[PublishReport]:
     """Publish the differences between ``loads`` and the topic; an unchanged source produces nothing."""
-    messages, reports = plan(read_state(bootstrap, topic), loads)
+    messages, reports = plan(read_state(kafka, topic), loads)
     if messages:
-        producer = Producer(client_config(bootstrap, **{"enable.idempotence": True, "acks": "all",
+        producer = Producer(connection(kafka).config(**{"enable.idempotence": True, "acks": "all",
                                                         "linger.ms": 20}))  # fmt: skip
         failures: list[Any] = []
 

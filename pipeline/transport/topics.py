@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.transport.client import client_config
+from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.config import TopicConfig
 
 
@@ -20,9 +20,11 @@ def new_topic(topic: TopicConfig) -> NewTopic:
                     config=config)  # fmt: skip
 
 
-def create_topics(bootstrap: str, topics: list[TopicConfig], timeout: float = 30.0) -> dict[str, str]:
+def create_topics(
+    kafka: KafkaConnection | str, topics: list[TopicConfig], timeout: float = 30.0
+) -> dict[str, str]:
     """Create each topic; returns name -> "created", "exists" or the broker's error text."""
-    admin = AdminClient(client_config(bootstrap))
+    admin = AdminClient(connection(kafka).config())
     futures = admin.create_topics([new_topic(t) for t in topics], request_timeout=timeout)
     out: dict[str, str] = {}
     for name, future in futures.items():
