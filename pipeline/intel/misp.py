@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,23 @@ def load_misp_feed(path: Path, to_ids_only: bool = True) -> IntelLoad:
 
 
 def load_misp_server(url: str, key: str, to_ids_only: bool = True, **search: Any) -> IntelLoad:
-    """Attributes from a MISP server through PyMISP's restSearch (events, so tags come along)."""
-    from pymisp import PyMISP
+    """Attributes from a MISP server through PyMISP's restSearch (events, so tags come along).
+    TLS is verified, against SHOAL_MISP_CA (a CA bundle path) when set. Any failure to reach or read
+    the server is an :class:`IntelError`, so a scheduled sync logs it and tries again later."""
+    import requests
+    from pymisp import PyMISP, PyMISPError
 
-    misp = PyMISP(url, key, ssl=True)
-    events = misp.search(controller="events", to_ids=to_ids_only or None, pythonify=False, **search)
+    ca = os.environ.get("SHOAL_MISP_CA")
+    try:
+        misp = PyMISP(url, key, ssl=ca or True, timeout=60)
+        events = misp.search(controller="events", to_ids=to_ids_only or None, pythonify=False, **search)
+    except (PyMISPError, requests.RequestException, ValueError) as exc:
+        raise IntelError(f"{url}: {type(exc).__name__}: {exc}") from exc
     if isinstance(events, dict) and "errors" in events:
         raise IntelError(f"{url}: {events['errors']}")
-    return from_events(list(events), url, to_ids_only)
+    if not isinstance(events, list):
+        raise IntelError(f"{url}: restSearch answered {type(events).__name__}, not a list of events")
+    return from_events(events, url, to_ids_only)
 
 
 def from_events(events: list[Any], source: str, to_ids_only: bool) -> IntelLoad:
