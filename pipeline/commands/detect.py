@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from pipeline.commands._kafka_args import add_kafka_args, streams_config
+from pipeline.commands._signals import stop_event
 
 log = logging.getLogger("shoal.detect")
 
@@ -77,11 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.metrics:
         serve(registry, args.metrics)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    if args.duration:
-        threading.Timer(args.duration, stop.set).start()
+    stop = stop_event(args.duration)
     t = config.topics
     print(f"shoal detect: worker {worker.identity} of group {config.detect.group}; "
           f"{len(handle.matcher.index.indicators)} indicators from {t.indicators.name}; "

@@ -132,13 +132,10 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from pipeline.commands._signals import stop_event
 
     config = streams_config(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     rounds = 0
     status = 0
     while not stop.is_set():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -12,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands._signals import stop_event
 from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
 
 log = logging.getLogger("shoal.run")
@@ -95,19 +95,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.metrics:
         serve(registry, args.metrics)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
     print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "
           f"{', '.join(x.source for x in loads)}; alerts to {args.alerts}"
           + (f"; metrics at http://{args.metrics}/metrics" if args.metrics else ""), flush=True)  # fmt: skip
     if args.demo:
         threading.Thread(target=_play_demo, args=(collector.addresses,), daemon=True).start()
-    deadline = time.monotonic() + args.duration if args.duration else None
-    while not stop.wait(0.2):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
+    while not stop.wait(0.5):  # a timeout keeps signal handlers prompt in the main thread
+        pass
     collector.stop()
     print(f"shoal run: stopped; {collector.flows_out} flows matched, {sinks[0].alerts} alerts", flush=True)
     return 0
