@@ -3,6 +3,9 @@ datagrams, which is what lets a Python process keep up with a router's export ra
 
 Buffers and the ``mmsghdr`` array are allocated once per socket and reused; lengths and source
 addresses are read through numpy views of the same memory instead of per-message ctypes attribute access.
+:meth:`BatchSocket.receive_block` hands the whole batch over as one :class:`Block` (a 2-D view of the
+receive buffer plus length and source arrays): no Python object per datagram, which at ~45k datagrams/s
+was a good part of the collector's CPU.
 """
 
 from __future__ import annotations
@@ -57,6 +60,43 @@ _recvmmsg.restype = ctypes.c_int
 _LEN_OFFSET = _MMsgHdr.msg_len.offset
 _FLAGS_OFFSET = _MsgHdr.msg_flags.offset
 _NAMELEN_OFFSET = _MsgHdr.msg_namelen.offset
+_KEY = np.dtype((np.void, 24))  # family, port and address of a sockaddr_in/in6: one sender
+
+
+@dataclass
+class Block:
+    """The datagrams of one ``recvmmsg`` call, without a Python object per datagram.
+
+    Row ``i`` of ``data`` holds datagram ``i`` in its first ``lengths[i]`` bytes (the rest is stale);
+    ``sources[source[i]]`` is its sender. ``data`` may be a view of the socket's receive buffer: it is
+    valid only until the next receive on that socket, so consumers copy what they keep.
+    """
+
+    data: np.ndarray
+    """(n, max_datagram) uint8."""
+    lengths: np.ndarray
+    """(n,) int64 payload lengths."""
+    source: np.ndarray
+    """(n,) intp: index into ``sources``."""
+    sources: list[tuple[str, int]]
+    """Distinct (ip text, port) senders of this block."""
+    received: float
+    """Unix time of the receive call (collector clock)."""
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, rows: np.ndarray) -> Block:
+        """The datagrams at ``rows`` (an index array or a boolean mask), as a new block (copied)."""
+        return Block(self.data[rows], self.lengths[rows], self.source[rows], self.sources, self.received)
+
+    def datagrams(self, make: Callable[..., T]) -> list[T]:
+        """Per-datagram objects ``make(payload, ip, port, received)``, for decoders without a block path."""
+        data, sources, received = self.data, self.sources, self.received
+        return [
+            make(data[i, :length].tobytes(), *sources[s], received)
+            for i, (length, s) in enumerate(zip(self.lengths.tolist(), self.source.tolist(), strict=True))
+        ]
 
 
 @dataclass
@@ -106,6 +146,8 @@ class BatchSocket:
             hdr.msg_iov = ctypes.pointer(self._iov[i])
             hdr.msg_iovlen = 1
         self._mv = memoryview(self._buf).cast("B")
+        self._rows = np.frombuffer(self._buf, dtype=np.uint8).reshape(batch, max_datagram)
+        self._name_rows = np.frombuffer(self._names, dtype=np.uint8).reshape(batch, _SOCKADDR_SIZE)
         raw = np.frombuffer(self._msgs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_MMsgHdr))
         self._lens = raw[:, _LEN_OFFSET : _LEN_OFFSET + 4].view(np.uint32).reshape(batch)
         self._flags = raw[:, _FLAGS_OFFSET : _FLAGS_OFFSET + 4].view(np.int32).reshape(batch)
@@ -200,6 +242,50 @@ class BatchSocket:
         self.stats.datagrams += len(out)
         self.stats.bytes += total
         return out
+
+    def receive_block(self, received: float) -> Block | None:
+        """Up to ``batch`` datagrams waiting now as one :class:`Block` (None if none), counted like
+        :meth:`receive`. Truncated datagrams are counted and left out."""
+        n = _recvmmsg(self.sock.fileno(), self._msgs, self.batch, MSG_DONTWAIT, None)
+        if n <= 0:
+            if n < 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                    self.stats.errors += 1
+            return None
+        lengths = self._lens[:n].astype(np.int64)
+        keys = np.ascontiguousarray(self._name_rows[:n, :24]).view(_KEY).ravel()
+        self._namelen[:n] = _SOCKADDR_SIZE
+        data = self._rows[:n]
+        truncated = self._flags[:n] & MSG_TRUNC
+        if truncated.any():
+            keep = truncated == 0
+            self.stats.truncated += n - int(keep.sum())
+            data, lengths, keys = data[keep], lengths[keep], keys[keep]
+            if not len(lengths):
+                return None
+        if (keys == keys[0]).all():
+            unique, source = keys[:1], np.zeros(len(keys), dtype=np.intp)
+        else:  # in order of first appearance, so the capped exporter labels go to the first seen
+            unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            order = np.argsort(first)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            unique, source = unique[order], rank[inverse.ravel()]
+        cache, sources = self._sender_cache, []
+        for key in unique.tolist():
+            sources.append(cache.get(key) or self._resolve(key))
+        if len(sources) == 1:
+            self._count_exporter(sources[0][0], len(lengths))
+        else:
+            for (ip, _), count in zip(
+                sources, np.bincount(source, minlength=len(sources)).tolist(), strict=True
+            ):
+                if count:
+                    self._count_exporter(ip, count)
+        self.stats.datagrams += len(lengths)
+        self.stats.bytes += int(lengths.sum())
+        return Block(data, lengths, source, sources, received)
 
     def close(self) -> None:
         self.sock.close()

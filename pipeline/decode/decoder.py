@@ -5,6 +5,12 @@ template across the whole datagram batch and decoded at once (``np.frombuffer`` 
 compiled dtype; an offsets pass first for variable-length templates). The decoder owns the template,
 sampling and sequence state of every exporter, and never raises on input: each reject is counted by
 reason in :attr:`stats` and the rest of the packet goes on.
+
+:meth:`FlowDecoder.decode_block` is the collector's entry point: datagrams as rows of one 2-D buffer.
+Their headers and first set are read for all rows at once with numpy; a row that is one header plus
+one data set of a known fixed-length template (what a router sends nearly always) then costs a few
+dict lookups, and its records are gathered straight from the buffer. Every other row takes the
+per-packet walk, in order, so both entry points give the same flows and the same counters.
 """
 
 from __future__ import annotations
@@ -79,13 +85,114 @@ class _Pending:
 
 @dataclass
 class _Group:
-    """Records of one template gathered from the current batch of datagrams."""
+    """Records of one template gathered from the current batch of datagrams, in arrival order: each
+    piece is either ``(data, count, ctx)`` from the per-packet walk or a :class:`_Run` of block rows."""
 
     template: Template
     domain: DomainKey
-    parts: list = field(default_factory=list)
+    pieces: list = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Consecutive fast-path rows of one template in a block (no slow row in between, so the decoder
+    state they depend on, sampling and system init time, is the same for all of them)."""
+
+    block: _BlockHeaders
+    ex16: bytes
+    domain: int
+    version: int
+    sysinit: int
+    rate: int
+    """-1: per row from the header (NetFlow v5)."""
+    rows: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
-    ctx: list[tuple] = field(default_factory=list)
+
+
+# Header and first set of every row of a block, one fixed 24-byte layout per version.
+_V9_ROW = np.dtype(
+    [("version", ">u2"), ("count", ">u2"), ("uptime", ">u4"), ("secs", ">u4"), ("seq", ">u4"),
+     ("domain", ">u4"), ("set_id", ">u2"), ("set_len", ">u2")]
+)  # fmt: skip
+_IPFIX_ROW = np.dtype(
+    [("version", ">u2"), ("length", ">u2"), ("export", ">u4"), ("seq", ">u4"), ("domain", ">u4"),
+     ("set_id", ">u2"), ("set_len", ">u2"), ("_", "V4")]
+)  # fmt: skip
+_V5_ROW = np.dtype(
+    [("version", ">u2"), ("count", ">u2"), ("uptime", ">u4"), ("secs", ">u4"), ("nsecs", ">u4"),
+     ("seq", ">u4"), ("engine_type", "u1"), ("engine_id", "u1"), ("sampling", ">u2")]
+)  # fmt: skip
+_ROW_HEADER = 24
+_SLOW, _FAST_V5, _FAST_V9, _FAST_IPFIX = 0, 5, 9, 10
+_REFRESH = 100  # added to the version: a template set, then the data set
+
+
+class _Slow(Exception):
+    """A block row turned out to need the per-packet walk."""
+
+
+class _BlockHeaders:
+    """The fixed-position fields of a block's rows, read with numpy, and which rows can take the fast
+    path: one v9/IPFIX header followed by exactly one data set that ends the datagram (IPFIX: with a
+    matching message length), optionally preceded by one template set (a refresh, checked against the
+    decoder's state in the walk), or a v5 packet whose records are all there."""
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        lengths: np.ndarray,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> None:
+        n = len(lengths)
+        self.data = data
+        self.source = source
+        self.port = np.array([port for _, port in sources], dtype=np.int64)
+        self.received = received
+        head = np.zeros((n, _ROW_HEADER), dtype=np.uint8)
+        width = min(_ROW_HEADER, data.shape[1])
+        head[:, :width] = data[:, :width]
+        v9, ipfix, v5 = head.view(_V9_ROW).ravel(), head.view(_IPFIX_ROW).ravel(), head.view(_V5_ROW).ravel()
+        length = lengths.astype(np.int64)
+        version = v9["version"]
+        is10 = (version == 10) & (ipfix["length"] == length)
+        header = np.where(is10, 16, 20)
+        set_id = np.where(is10, ipfix["set_id"], v9["set_id"]).astype(np.int64)
+        set_len = np.where(is10, ipfix["set_len"], v9["set_len"]).astype(np.int64)
+        is9 = (version == 9) & (length >= 24)
+        is10 &= length >= 20
+        ends = header + set_len == length
+        data_only = (is9 | is10) & (set_id >= 256) & (set_len >= 4) & ends
+        # [template set][data set]: where the second set starts, and its id and length.
+        second = header + set_len
+        refresh = ((is9 & (set_id == 0)) | (is10 & (set_id == 2))) & (set_len >= 4) & (second + 4 <= length)
+        if refresh.any() and data.shape[1] >= _ROW_HEADER + 4:
+            at = np.minimum(second, data.shape[1] - 4)[:, None] + np.arange(4)
+            raw = data[np.arange(n)[:, None], at].astype(np.int64)
+            id2, len2 = (raw[:, 0] << 8) | raw[:, 1], (raw[:, 2] << 8) | raw[:, 3]
+            refresh &= (id2 >= 256) & (len2 >= 4) & (second + len2 == length)
+        else:
+            refresh[:] = False
+            id2 = len2 = np.zeros(n, dtype=np.int64)
+        is5 = (version == 5) & (length >= 24) & (v5["count"].astype(np.int64) * _V5_RECORD + 24 <= length)
+        kind = np.where(data_only, version, np.where(refresh, version + _REFRESH, np.where(is5, 5, _SLOW)))
+        self.kind = kind
+        self.set_id = np.where(refresh, id2, set_id)
+        self.size = np.where(is5, v5["count"], np.where(refresh, len2, set_len)).astype(np.int64)
+        """v9/IPFIX: data set length; v5: record count."""
+        self.offset = np.where(refresh, second, header) + 4
+        """Where the records start in the row."""
+        self.template_end = second
+        """Refresh rows: where the template set ends (its body starts after the set header)."""
+        engine = (v5["engine_type"].astype(np.int64) << 8) | v5["engine_id"]
+        self.domain = np.where(is5, engine, np.where(is10, ipfix["domain"], v9["domain"])).astype(np.int64)
+        self.seq = np.where(is5, v5["seq"], np.where(is10, ipfix["seq"], v9["seq"])).astype(np.int64)
+        secs = np.where(is10, ipfix["export"], v9["secs"]).astype(np.int64)
+        self.export_us = secs * 1_000_000 + np.where(is5, v5["nsecs"].astype(np.int64) // 1000, 0)
+        self.uptime_ms = np.where(is10, -1, v9["uptime"].astype(np.int64))
+        self.v5_rate = (v5["sampling"] & 0x3FFF).astype(np.int64)
+        self.v5_rate[self.v5_rate == 0] = 1
 
 
 class FlowDecoder:
@@ -104,18 +211,53 @@ class FlowDecoder:
         self._exporter16: dict[str, bytes] = {}
         self._groups: dict[int, _Group] = {}
         self._streams: dict[tuple[str, int, int, int], tuple[TemplateKey, bytes, tuple[str, int]]] = {}
+        self._known_sets: dict[TemplateKey, tuple[bytes, tuple[tuple[int, Template], ...]]] = {}
+        """Last fully applied template set of each stream (its body), and the templates it gave."""
 
     # -- public surface ----------------------------------------------------------------------------
     def decode(self, datagrams: Sequence[Any]) -> pa.RecordBatch:
         """Decode a batch of :class:`Datagram` (or same-shaped tuples). Never raises on bad input."""
         self._groups = {}
         for d in datagrams:
-            payload, exporter, port, received = d[0], d[1], d[2], d[3]
-            try:
-                self._packet(payload, exporter, port, received)
-            except Exception:  # a decoder bug must not take the collector down: count and go on
-                log.exception("internal decoder error on a packet from %s", exporter)
-                self.stats.error(exporter, "internal_error")
+            self._safe_packet(d[0], d[1], d[2], d[3])
+        batches = self._finish()
+        if not batches:
+            return empty_batch()
+        if len(batches) == 1:
+            return batches[0]
+        return pa.Table.from_batches(batches).combine_chunks().to_batches(max_chunksize=None)[0]
+
+    def decode_block(
+        self,
+        data: np.ndarray,
+        lengths: np.ndarray,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> list[pa.RecordBatch]:
+        """Decode datagrams held as rows of ``data`` ((n, width) uint8; row ``i`` is datagram ``i`` in
+        its first ``lengths[i]`` bytes, sent by ``sources[source[i]]``, an (ip, port) pair), all
+        received at ``received``. Same flows, order and counters as :meth:`decode` on the same
+        datagrams, but one batch per template instead of one concatenated batch (the caller's
+        batcher concatenates anyway). ``data`` is not kept after the call. Never raises on bad input.
+        """
+        self._groups = {}
+        if len(lengths):
+            data = np.ascontiguousarray(data, dtype=np.uint8)
+            self._walk_block(
+                _BlockHeaders(data, lengths, source, sources, received), lengths, source, sources, received
+            )
+        return self._finish()
+
+    def _safe_packet(self, payload: bytes, exporter: str, port: int, received: float) -> None:
+        try:
+            self._packet(payload, exporter, port, received)
+        except Exception:  # a decoder bug must not take the collector down: count and go on
+            log.exception("internal decoder error on a packet from %s", exporter)
+            self.stats.error(exporter, "internal_error")
+
+    def _finish(self) -> list[pa.RecordBatch]:
+        """One batch per template group of the current call (empty ones left out)."""
         batches = []
         for group in self._groups.values():
             try:
@@ -128,11 +270,129 @@ class FlowDecoder:
                 batches.append(batch)
                 self.stats.flows[group.domain[0]] += batch.num_rows
         self._groups = {}
-        if not batches:
-            return empty_batch()
-        if len(batches) == 1:
-            return batches[0]
-        return pa.Table.from_batches(batches).combine_chunks().to_batches(max_chunksize=None)[0]
+        return batches
+
+    def _walk_block(
+        self,
+        hdr: _BlockHeaders,
+        lengths: np.ndarray,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> None:
+        """Rows in order: fast rows are counted, sequence-checked and appended to their template's
+        current run; any other row goes through the per-packet walk, after which every run is closed
+        (that walk may have changed templates, sampling rates or system init times)."""
+        kinds, set_ids, sizes = hdr.kind.tolist(), hdr.set_id.tolist(), hdr.size.tolist()
+        domains, seqs, srcs = hdr.domain.tolist(), hdr.seq.tolist(), source.tolist()
+        data, lens, ends = hdr.data, lengths.tolist(), hdr.template_end.tolist()
+        packets, sequence, groups = self.stats.packets, self._sequence, self._groups
+        streams: dict[tuple[int, int, int], tuple] = {}
+        runs: dict[int, _Run] = {}
+        for i, row_kind in enumerate(kinds):
+            kind = row_kind
+            if kind:
+                try:
+                    version = kind % _REFRESH
+                    stream = streams.get((srcs[i], domains[i], version))
+                    if stream is None:
+                        stream = streams[(srcs[i], domains[i], version)] = self._block_stream(
+                            sources[srcs[i]], domains[i], version
+                        )
+                    tkey, ex16, pkey = stream
+                    if kind > _REFRESH:
+                        kind = self._refreshed(tkey, kind - _REFRESH, data, i, ends[i], received)
+                        if not kind:
+                            raise _Slow
+                    if kind == _FAST_V5:
+                        template, count = V5_TEMPLATE, sizes[i]
+                        units = count
+                    else:
+                        table = self._templates.get(tkey)
+                        template = table.get(set_ids[i]) if table is not None else None
+                        if template is None or template.options or template.variable:
+                            kind = _SLOW
+                        else:
+                            count = (sizes[i] - 4) // template.record_length
+                            units = 1 if kind == _FAST_V9 else count
+                    if kind:
+                        exporter = tkey[0]
+                        packets[pkey] = packets.get(pkey, 0) + 1
+                        skey = (exporter, domains[i], kind)
+                        expected = sequence.get(skey)
+                        if expected is not None:
+                            diff = (seqs[i] - expected) & 0xFFFFFFFF
+                            if diff and diff < 0x80000000:
+                                self.stats.sequence_gaps[(exporter, domains[i])] += diff
+                            elif diff:
+                                self.stats.sequence_resets[(exporter, domains[i])] += 1
+                        sequence[skey] = (seqs[i] + units) & 0xFFFFFFFF
+                        if count:
+                            run = runs.get(id(template))
+                            if run is None:
+                                run = runs[id(template)] = self._new_run(
+                                    hdr, template, tkey, ex16, kind, groups
+                                )
+                            run.rows.append(i)
+                            run.counts.append(count)
+                        continue
+                except _Slow:
+                    pass
+                except Exception:  # as in decode(): count, go on with the next row
+                    exporter = sources[srcs[i]][0]
+                    log.exception("internal decoder error on a packet from %s", exporter)
+                    self.stats.error(exporter, "internal_error")
+                    continue
+            exporter, port = sources[srcs[i]]
+            self._safe_packet(data[i, : lens[i]].tobytes(), exporter, port, received)
+            runs.clear()
+
+    def _refreshed(
+        self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, end: int, received: float
+    ) -> int:
+        """A row's leading template set, if it repeats byte for byte the last one this stream sent
+        and those templates are still in place with nothing pending for them: then all the per-packet
+        walk would do is refresh their ``last_seen``; do that and return ``version`` (fast path).
+        Otherwise 0: the row takes the per-packet walk."""
+        known = self._known_sets.get(tkey)
+        if known is None:
+            return _SLOW
+        body, templates = known
+        table = self._templates.get(tkey)
+        if table is None or any(table.get(tid) is not t for tid, t in templates):
+            return _SLOW
+        if self._pending and any((tkey, tid) in self._pending for tid, _ in templates):
+            return _SLOW
+        start = _IPFIX_HEADER.size if version == 10 else _V9_HEADER.size
+        if data[row, start + 4 : end].tobytes() != body:
+            return _SLOW
+        for _, t in templates:
+            t.last_seen = max(t.last_seen, received)
+        return version
+
+    def _block_stream(self, sender: tuple[str, int], domain: int, kind: int) -> tuple:
+        """(template key, 16-byte exporter, packet counter key) of one stream of a block."""
+        exporter, port = sender
+        if kind == _FAST_V5:
+            return (exporter, 0, domain, 5), self._ex16(exporter), (exporter, 5)
+        tkey, ex16, pkey = self._stream_key(exporter, port, domain, kind)
+        return tkey, ex16, pkey
+
+    def _new_run(
+        self, hdr: _BlockHeaders, template: Template, tkey: TemplateKey, ex16: bytes, kind: int, groups: dict
+    ) -> _Run:
+        dkey = (tkey[0], tkey[1], tkey[2])
+        if kind == _FAST_V5:
+            run = _Run(hdr, ex16, tkey[2], 5, -1, -1)
+        else:
+            rate = self._default_rate(dkey) if self._sampling else 1
+            sysinit = self._sysinit.get(dkey, -1) if self._sysinit else -1
+            run = _Run(hdr, ex16, tkey[2], kind, sysinit, rate)
+        group = groups.get(id(template))
+        if group is None:
+            group = groups[id(template)] = _Group(template, dkey)
+        group.pieces.append(run)
+        return run
 
     def expire(self, now: float) -> None:
         """Forget templates not refreshed within the TTL and pending sets older than their TTL."""
@@ -286,9 +546,9 @@ class FlowDecoder:
                         group = self._groups.get(id(template))
                         if group is None:
                             group = self._groups[id(template)] = _Group(template, (tkey[0], tkey[1], tkey[2]))
-                        group.parts.append(view[start : start + count * template.record_length])
-                        group.counts.append(count)
-                        group.ctx.append(full)
+                        group.pieces.append(
+                            (view[start : start + count * template.record_length], count, full)
+                        )
                     if records is not None:
                         records += count
                     continue
@@ -313,13 +573,24 @@ class FlowDecoder:
         except TemplateError as exc:
             self.stats.error(exporter, exc.reason)
             return
+        added = not options
         for item in items:
             if isinstance(item, int):
                 self._withdraw(tkey, item, options)
+                added = False
                 continue
             item.last_seen = received
             if self._add_template(tkey, item):
                 self._drain_pending(tkey, item.template_id)
+            else:
+                added = False
+        # Remember a plain template set that fully took effect: the block path recognises its repeats.
+        ids = [item.template_id for item in items if not isinstance(item, int)]
+        if added and ids and len(set(ids)) == len(ids):
+            if len(self._known_sets) > 65536:
+                self._known_sets.clear()
+            table = self._templates[tkey]
+            self._known_sets[tkey] = (body, tuple((tid, table[tid]) for tid in ids))
 
     def _add_template(self, tkey: TemplateKey, template: Template) -> bool:
         exporter = tkey[0]
@@ -382,9 +653,7 @@ class FlowDecoder:
         group = self._groups.get(id(template))
         if group is None:
             group = self._groups[id(template)] = _Group(template, dkey)
-        group.parts.append(data)
-        group.counts.append(count)
-        group.ctx.append(ctx)
+        group.pieces.append((data, count, ctx))
 
     def _fields(self, template: Template, data: bytes) -> tuple[FieldArrays, int]:
         """Decode records of one template: one frombuffer, or offsets-then-gather when variable."""
@@ -403,47 +672,40 @@ class FlowDecoder:
 
     def _build(self, group: _Group) -> pa.RecordBatch:
         template = group.template
-        if template.variable:
+        if template.variable:  # only the per-packet walk feeds variable-length templates
             pieces, counts = [], []
-            for part in group.parts:
+            for part, _, _ in group.pieces:
                 fields, n = self._fields(template, bytes(part))
                 pieces.append(fields)
                 counts.append(n)
             n = sum(counts)
             fields = {ie: np.concatenate([p[ie] for p in pieces]) for ie in pieces[0]} if pieces else {}
-            group.counts = counts
+            contexts = [_packet_context(counts, [c for _, _, c in group.pieces], n)] if n else []
         else:
-            fields, n = self._fields(template, b"".join(group.parts))
+            chunks: list[Any] = []
+            contexts = []
+            packed: list[tuple] = []
+            for piece in [*group.pieces, None]:
+                if isinstance(piece, tuple):
+                    packed.append(piece)
+                    continue
+                if packed:  # consecutive per-packet pieces: one join, context as the walk saw it
+                    counts = [c for _, c, _ in packed]
+                    chunks.extend(part for part, _, _ in packed)
+                    contexts.append(_packet_context(counts, [c for _, _, c in packed], sum(counts)))
+                    packed = []
+                if piece is not None:
+                    records, context = _gather_run(piece, template.record_length)
+                    chunks.append(records)
+                    contexts.append(context)
+            fields, n = self._fields(template, chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if n == 0:
             return empty_batch()
-        counts = np.asarray(group.counts)
-        cols = list(zip(*group.ctx, strict=True))
-
-        def rep(i: int, dtype: Any) -> np.ndarray:
-            values = cols[i]
-            if values.count(values[0]) == len(values):  # usually constant across a template's group
-                return np.full(n, values[0], dtype=dtype)
-            return np.repeat(np.asarray(values, dtype=dtype), counts)
-
-        exporters = cols[0]
-        if exporters.count(exporters[0]) == len(exporters):
-            exporter = np.frombuffer(exporters[0] * n, dtype=np.uint8).reshape(n, 16)
+        if len(contexts) == 1:
+            columns = contexts[0]
         else:
-            exporter = np.repeat(
-                np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts, axis=0
-            )
-        received = np.repeat((np.asarray(cols[4], dtype=np.float64) * 1e6).astype(np.int64), counts)
-        ctx = Context(
-            exporter=exporter,
-            exporter_port=rep(1, np.uint16),
-            domain=rep(2, np.uint32),
-            version=rep(3, np.uint8),
-            received_us=received,
-            export_us=rep(5, np.int64),
-            uptime_ms=rep(6, np.int64),
-            sysinit_ms=rep(7, np.int64),
-            sampling=rep(8, np.uint32),
-        )
+            columns = [np.concatenate(parts) for parts in zip(*contexts, strict=True)]
+        ctx = Context(*columns)
         self._record_sampling(fields, group.domain, ctx)
         return build_batch(fields, n, ctx)
 
@@ -546,6 +808,14 @@ class FlowDecoder:
     def _stream(self, exporter: str, port: int, domain: int, version: int) -> tuple[TemplateKey, bytes]:
         """Template key and 16-byte exporter of one export stream, cached: the per-packet path then
         costs one dict lookup. Also counts the packet."""
+        cached = self._stream_key(exporter, port, domain, version)
+        packets = self.stats.packets
+        packets[cached[2]] = packets.get(cached[2], 0) + 1
+        return cached[0], cached[1]
+
+    def _stream_key(
+        self, exporter: str, port: int, domain: int, version: int
+    ) -> tuple[TemplateKey, bytes, tuple[str, int]]:
         skey = (exporter, port, domain, version)
         cached = self._streams.get(skey)
         if cached is None:
@@ -553,9 +823,7 @@ class FlowDecoder:
                 self._streams.clear()
             tkey = (exporter, port if self.config.template_key_includes_port else 0, domain, version)
             cached = self._streams[skey] = (tkey, self._ex16(exporter), (exporter, version))
-        packets = self.stats.packets
-        packets[cached[2]] = packets.get(cached[2], 0) + 1
-        return cached[0], cached[1]
+        return cached
 
     def _ex16(self, exporter: str) -> bytes:
         raw = self._exporter16.get(exporter)
@@ -568,3 +836,71 @@ class FlowDecoder:
                 self._exporter16.clear()
             self._exporter16[exporter] = raw
         return raw
+
+
+def _packet_context(counts: list[int], ctxs: list[tuple], n: int) -> list[np.ndarray]:
+    """Per-record :class:`Context` columns of per-packet pieces (``ctx`` tuples as the walk builds
+    them, ``counts`` records each)."""
+    cols = list(zip(*ctxs, strict=True))
+    counts_arr = np.asarray(counts)
+
+    def rep(i: int, dtype: Any) -> np.ndarray:
+        values = cols[i]
+        if values.count(values[0]) == len(values):  # usually constant across a template's group
+            return np.full(n, values[0], dtype=dtype)
+        return np.repeat(np.asarray(values, dtype=dtype), counts_arr)
+
+    exporters = cols[0]
+    if exporters.count(exporters[0]) == len(exporters):
+        exporter = np.frombuffer(exporters[0] * n, dtype=np.uint8).reshape(n, 16)
+    else:
+        exporter = np.repeat(
+            np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts_arr, axis=0
+        )
+    received = np.repeat((np.asarray(cols[4], dtype=np.float64) * 1e6).astype(np.int64), counts_arr)
+    return [
+        exporter,
+        rep(1, np.uint16),
+        rep(2, np.uint32),
+        rep(3, np.uint8),
+        received,
+        rep(5, np.int64),
+        rep(6, np.int64),
+        rep(7, np.int64),
+        rep(8, np.uint32),
+    ]
+
+
+def _per_record(values: np.ndarray, counts: np.ndarray, n: int, dtype: Any) -> np.ndarray:
+    """Row values repeated for each of the row's records (a fill when all rows agree)."""
+    if (values == values[0]).all():
+        return np.full(n, values[0], dtype=dtype)
+    return np.repeat(values.astype(dtype), counts)
+
+
+def _gather_run(run: _Run, record_length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A run's records copied out of the block with one take (the block seen as one record at every
+    byte offset, indexed by each record's start), and their context columns."""
+    hdr = run.block
+    rows = np.asarray(run.rows, dtype=np.intp)
+    counts = np.asarray(run.counts, dtype=np.int64)
+    n = int(counts.sum())
+    data = hdr.data
+    base = rows * data.shape[1] + hdr.offset[rows] - (np.cumsum(counts) - counts) * record_length
+    starts = np.repeat(base, counts) + np.arange(n, dtype=np.int64) * record_length
+    every = np.ndarray((data.size - record_length + 1,), np.dtype((np.void, record_length)), data, 0, (1,))
+    records = every[starts].view(np.uint8)
+    received = (np.asarray([hdr.received], dtype=np.float64) * 1e6).astype(np.int64)[0]
+    return records, [
+        np.frombuffer(run.ex16 * n, dtype=np.uint8).reshape(n, 16),
+        _per_record(hdr.port[hdr.source[rows]], counts, n, np.uint16),
+        np.full(n, run.domain, dtype=np.uint32),
+        np.full(n, run.version, dtype=np.uint8),
+        np.full(n, received, dtype=np.int64),
+        _per_record(hdr.export_us[rows], counts, n, np.int64),
+        _per_record(hdr.uptime_ms[rows], counts, n, np.int64),
+        np.full(n, run.sysinit, dtype=np.int64),
+        np.full(n, run.rate, dtype=np.uint32)
+        if run.rate >= 0
+        else _per_record(hdr.v5_rate[rows], counts, n, np.uint32),
+    ]
