@@ -280,95 +280,141 @@ class FlowDecoder:
         sources: Sequence[tuple[str, int]],
         received: float,
     ) -> None:
-        """Rows in order: fast rows are counted, sequence-checked and appended to their template's
-        current run; any other row goes through the per-packet walk, after which every run is closed
-        (that walk may have changed templates, sampling rates or system init times)."""
-        kinds, set_ids, sizes = hdr.kind.tolist(), hdr.set_id.tolist(), hdr.size.tolist()
-        domains, seqs, srcs = hdr.domain.tolist(), hdr.seq.tolist(), source.tolist()
-        data, lens, ends = hdr.data, lengths.tolist(), hdr.template_end.tolist()
-        packets, sequence, groups = self.stats.packets, self._sequence, self._groups
-        streams: dict[tuple[int, int, int], tuple] = {}
-        runs: dict[int, _Run] = {}
-        for i, row_kind in enumerate(kinds):
-            kind = row_kind
-            if kind:
+        """Rows in order: stretches of fast rows are handled with numpy (:meth:`_fast_rows`); any
+        other row goes through the per-packet walk, which may change templates, sampling rates or
+        system init times, so the next stretch starts new runs."""
+        n = len(lengths)
+        lens = lengths.tolist()
+        i = 0
+        for stop in [*np.flatnonzero(hdr.kind == _SLOW).tolist(), n]:
+            while i < stop:
                 try:
-                    version = kind % _REFRESH
-                    stream = streams.get((srcs[i], domains[i], version))
-                    if stream is None:
-                        stream = streams[(srcs[i], domains[i], version)] = self._block_stream(
-                            sources[srcs[i]], domains[i], version
-                        )
-                    tkey, ex16, pkey = stream
-                    if kind > _REFRESH:
-                        kind = self._refreshed(tkey, kind - _REFRESH, data, i, ends[i], received)
-                        if not kind:
-                            raise _Slow
-                    if kind == _FAST_V5:
-                        template, count = V5_TEMPLATE, sizes[i]
-                        units = count
-                    else:
-                        table = self._templates.get(tkey)
-                        template = table.get(set_ids[i]) if table is not None else None
-                        if template is None or template.options or template.variable:
-                            kind = _SLOW
-                        else:
-                            count = (sizes[i] - 4) // template.record_length
-                            units = 1 if kind == _FAST_V9 else count
-                    if kind:
-                        exporter = tkey[0]
-                        packets[pkey] = packets.get(pkey, 0) + 1
-                        skey = (exporter, domains[i], kind)
-                        expected = sequence.get(skey)
-                        if expected is not None:
-                            diff = (seqs[i] - expected) & 0xFFFFFFFF
-                            if diff and diff < 0x80000000:
-                                self.stats.sequence_gaps[(exporter, domains[i])] += diff
-                            elif diff:
-                                self.stats.sequence_resets[(exporter, domains[i])] += 1
-                        sequence[skey] = (seqs[i] + units) & 0xFFFFFFFF
-                        if count:
-                            run = runs.get(id(template))
-                            if run is None:
-                                run = runs[id(template)] = self._new_run(
-                                    hdr, template, tkey, ex16, kind, groups
-                                )
-                            run.rows.append(i)
-                            run.counts.append(count)
-                        continue
-                except _Slow:
-                    pass
+                    i = self._fast_rows(hdr, i, stop, source, sources, received)
                 except Exception:  # as in decode(): count, go on with the next row
-                    exporter = sources[srcs[i]][0]
+                    exporter = sources[int(source[i])][0]
                     log.exception("internal decoder error on a packet from %s", exporter)
                     self.stats.error(exporter, "internal_error")
+                    i += 1
                     continue
-            exporter, port = sources[srcs[i]]
-            self._safe_packet(data[i, : lens[i]].tobytes(), exporter, port, received)
-            runs.clear()
+                if i < stop:  # this row turned out to need the per-packet walk
+                    exporter, port = sources[int(source[i])]
+                    self._safe_packet(hdr.data[i, : lens[i]].tobytes(), exporter, port, received)
+                    i += 1
+            if stop < n:
+                exporter, port = sources[int(source[stop])]
+                self._safe_packet(hdr.data[stop, : lens[stop]].tobytes(), exporter, port, received)
+            i = stop + 1
 
-    def _refreshed(
-        self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, end: int, received: float
+    def _fast_rows(
+        self,
+        hdr: _BlockHeaders,
+        first: int,
+        stop: int,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
     ) -> int:
-        """A row's leading template set, if it repeats byte for byte the last one this stream sent
-        and those templates are still in place with nothing pending for them: then all the per-packet
-        walk would do is refresh their ``last_seen``; do that and return ``version`` (fast path).
-        Otherwise 0: the row takes the per-packet walk."""
+        """Rows ``first..stop-1`` passed the header checks. Take them up to the first one whose
+        template is unknown (or options, or variable-length) or whose template refresh is not a pure
+        repeat; count their packets, check their sequence numbers and append their records to new
+        runs, exactly as the per-packet walk would. Returns where it stopped."""
+        rows = slice(first, stop)
+        kind = hdr.kind[rows]
+        version = np.where(kind > _REFRESH, kind - _REFRESH, kind)
+        domain = hdr.domain[rows]
+        stream_key = (source[rows].astype(np.int64) << 36) | (version << 32) | domain
+        keys, stream_of = _distinct(stream_key)
+        streams = [
+            self._block_stream(sources[k >> 36], k & 0xFFFFFFFF, (k >> 32) & 0xF) for k in keys.tolist()
+        ]
+        tkeys, template_of = _distinct(stream_of * 65536 + np.where(version == _FAST_V5, 0, hdr.set_id[rows]))
+        templates: list[Template | None] = []
+        for k in tkeys.tolist():
+            tkey = streams[k >> 16][0]
+            if tkey[3] == 5:
+                templates.append(V5_TEMPLATE)
+                continue
+            table = self._templates.get(tkey)
+            t = table.get(k & 0xFFFF) if table is not None else None
+            templates.append(None if t is None or t.options or t.variable else t)
+        end = stop - first
+        unknown = np.flatnonzero(np.array([t is None for t in templates])[template_of])
+        if len(unknown):
+            end = int(unknown[0])
+        refreshed = []
+        for r in np.flatnonzero(kind[:end] > _REFRESH).tolist():
+            known = self._refresh_of(streams[stream_of[r]][0], int(version[r]), hdr.data, first + r, hdr)
+            if known is None:
+                end = r
+                break
+            refreshed.append(known)
+        if end == 0:
+            return first
+        for known in refreshed:
+            for t in known:
+                t.last_seen = max(t.last_seen, received)
+        stream_of, template_of, version = stream_of[:end], template_of[:end], version[:end]
+        size = hdr.size[first : first + end]
+        record_length = np.array([t.record_length if t is not None else 1 for t in templates])[template_of]
+        count = np.where(version == _FAST_V5, size, (size - 4) // record_length)
+        units = np.where(version == _FAST_V9, 1, count)
+        packets = self.stats.packets
+        per_stream = np.bincount(stream_of, minlength=len(streams)).tolist()
+        by_sequence: dict[tuple[str, int, int], list[int]] = {}
+        for s, (tkey, _, pkey) in enumerate(streams):
+            if per_stream[s]:
+                packets[pkey] = packets.get(pkey, 0) + per_stream[s]
+                by_sequence.setdefault((tkey[0], tkey[2], tkey[3]), []).append(s)
+        seq = hdr.seq[first : first + end]
+        for skey, members in by_sequence.items():
+            mine = stream_of == members[0] if len(members) == 1 else np.isin(stream_of, members)
+            self._sequence_run(skey, seq[mine], units[mine])
+        has = np.flatnonzero(count > 0)
+        order, _ = _distinct(template_of[has], by_first=True, values_only=True)
+        for t in order.tolist():
+            template = templates[t]
+            at = has[template_of[has] == t]
+            tkey, ex16, _ = streams[tkeys[t] >> 16]
+            run = self._new_run(hdr, template, tkey, ex16, tkey[3], self._groups)
+            run.rows = at + first
+            run.counts = count[at]
+        return first + end
+
+    def _sequence_run(self, skey: tuple[str, int, int], seq: np.ndarray, units: np.ndarray) -> None:
+        """:meth:`_check_sequence` over consecutive packets of one sequence space at once."""
+        expected = np.empty_like(seq)
+        expected[1:] = (seq[:-1] + units[:-1]) & 0xFFFFFFFF
+        previous = self._sequence.get(skey)
+        expected[0] = seq[0] if previous is None else previous
+        diff = (seq - expected) & 0xFFFFFFFF
+        lost = int(diff[diff < 0x80000000].sum())
+        resets = int(np.count_nonzero(diff >= 0x80000000))
+        exporter, domain = skey[0], skey[1]
+        if lost:
+            self.stats.sequence_gaps[(exporter, domain)] += lost
+        if resets:
+            self.stats.sequence_resets[(exporter, domain)] += resets
+        self._sequence[skey] = int((seq[-1] + units[-1]) & 0xFFFFFFFF)
+
+    def _refresh_of(
+        self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, hdr: _BlockHeaders
+    ) -> tuple[Template, ...] | None:
+        """The templates of a row's leading template set if it repeats byte for byte the last one
+        this stream sent, they are still in place and nothing is pending for them: then all the
+        per-packet walk would do is refresh their ``last_seen``. None: the row needs that walk."""
         known = self._known_sets.get(tkey)
         if known is None:
-            return _SLOW
+            return None
         body, templates = known
         table = self._templates.get(tkey)
         if table is None or any(table.get(tid) is not t for tid, t in templates):
-            return _SLOW
+            return None
         if self._pending and any((tkey, tid) in self._pending for tid, _ in templates):
-            return _SLOW
-        start = _IPFIX_HEADER.size if version == 10 else _V9_HEADER.size
-        if data[row, start + 4 : end].tobytes() != body:
-            return _SLOW
-        for _, t in templates:
-            t.last_seen = max(t.last_seen, received)
-        return version
+            return None
+        start = (_IPFIX_HEADER.size if version == 10 else _V9_HEADER.size) + 4
+        if data[row, start : int(hdr.template_end[row])].tobytes() != body:
+            return None
+        return tuple(t for _, t in templates)
 
     def _block_stream(self, sender: tuple[str, int], domain: int, kind: int) -> tuple:
         """(template key, 16-byte exporter, packet counter key) of one stream of a block."""
@@ -836,6 +882,24 @@ class FlowDecoder:
                 self._exporter16.clear()
             self._exporter16[exporter] = raw
         return raw
+
+
+def _distinct(
+    keys: np.ndarray, by_first: bool = False, values_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of ``keys`` and each key's index among them (``values_only``: the values in
+    order of first appearance, and no index). One comparison when all keys agree (the usual case)."""
+    if len(keys) == 0 or (keys == keys[0]).all():
+        return keys[:1], np.zeros(len(keys), dtype=np.intp)
+    values, first_at, index = np.unique(keys, return_index=True, return_inverse=True)
+    if values_only or by_first:
+        order = np.argsort(first_at)
+        if values_only:
+            return values[order], np.empty(0, dtype=np.intp)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return values[order], rank[index.ravel()]
+    return values, index.ravel()
 
 
 def _packet_context(counts: list[int], ctxs: list[tuple], n: int) -> list[np.ndarray]:
