@@ -95,18 +95,22 @@ class _Group:
 
 @dataclass
 class _Run:
-    """Consecutive fast-path rows of one template in a block (no slow row in between, so the decoder
-    state they depend on, sampling and system init time, is the same for all of them)."""
+    """Fast rows of one template from one stretch of a block (no per-packet walk in between, so the
+    decoder state they depend on, sampling and system init time, is the same for all of them). One
+    template may serve several streams: NetFlow v5's for every exporter, a v9/IPFIX one for every
+    source port when templates are not keyed by port."""
 
     block: _BlockHeaders
-    ex16: bytes
-    domain: int
     version: int
     sysinit: int
     rate: int
     """-1: per row from the header (NetFlow v5)."""
-    rows: list[int] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
+    exporters: np.ndarray
+    """(streams, 16) uint8: the 16-byte exporter of each stream of the stretch."""
+    rows: np.ndarray
+    counts: np.ndarray
+    stream: np.ndarray
+    """Per row: its stream (index into ``exporters``)."""
 
 
 # Header and first set of every row of a block, one fixed 24-byte layout per version.
@@ -369,15 +373,24 @@ class FlowDecoder:
         for skey, members in by_sequence.items():
             mine = stream_of == members[0] if len(members) == 1 else np.isin(stream_of, members)
             self._sequence_run(skey, seq[mine], units[mine])
+        # One run per template object (streams may share one), in order of first records.
+        same: dict[int, int] = {}
+        canonical = np.array([same.setdefault(id(t), i) for i, t in enumerate(templates)])[template_of]
         has = np.flatnonzero(count > 0)
-        order, _ = _distinct(template_of[has], by_first=True, values_only=True)
+        order, _ = _distinct(canonical[has], values_only=True)
+        exporters = np.frombuffer(b"".join(ex16 for _, ex16, _ in streams), dtype=np.uint8).reshape(-1, 16)
         for t in order.tolist():
-            template = templates[t]
-            at = has[template_of[has] == t]
-            tkey, ex16, _ = streams[tkeys[t] >> 16]
-            run = self._new_run(hdr, template, tkey, ex16, tkey[3], self._groups)
-            run.rows = at + first
-            run.counts = count[at]
+            at = has[canonical[has] == t]
+            self._new_run(
+                hdr,
+                templates[t],
+                streams[stream_of[at[0]]][0],
+                self._groups,
+                exporters=exporters,
+                rows=at + first,
+                counts=count[at],
+                stream=stream_of[at],
+            )
         return first + end
 
     def _sequence_run(self, skey: tuple[str, int, int], seq: np.ndarray, units: np.ndarray) -> None:
@@ -425,15 +438,17 @@ class FlowDecoder:
         return tkey, ex16, pkey
 
     def _new_run(
-        self, hdr: _BlockHeaders, template: Template, tkey: TemplateKey, ex16: bytes, kind: int, groups: dict
+        self, hdr: _BlockHeaders, template: Template, tkey: TemplateKey, groups: dict, **rows: Any
     ) -> _Run:
+        """A run for ``template``, appended to its group (created first if need be, keyed by the
+        domain of the run's first row, as the per-packet walk does)."""
         dkey = (tkey[0], tkey[1], tkey[2])
-        if kind == _FAST_V5:
-            run = _Run(hdr, ex16, tkey[2], 5, -1, -1)
+        if tkey[3] == 5:
+            run = _Run(hdr, 5, -1, -1, **rows)
         else:
             rate = self._default_rate(dkey) if self._sampling else 1
             sysinit = self._sysinit.get(dkey, -1) if self._sysinit else -1
-            run = _Run(hdr, ex16, tkey[2], kind, sysinit, rate)
+            run = _Run(hdr, tkey[3], sysinit, rate, **rows)
         group = groups.get(id(template))
         if group is None:
             group = groups[id(template)] = _Group(template, dkey)
@@ -884,21 +899,15 @@ class FlowDecoder:
         return raw
 
 
-def _distinct(
-    keys: np.ndarray, by_first: bool = False, values_only: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(keys: np.ndarray, values_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values of ``keys`` and each key's index among them (``values_only``: the values in
     order of first appearance, and no index). One comparison when all keys agree (the usual case)."""
     if len(keys) == 0 or (keys == keys[0]).all():
         return keys[:1], np.zeros(len(keys), dtype=np.intp)
-    values, first_at, index = np.unique(keys, return_index=True, return_inverse=True)
-    if values_only or by_first:
-        order = np.argsort(first_at)
-        if values_only:
-            return values[order], np.empty(0, dtype=np.intp)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        return values[order], rank[index.ravel()]
+    if values_only:
+        values, first_at = np.unique(keys, return_index=True)
+        return values[np.argsort(first_at)], np.empty(0, dtype=np.intp)
+    values, index = np.unique(keys, return_inverse=True)
     return values, index.ravel()
 
 
@@ -955,10 +964,15 @@ def _gather_run(run: _Run, record_length: int) -> tuple[np.ndarray, list[np.ndar
     every = np.ndarray((data.size - record_length + 1,), np.dtype((np.void, record_length)), data, 0, (1,))
     records = every[starts].view(np.uint8)
     received = (np.asarray([hdr.received], dtype=np.float64) * 1e6).astype(np.int64)[0]
+    stream = run.stream
+    if (stream == stream[0]).all():
+        exporter = np.frombuffer(run.exporters[stream[0]].tobytes() * n, dtype=np.uint8).reshape(n, 16)
+    else:
+        exporter = np.repeat(run.exporters[stream], counts, axis=0)
     return records, [
-        np.frombuffer(run.ex16 * n, dtype=np.uint8).reshape(n, 16),
+        exporter,
         _per_record(hdr.port[hdr.source[rows]], counts, n, np.uint16),
-        np.full(n, run.domain, dtype=np.uint32),
+        _per_record(hdr.domain[rows], counts, n, np.uint32),
         np.full(n, run.version, dtype=np.uint8),
         np.full(n, received, dtype=np.int64),
         _per_record(hdr.export_us[rows], counts, n, np.int64),
