@@ -113,7 +113,13 @@ class BatchSocket:
     """One bound, non-blocking UDP socket and its reusable ``recvmmsg`` buffers."""
 
     def __init__(
-        self, endpoint: Endpoint, rcvbuf_bytes: int, batch: int, max_datagram: int, max_exporters: int = 64
+        self,
+        endpoint: Endpoint,
+        rcvbuf_bytes: int,
+        batch: int,
+        max_datagram: int,
+        max_exporters: int = 64,
+        block_calls: int = 4,
     ) -> None:
         self.endpoint = endpoint
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
@@ -130,28 +136,36 @@ class BatchSocket:
             self.sock.close()
             raise
         self.batch = batch
+        self.block_calls = block_calls
+        """``recvmmsg`` calls :meth:`receive_block` may chain into one block (while each comes back full)."""
+        rows = batch * block_calls
         self.max_datagram = max_datagram
         self.stats = ReceiveStats()
-        self._buf = (ctypes.c_char * (batch * max_datagram))()
-        self._names = (ctypes.c_char * (batch * _SOCKADDR_SIZE))()
-        self._iov = (_IoVec * batch)()
-        self._msgs = (_MMsgHdr * batch)()
+        # Large enough to be mmap-ed by the C library: pages nobody writes to are never touched.
+        self._buf = (ctypes.c_char * (rows * max_datagram))()
+        self._names = (ctypes.c_char * (rows * _SOCKADDR_SIZE))()
+        self._iov = (_IoVec * rows)()
+        self._msgs = (_MMsgHdr * rows)()
         base = ctypes.addressof(self._buf)
         names = ctypes.addressof(self._names)
-        for i in range(batch):
+        for i in range(rows):
             self._iov[i].iov_base = base + i * max_datagram
             self._iov[i].iov_len = max_datagram
             hdr = self._msgs[i].msg_hdr
             hdr.msg_name = names + i * _SOCKADDR_SIZE
             hdr.msg_iov = ctypes.pointer(self._iov[i])
             hdr.msg_iovlen = 1
+        self._call_starts = [
+            ctypes.cast(ctypes.addressof(self._msgs[k * batch]), ctypes.POINTER(_MMsgHdr))
+            for k in range(block_calls)
+        ]
         self._mv = memoryview(self._buf).cast("B")
-        self._rows = np.frombuffer(self._buf, dtype=np.uint8).reshape(batch, max_datagram)
-        self._name_rows = np.frombuffer(self._names, dtype=np.uint8).reshape(batch, _SOCKADDR_SIZE)
-        raw = np.frombuffer(self._msgs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_MMsgHdr))
-        self._lens = raw[:, _LEN_OFFSET : _LEN_OFFSET + 4].view(np.uint32).reshape(batch)
-        self._flags = raw[:, _FLAGS_OFFSET : _FLAGS_OFFSET + 4].view(np.int32).reshape(batch)
-        self._namelen = raw[:, _NAMELEN_OFFSET : _NAMELEN_OFFSET + 4].view(np.uint32).reshape(batch)
+        self._rows = np.frombuffer(self._buf, dtype=np.uint8).reshape(rows, max_datagram)
+        self._name_rows = np.frombuffer(self._names, dtype=np.uint8).reshape(rows, _SOCKADDR_SIZE)
+        raw = np.frombuffer(self._msgs, dtype=np.uint8).reshape(rows, ctypes.sizeof(_MMsgHdr))
+        self._lens = raw[:, _LEN_OFFSET : _LEN_OFFSET + 4].view(np.uint32).reshape(rows)
+        self._flags = raw[:, _FLAGS_OFFSET : _FLAGS_OFFSET + 4].view(np.int32).reshape(rows)
+        self._namelen = raw[:, _NAMELEN_OFFSET : _NAMELEN_OFFSET + 4].view(np.uint32).reshape(rows)
         self._namelen[:] = _SOCKADDR_SIZE
         self._sender_cache: dict[bytes, tuple[str, int]] = {}
         self.max_exporters = max_exporters
@@ -244,14 +258,22 @@ class BatchSocket:
         return out
 
     def receive_block(self, received: float) -> Block | None:
-        """Up to ``batch`` datagrams waiting now as one :class:`Block` (None if none), counted like
-        :meth:`receive`. Truncated datagrams are counted and left out."""
-        n = _recvmmsg(self.sock.fileno(), self._msgs, self.batch, MSG_DONTWAIT, None)
-        if n <= 0:
-            if n < 0:
+        """Datagrams waiting now as one :class:`Block` (None if none), counted like :meth:`receive`:
+        up to ``block_calls`` ``recvmmsg`` calls of ``batch`` datagrams, as long as each one comes
+        back full. Truncated datagrams are counted and left out."""
+        n = 0
+        for start in self._call_starts:  # bigger blocks make every later per-block step cheaper
+            got = _recvmmsg(self.sock.fileno(), start, self.batch, MSG_DONTWAIT, None)
+            if got < 0:
                 err = ctypes.get_errno()
                 if err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     self.stats.errors += 1
+            if got <= 0:
+                break
+            n += got
+            if got < self.batch:
+                break
+        if n == 0:
             return None
         lengths = self._lens[:n].astype(np.int64)
         keys = np.ascontiguousarray(self._name_rows[:n, :24]).view(_KEY).ravel()
