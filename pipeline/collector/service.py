@@ -35,10 +35,12 @@ from pipeline.sinks.buffered import BufferedSink
 log = logging.getLogger(__name__)
 
 _STOP = object()
-_COALESCE_SECONDS = 0.01
-"""After a wakeup that found less than one ``recvmmsg`` batch, wait this long before the next one: the
-kernel queues meanwhile (SO_RCVBUF holds far more), and fewer, larger blocks cost less CPU per flow in
-every later step. Latency is bounded by ``batch.max_seconds`` (seconds) anyway."""
+_BLOCK_CALLS = 4
+"""``recvmmsg`` calls chained into one block when the socket has a backlog."""
+_COALESCE_SECONDS = 0.02
+"""After a wakeup that emptied the sockets, wait this long before the next one: the kernel queues
+meanwhile (SO_RCVBUF holds far more), and fewer, larger blocks cost less CPU per flow in every later
+step. Batches wait for ``batch.max_seconds`` (a second by default) anyway."""
 
 
 class Allowlist:
@@ -121,6 +123,7 @@ class Collector:
 
             datagram_type = Datagram
         self._datagram = datagram_type
+        self._block_rows = config.receive.recv_batch * _BLOCK_CALLS
         self._block_decoder = callable(getattr(decoder, "decode_block", None))
         """Decoders with ``decode_block`` get whole receive batches as arrays (no per-datagram objects)."""
         self.endpoints = [Endpoint.parse(t) for t in config.receive.listen]
@@ -154,6 +157,7 @@ class Collector:
                         rc.recv_batch,
                         rc.max_datagram,
                         self.config.metrics.max_exporters,
+                        _BLOCK_CALLS,
                     )
                 )
         except OSError:
@@ -218,7 +222,7 @@ class Collector:
                 got = 0
                 for key, _ in sel.select(timeout=0.05):
                     got += self._read(key.data, rounds=8)
-                if 0 < got < self.config.receive.recv_batch:
+                if 0 < got < self._block_rows:
                     time.sleep(_COALESCE_SECONDS)
                 now = time.monotonic()
                 self._emit(self.batcher.poll(now))
