@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import socket
 from collections.abc import Callable
@@ -87,8 +88,11 @@ class Block:
         return len(self.lengths)
 
     def select(self, rows: np.ndarray) -> Block:
-        """The datagrams at ``rows`` (an index array or a boolean mask), as a new block (copied)."""
-        return Block(self.data[rows], self.lengths[rows], self.source[rows], self.sources, self.received)
+        """The datagrams at ``rows`` (an index array or a boolean mask), as a new block: copied, but
+        only up to the longest of them (a row is sized for the largest possible datagram)."""
+        lengths = self.lengths[rows]
+        width = max(1, int(lengths.max())) if len(lengths) else 1
+        return Block(self.data[rows, :width], lengths, self.source[rows], self.sources, self.received)
 
     def datagrams(self, make: Callable[..., T]) -> list[T]:
         """Per-datagram objects ``make(payload, ip, port, received)``, for decoders without a block path."""
@@ -141,8 +145,10 @@ class BatchSocket:
         rows = batch * block_calls
         self.max_datagram = max_datagram
         self.stats = ReceiveStats()
-        # Large enough to be mmap-ed by the C library: pages nobody writes to are never touched.
-        self._buf = (ctypes.c_char * (rows * max_datagram))()
+        # An anonymous mapping: a page of a slot costs memory only once a datagram reaches it, so slots
+        # sized for 64 KiB datagrams cost what the datagrams really use.
+        self._map = mmap.mmap(-1, rows * max_datagram)
+        self._buf = (ctypes.c_char * (rows * max_datagram)).from_buffer(self._map)
         self._names = (ctypes.c_char * (rows * _SOCKADDR_SIZE))()
         self._iov = (_IoVec * rows)()
         self._msgs = (_MMsgHdr * rows)()
@@ -283,9 +289,10 @@ class BatchSocket:
         if truncated.any():
             keep = truncated == 0
             self.stats.truncated += n - int(keep.sum())
-            data, lengths, keys = data[keep], lengths[keep], keys[keep]
+            lengths, keys = lengths[keep], keys[keep]
             if not len(lengths):
                 return None
+            data = data[keep, : max(1, int(lengths.max()))]  # copy only what the rows hold
         if (keys == keys[0]).all():
             unique, source = keys[:1], np.zeros(len(keys), dtype=np.intp)
         else:  # in order of first appearance, so the capped exporter labels go to the first seen

@@ -141,12 +141,13 @@ def test_receive_block_leaves_out_truncated_and_names_senders_by_first_appearanc
             block = bs.receive_block(1.5)
         assert block is not None and block.received == 1.5
         assert block.lengths.tolist() == [100, 600, 10]
+        assert block.data.shape == (3, 600)  # rows copied out around the truncated one, no wider
         assert [block.sources[s][0] for s in block.source] == ["127.0.0.3", "127.0.0.2", "127.0.0.3"]
         assert bs.stats.truncated == 1 and bs.stats.datagrams == 3 and bs.stats.bytes == 710
         # the first sender seen keeps its label, later ones fold into "other"
         assert bs.exporter_packets == {"127.0.0.3": 2, "other": 1}
         kept = block.select(block.source == block.source[0])
-        assert kept.lengths.tolist() == [100, 10]
+        assert kept.lengths.tolist() == [100, 10] and kept.data.shape == (2, 100)
         assert [d[0] for d in kept.datagrams(lambda *d: d)] == [b"b" * 100, b"b" * 10]
         assert bs.receive_block(0.0) is None
     finally:
