@@ -5,6 +5,11 @@ whole datagram batches and cuts row/time-bounded batches; the *writer* thread ha
 (Parquet compression and Kafka production release the GIL, so the two overlap). A bounded queue sits
 between them: a slow sink turns into socket back-pressure, which shows up as kernel drops.
 
+With a decoder that has ``decode_block`` (the default ``FlowDecoder``), datagrams never become Python
+objects: a receive block (the buffer rows plus length and sender arrays) goes to the decoder as is,
+and only whole flow batches cross between threads. After a wakeup that emptied the sockets the
+receive thread pauses briefly so that the next block is large: per-block costs then weigh little.
+
 ``stop()``: stop receiving (after draining what the kernel already queued), decode and flush every
 pending batch, close the sinks, persist templates. Nothing decoded is lost on a clean stop.
 """
