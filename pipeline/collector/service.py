@@ -250,7 +250,8 @@ class Collector:
         number of datagrams."""
         got = 0
         if self._block_decoder:
-            for _ in range(rounds):
+            budget = rounds * sock.batch  # as many datagrams between ticks as batch by batch
+            while got < budget:
                 block = sock.receive_block(time.time())
                 if block is None:
                     return got

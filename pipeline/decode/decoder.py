@@ -127,12 +127,9 @@ _V5_ROW = np.dtype(
      ("seq", ">u4"), ("engine_type", "u1"), ("engine_id", "u1"), ("sampling", ">u2")]
 )  # fmt: skip
 _ROW_HEADER = 24
-_SLOW, _FAST_V5, _FAST_V9, _FAST_IPFIX = 0, 5, 9, 10
+_SLOW, _FAST_V5, _FAST_V9 = 0, 5, 9  # block row kinds: the per-packet walk, or the version
 _REFRESH = 100  # added to the version: a template set, then the data set
-
-
-class _Slow(Exception):
-    """A block row turned out to need the per-packet walk."""
+_MISSES_BEFORE_WALK, _WALK_AFTER_MISSES = 4, 64
 
 
 class _BlockHeaders:
@@ -289,9 +286,22 @@ class FlowDecoder:
         system init times, so the next stretch starts new runs."""
         n = len(lengths)
         lens = lengths.tolist()
-        i = 0
+
+        def walk(row: int) -> None:
+            exporter, port = sources[int(source[row])]
+            self._safe_packet(hdr.data[row, : lens[row]].tobytes(), exporter, port, received)
+
+        i, misses = 0, 0
         for stop in [*np.flatnonzero(hdr.kind == _SLOW).tolist(), n]:
             while i < stop:
+                if misses >= _MISSES_BEFORE_WALK:
+                    # Rows that look fast but are not (data for unknown templates, a flood of them
+                    # perhaps): each try costs a stretch's fixed numpy work, so walk a few instead.
+                    for row in range(i, min(stop, i + _WALK_AFTER_MISSES)):
+                        walk(row)
+                    i, misses = min(stop, i + _WALK_AFTER_MISSES), 0
+                    continue
+                start = i
                 try:
                     i = self._fast_rows(hdr, i, stop, source, sources, received)
                 except Exception:  # as in decode(): count, go on with the next row
@@ -300,13 +310,12 @@ class FlowDecoder:
                     self.stats.error(exporter, "internal_error")
                     i += 1
                     continue
+                misses = misses + 1 if i == start else 0
                 if i < stop:  # this row turned out to need the per-packet walk
-                    exporter, port = sources[int(source[i])]
-                    self._safe_packet(hdr.data[i, : lens[i]].tobytes(), exporter, port, received)
+                    walk(i)
                     i += 1
             if stop < n:
-                exporter, port = sources[int(source[stop])]
-                self._safe_packet(hdr.data[stop, : lens[stop]].tobytes(), exporter, port, received)
+                walk(stop)
             i = stop + 1
 
     def _fast_rows(

@@ -194,6 +194,14 @@ def test_collector_shaped_stream_takes_the_fast_path(monkeypatch: pytest.MonkeyP
     assert sum(decoder.stats.flows.values()) == 256 * 3 + 256 * 2
 
 
+def test_orphan_flood_then_normal_rows_in_one_block() -> None:
+    """Rows shaped like fast ones whose templates are unknown, many in a row (the walk gives up
+    trying them in stretches for a while), then known ones again: still exact."""
+    orphans = [dg(ipfix(data_set(TI, 300, IROWS), seq=i, domain=9)) for i in range(150)]
+    normal = [dg(v9_refresh(0))] + [dg(v9_data(i)) for i in range(1, 100)]
+    assert_same([normal[:1], orphans[:70] + normal[1:50] + orphans[70:] + normal[50:]])
+
+
 POOL = [
     v9_data,
     lambda s: v9_data(s, n=1),
