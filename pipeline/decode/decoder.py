@@ -961,17 +961,33 @@ def _per_record(values: np.ndarray, counts: np.ndarray, n: int, dtype: Any) -> n
 
 
 def _gather_run(run: _Run, record_length: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A run's records copied out of the block with one take (the block seen as one record at every
-    byte offset, indexed by each record's start), and their context columns."""
+    """A run's records copied out of the block, and their context columns. Rows with different
+    record counts take one take: the block seen as one record at every byte offset, indexed by each
+    record's start."""
     hdr = run.block
     rows = np.asarray(run.rows, dtype=np.intp)
     counts = np.asarray(run.counts, dtype=np.int64)
     n = int(counts.sum())
     data = hdr.data
-    base = rows * data.shape[1] + hdr.offset[rows] - (np.cumsum(counts) - counts) * record_length
-    starts = np.repeat(base, counts) + np.arange(n, dtype=np.int64) * record_length
-    every = np.ndarray((data.size - record_length + 1,), np.dtype((np.void, record_length)), data, 0, (1,))
-    records = every[starts].view(np.uint8)
+    offsets = hdr.offset[rows]
+    most = int(counts.max())
+    if int(counts.min()) == most:
+        # Same record count in every row (one router's usual packets): one 2-D slice, then the few
+        # rows whose records start elsewhere (after a template set) copied over their place.
+        values, times = np.unique(offsets, return_counts=True)
+        offset, width = int(values[np.argmax(times)]), most * record_length
+        span = data[rows, offset : offset + width]
+        if len(values) > 1:
+            for j in np.flatnonzero(offsets != offset).tolist():
+                span[j] = data[rows[j], offsets[j] : offsets[j] + width]
+        records = span.reshape(-1)
+    else:
+        base = rows * data.shape[1] + offsets - (np.cumsum(counts) - counts) * record_length
+        starts = np.repeat(base, counts) + np.arange(n, dtype=np.int64) * record_length
+        every = np.ndarray(
+            (data.size - record_length + 1,), np.dtype((np.void, record_length)), data, 0, (1,)
+        )
+        records = every[starts].view(np.uint8)
     received = (np.asarray([hdr.received], dtype=np.float64) * 1e6).astype(np.int64)[0]
     stream = run.stream
     if (stream == stream[0]).all():
