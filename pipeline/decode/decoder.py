@@ -177,8 +177,10 @@ class _BlockHeaders:
             refresh[:] = False
             id2 = len2 = np.zeros(n, dtype=np.int64)
         is5 = (version == 5) & (length >= 24) & (v5["count"].astype(np.int64) * _V5_RECORD + 24 <= length)
-        kind = np.where(data_only, version, np.where(refresh, version + _REFRESH, np.where(is5, 5, _SLOW)))
-        self.kind = kind
+        version = version.astype(np.int64)
+        self.kind = np.where(
+            data_only, version, np.where(refresh, version + _REFRESH, np.where(is5, 5, _SLOW))
+        )
         self.set_id = np.where(refresh, id2, set_id)
         self.size = np.where(is5, v5["count"], np.where(refresh, len2, set_len)).astype(np.int64)
         """v9/IPFIX: data set length; v5: record count."""
