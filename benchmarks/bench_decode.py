@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.bench_decode [--seconds 3]
 
 Cases: NetFlow v5; v9 and IPFIX fixed-length templates of 20 fields; an IPFIX template with a
-variable-length field (interfaceName). Figures are flows per CPU-second of this one process
+variable-length field (interfaceName). Each through ``FlowDecoder.decode`` (Datagram objects, the
+per-packet walk) and ``FlowDecoder.decode_block`` (the collector's path: rows of a receive buffer). Figures are flows per CPU-second of this one process
 (``time.process_time``), i.e. per core. Packets are packed with numpy (the tests, not this file,
 hold the independent-encoder checks).
 """
@@ -23,6 +24,7 @@ from pipeline.decode import Datagram, FlowDecoder
 EXPORT = 1_790_000_000
 RECORDS = 30
 BATCH = 512  # datagrams per decode call, as the collector's recvmmsg loop hands them over
+MAX_DATAGRAM = 65535  # the collector's default receive slot per datagram
 V9_FIELDS = [(8, 4), (12, 4), (15, 4), (7, 2), (11, 2), (4, 1), (5, 1), (6, 1), (10, 4), (14, 4), (16, 4),
              (17, 4), (9, 1), (13, 1), (2, 4), (1, 4), (22, 4), (21, 4), (61, 1), (48, 1)]  # fmt: skip
 IPFIX_FIELDS = [(8, 4), (12, 4), (15, 4), (7, 2), (11, 2), (4, 1), (5, 1), (6, 2), (10, 4), (14, 4), (16, 4),
@@ -95,23 +97,42 @@ def ipfix_variable_packets(rng: np.random.Generator, n: int) -> tuple[bytes, lis
     return tmpl, out
 
 
-def measure(name: str, template: bytes | None, packets: list[bytes], seconds: float) -> float:
+def as_block(packets: list[bytes]) -> tuple:
+    """``decode_block`` arguments laid out as the collector's receive buffer holds them: one row of
+    ``MAX_DATAGRAM`` bytes per datagram."""
+    data = np.zeros((len(packets), MAX_DATAGRAM), dtype=np.uint8)
+    for i, p in enumerate(packets):
+        data[i, : len(p)] = np.frombuffer(p, dtype=np.uint8)
+    lengths = np.array([len(p) for p in packets], dtype=np.int64)
+    return data, lengths, np.zeros(len(packets), dtype=np.intp), [("192.0.2.1", 2055)], float(EXPORT)
+
+
+def measure(name: str, template: bytes | None, packets: list[bytes], seconds: float, block: bool) -> float:
+    """``decode`` on Datagram lists, or (``block``) ``decode_block`` on receive-buffer-shaped arrays."""
     decoder = FlowDecoder()
     if template is not None:
         decoder.decode([Datagram(template, "192.0.2.1", 2055, EXPORT)])
-    batches = [
-        [Datagram(p, "192.0.2.1", 2055, EXPORT) for p in packets[i : i + BATCH]]
-        for i in range(0, len(packets), BATCH)
-    ]
-    decoder.decode(batches[0])  # warm up
+    chunks = [packets[i : i + BATCH] for i in range(0, len(packets), BATCH)]
+    if block:
+        blocks = [as_block(c) for c in chunks]
+
+        def run(i: int) -> int:
+            return sum(b.num_rows for b in decoder.decode_block(*blocks[i]))
+    else:
+        batches = [[Datagram(p, "192.0.2.1", 2055, EXPORT) for p in c] for c in chunks]
+
+        def run(i: int) -> int:
+            return decoder.decode(batches[i]).num_rows
+
+    run(0)  # warm up
     flows, start = 0, time.process_time()
     while time.process_time() - start < seconds:
-        for batch in batches:
-            flows += decoder.decode(batch).num_rows
+        for i in range(len(chunks)):
+            flows += run(i)
     cpu = time.process_time() - start
     rate = flows / cpu
     assert not decoder.stats.errors, decoder.stats.errors
-    print(f"{name:34s} {rate / 1e6:7.2f} M flows/s per core  ({flows:,} flows, {cpu:.2f} CPU-s)")
+    print(f"{name:46s} {rate / 1e6:7.2f} M flows/s per core  ({flows:,} flows, {cpu:.2f} CPU-s)")
     return rate
 
 
@@ -126,10 +147,18 @@ def main() -> None:
     print(machine_line())
     print(f"allocator tuned: {tuned}")
     print(f"{RECORDS} records per packet, {BATCH} packets per decode call")
-    measure("NetFlow v5", None, v5_packets(rng, 2048), args.seconds)
-    measure("NetFlow v9, 20 fixed fields", *v9_packets(rng, 2048), args.seconds)
-    measure("IPFIX, 20 fixed fields", *ipfix_packets(rng, 2048), args.seconds)
-    measure("IPFIX, 19 fixed + 1 variable field", *ipfix_variable_packets(rng, 1024), args.seconds)
+    cases = [
+        ("NetFlow v5", None, v5_packets(rng, 2048)),
+        ("NetFlow v9, 20 fixed fields", *v9_packets(rng, 2048)),
+        ("IPFIX, 20 fixed fields", *ipfix_packets(rng, 2048)),
+        ("IPFIX, 19 fixed + 1 variable field", *ipfix_variable_packets(rng, 1024)),
+    ]
+    for block in (False, True):
+        print(
+            "decode_block (collector path: rows of a receive buffer)" if block else "decode (Datagram list)"
+        )
+        for name, template, packets in cases:
+            measure(name, template, packets, args.seconds, block)
 
 
 if __name__ == "__main__":

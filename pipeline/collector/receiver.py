@@ -3,6 +3,9 @@ datagrams, which is what lets a Python process keep up with a router's export ra
 
 Buffers and the ``mmsghdr`` array are allocated once per socket and reused; lengths and source
 addresses are read through numpy views of the same memory instead of per-message ctypes attribute access.
+:meth:`BatchSocket.receive_block` hands the whole batch over as one :class:`Block` (a 2-D view of the
+receive buffer plus length and source arrays): no Python object per datagram, which at ~45k datagrams/s
+was a good part of the collector's CPU.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import socket
 from collections.abc import Callable
@@ -57,6 +61,46 @@ _recvmmsg.restype = ctypes.c_int
 _LEN_OFFSET = _MMsgHdr.msg_len.offset
 _FLAGS_OFFSET = _MsgHdr.msg_flags.offset
 _NAMELEN_OFFSET = _MsgHdr.msg_namelen.offset
+_KEY = np.dtype((np.void, 24))  # family, port and address of a sockaddr_in/in6: one sender
+
+
+@dataclass
+class Block:
+    """The datagrams of one ``recvmmsg`` call, without a Python object per datagram.
+
+    Row ``i`` of ``data`` holds datagram ``i`` in its first ``lengths[i]`` bytes (the rest is stale);
+    ``sources[source[i]]`` is its sender. ``data`` may be a view of the socket's receive buffer: it is
+    valid only until the next receive on that socket, so consumers copy what they keep.
+    """
+
+    data: np.ndarray
+    """(n, max_datagram) uint8."""
+    lengths: np.ndarray
+    """(n,) int64 payload lengths."""
+    source: np.ndarray
+    """(n,) intp: index into ``sources``."""
+    sources: list[tuple[str, int]]
+    """Distinct (ip text, port) senders of this block."""
+    received: float
+    """Unix time of the receive call (collector clock)."""
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, rows: np.ndarray) -> Block:
+        """The datagrams at ``rows`` (an index array or a boolean mask), as a new block: copied, but
+        only up to the longest of them (a row is sized for the largest possible datagram)."""
+        lengths = self.lengths[rows]
+        width = max(1, int(lengths.max())) if len(lengths) else 1
+        return Block(self.data[rows, :width], lengths, self.source[rows], self.sources, self.received)
+
+    def datagrams(self, make: Callable[..., T]) -> list[T]:
+        """Per-datagram objects ``make(payload, ip, port, received)``, for decoders without a block path."""
+        data, sources, received = self.data, self.sources, self.received
+        return [
+            make(data[i, :length].tobytes(), *sources[s], received)
+            for i, (length, s) in enumerate(zip(self.lengths.tolist(), self.source.tolist(), strict=True))
+        ]
 
 
 @dataclass
@@ -73,7 +117,13 @@ class BatchSocket:
     """One bound, non-blocking UDP socket and its reusable ``recvmmsg`` buffers."""
 
     def __init__(
-        self, endpoint: Endpoint, rcvbuf_bytes: int, batch: int, max_datagram: int, max_exporters: int = 64
+        self,
+        endpoint: Endpoint,
+        rcvbuf_bytes: int,
+        batch: int,
+        max_datagram: int,
+        max_exporters: int = 64,
+        block_calls: int = 4,
     ) -> None:
         self.endpoint = endpoint
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
@@ -90,26 +140,38 @@ class BatchSocket:
             self.sock.close()
             raise
         self.batch = batch
+        self.block_calls = block_calls
+        """``recvmmsg`` calls :meth:`receive_block` may chain into one block (while each comes back full)."""
+        rows = batch * block_calls
         self.max_datagram = max_datagram
         self.stats = ReceiveStats()
-        self._buf = (ctypes.c_char * (batch * max_datagram))()
-        self._names = (ctypes.c_char * (batch * _SOCKADDR_SIZE))()
-        self._iov = (_IoVec * batch)()
-        self._msgs = (_MMsgHdr * batch)()
+        # An anonymous mapping: a page of a slot costs memory only once a datagram reaches it, so slots
+        # sized for 64 KiB datagrams cost what the datagrams really use.
+        self._map = mmap.mmap(-1, rows * max_datagram)
+        self._buf = (ctypes.c_char * (rows * max_datagram)).from_buffer(self._map)
+        self._names = (ctypes.c_char * (rows * _SOCKADDR_SIZE))()
+        self._iov = (_IoVec * rows)()
+        self._msgs = (_MMsgHdr * rows)()
         base = ctypes.addressof(self._buf)
         names = ctypes.addressof(self._names)
-        for i in range(batch):
+        for i in range(rows):
             self._iov[i].iov_base = base + i * max_datagram
             self._iov[i].iov_len = max_datagram
             hdr = self._msgs[i].msg_hdr
             hdr.msg_name = names + i * _SOCKADDR_SIZE
             hdr.msg_iov = ctypes.pointer(self._iov[i])
             hdr.msg_iovlen = 1
+        self._call_starts = [
+            ctypes.cast(ctypes.addressof(self._msgs[k * batch]), ctypes.POINTER(_MMsgHdr))
+            for k in range(block_calls)
+        ]
         self._mv = memoryview(self._buf).cast("B")
-        raw = np.frombuffer(self._msgs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_MMsgHdr))
-        self._lens = raw[:, _LEN_OFFSET : _LEN_OFFSET + 4].view(np.uint32).reshape(batch)
-        self._flags = raw[:, _FLAGS_OFFSET : _FLAGS_OFFSET + 4].view(np.int32).reshape(batch)
-        self._namelen = raw[:, _NAMELEN_OFFSET : _NAMELEN_OFFSET + 4].view(np.uint32).reshape(batch)
+        self._rows = np.frombuffer(self._buf, dtype=np.uint8).reshape(rows, max_datagram)
+        self._name_rows = np.frombuffer(self._names, dtype=np.uint8).reshape(rows, _SOCKADDR_SIZE)
+        raw = np.frombuffer(self._msgs, dtype=np.uint8).reshape(rows, ctypes.sizeof(_MMsgHdr))
+        self._lens = raw[:, _LEN_OFFSET : _LEN_OFFSET + 4].view(np.uint32).reshape(rows)
+        self._flags = raw[:, _FLAGS_OFFSET : _FLAGS_OFFSET + 4].view(np.int32).reshape(rows)
+        self._namelen = raw[:, _NAMELEN_OFFSET : _NAMELEN_OFFSET + 4].view(np.uint32).reshape(rows)
         self._namelen[:] = _SOCKADDR_SIZE
         self._sender_cache: dict[bytes, tuple[str, int]] = {}
         self.max_exporters = max_exporters
@@ -200,6 +262,59 @@ class BatchSocket:
         self.stats.datagrams += len(out)
         self.stats.bytes += total
         return out
+
+    def receive_block(self, received: float) -> Block | None:
+        """Datagrams waiting now as one :class:`Block` (None if none), counted like :meth:`receive`:
+        up to ``block_calls`` ``recvmmsg`` calls of ``batch`` datagrams, as long as each one comes
+        back full. Truncated datagrams are counted and left out."""
+        n = 0
+        for start in self._call_starts:  # bigger blocks make every later per-block step cheaper
+            got = _recvmmsg(self.sock.fileno(), start, self.batch, MSG_DONTWAIT, None)
+            if got < 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                    self.stats.errors += 1
+            if got <= 0:
+                break
+            n += got
+            if got < self.batch:
+                break
+        if n == 0:
+            return None
+        lengths = self._lens[:n].astype(np.int64)
+        keys = np.ascontiguousarray(self._name_rows[:n, :24]).view(_KEY).ravel()
+        self._namelen[:n] = _SOCKADDR_SIZE
+        data = self._rows[:n]
+        truncated = self._flags[:n] & MSG_TRUNC
+        if truncated.any():
+            keep = truncated == 0
+            self.stats.truncated += n - int(keep.sum())
+            lengths, keys = lengths[keep], keys[keep]
+            if not len(lengths):
+                return None
+            data = data[keep, : max(1, int(lengths.max()))]  # copy only what the rows hold
+        if (keys == keys[0]).all():
+            unique, source = keys[:1], np.zeros(len(keys), dtype=np.intp)
+        else:  # in order of first appearance, so the capped exporter labels go to the first seen
+            unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            order = np.argsort(first)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            unique, source = unique[order], rank[inverse.ravel()]
+        cache, sources = self._sender_cache, []
+        for key in unique.tolist():
+            sources.append(cache.get(key) or self._resolve(key))
+        if len(sources) == 1:
+            self._count_exporter(sources[0][0], len(lengths))
+        else:
+            for (ip, _), count in zip(
+                sources, np.bincount(source, minlength=len(sources)).tolist(), strict=True
+            ):
+                if count:
+                    self._count_exporter(ip, count)
+        self.stats.datagrams += len(lengths)
+        self.stats.bytes += int(lengths.sum())
+        return Block(data, lengths, source, sources, received)
 
     def close(self) -> None:
         self.sock.close()

@@ -97,8 +97,10 @@ def _uptime_to_us(t: np.ndarray, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     t = as_uint(t).astype(np.int64)
     has_uptime = ctx.uptime_ms >= 0
     diff = ctx.uptime_ms - t
-    diff = np.where(diff < -(1 << 31), diff + (1 << 32), diff)  # uptime counter wrapped
+    diff[diff < -(1 << 31)] += 1 << 32  # uptime counter wrapped
     from_header = ctx.export_us - diff * 1000
+    if has_uptime.all():  # every record came with a header sysUptime (v5/v9): nothing to choose
+        return from_header, has_uptime
     from_init = (ctx.sysinit_ms + t) * 1000
     out = np.where(has_uptime, from_header, from_init)
     valid = has_uptime | (ctx.sysinit_ms >= 0)

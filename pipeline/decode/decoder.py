@@ -5,6 +5,12 @@ template across the whole datagram batch and decoded at once (``np.frombuffer`` 
 compiled dtype; an offsets pass first for variable-length templates). The decoder owns the template,
 sampling and sequence state of every exporter, and never raises on input: each reject is counted by
 reason in :attr:`stats` and the rest of the packet goes on.
+
+:meth:`FlowDecoder.decode_block` is the collector's entry point: datagrams as rows of one 2-D buffer.
+Their headers and first set are read for all rows at once with numpy; a row that is one header plus
+one data set of a known fixed-length template (what a router sends nearly always) then costs a few
+dict lookups, and its records are gathered straight from the buffer. Every other row takes the
+per-packet walk, in order, so both entry points give the same flows and the same counters.
 """
 
 from __future__ import annotations
@@ -79,13 +85,117 @@ class _Pending:
 
 @dataclass
 class _Group:
-    """Records of one template gathered from the current batch of datagrams."""
+    """Records of one template gathered from the current batch of datagrams, in arrival order: each
+    piece is either ``(data, count, ctx)`` from the per-packet walk or a :class:`_Run` of block rows."""
 
     template: Template
     domain: DomainKey
-    parts: list = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    ctx: list[tuple] = field(default_factory=list)
+    pieces: list = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Fast rows of one template from one stretch of a block (no per-packet walk in between, so the
+    decoder state they depend on, sampling and system init time, is the same for all of them). One
+    template may serve several streams: NetFlow v5's for every exporter, a v9/IPFIX one for every
+    source port when templates are not keyed by port."""
+
+    block: _BlockHeaders
+    version: int
+    sysinit: int
+    rate: int
+    """-1: per row from the header (NetFlow v5)."""
+    exporters: np.ndarray
+    """(streams, 16) uint8: the 16-byte exporter of each stream of the stretch."""
+    rows: np.ndarray
+    counts: np.ndarray
+    stream: np.ndarray
+    """Per row: its stream (index into ``exporters``)."""
+
+
+# Header and first set of every row of a block, one fixed 24-byte layout per version.
+_V9_ROW = np.dtype(
+    [("version", ">u2"), ("count", ">u2"), ("uptime", ">u4"), ("secs", ">u4"), ("seq", ">u4"),
+     ("domain", ">u4"), ("set_id", ">u2"), ("set_len", ">u2")]
+)  # fmt: skip
+_IPFIX_ROW = np.dtype(
+    [("version", ">u2"), ("length", ">u2"), ("export", ">u4"), ("seq", ">u4"), ("domain", ">u4"),
+     ("set_id", ">u2"), ("set_len", ">u2"), ("_", "V4")]
+)  # fmt: skip
+_V5_ROW = np.dtype(
+    [("version", ">u2"), ("count", ">u2"), ("uptime", ">u4"), ("secs", ">u4"), ("nsecs", ">u4"),
+     ("seq", ">u4"), ("engine_type", "u1"), ("engine_id", "u1"), ("sampling", ">u2")]
+)  # fmt: skip
+_ROW_HEADER = 24
+_SLOW, _FAST_V5, _FAST_V9 = 0, 5, 9  # block row kinds: the per-packet walk, or the version
+_REFRESH = 100  # added to the version: a template set, then the data set
+_MISSES_BEFORE_WALK, _WALK_AFTER_MISSES = 4, 64
+
+
+class _BlockHeaders:
+    """The fixed-position fields of a block's rows, read with numpy, and which rows can take the fast
+    path: one v9/IPFIX header followed by exactly one data set that ends the datagram (IPFIX: with a
+    matching message length), optionally preceded by one template set (a refresh, checked against the
+    decoder's state in the walk), or a v5 packet whose records are all there."""
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        lengths: np.ndarray,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> None:
+        n = len(lengths)
+        self.data = data
+        self.source = source
+        self.port = np.array([port for _, port in sources], dtype=np.int64)
+        self.received = received
+        head = np.zeros((n, _ROW_HEADER), dtype=np.uint8)
+        width = min(_ROW_HEADER, data.shape[1])
+        head[:, :width] = data[:, :width]
+        v9, ipfix, v5 = head.view(_V9_ROW).ravel(), head.view(_IPFIX_ROW).ravel(), head.view(_V5_ROW).ravel()
+        length = lengths.astype(np.int64)
+        version = v9["version"]
+        is10 = (version == 10) & (ipfix["length"] == length)
+        header = np.where(is10, 16, 20)
+        set_id = np.where(is10, ipfix["set_id"], v9["set_id"]).astype(np.int64)
+        set_len = np.where(is10, ipfix["set_len"], v9["set_len"]).astype(np.int64)
+        is9 = (version == 9) & (length >= 24)
+        is10 &= length >= 20
+        ends = header + set_len == length
+        data_only = (is9 | is10) & (set_id >= 256) & (set_len >= 4) & ends
+        # [template set][data set]: where the second set starts, and its id and length.
+        second = header + set_len
+        refresh = ((is9 & (set_id == 0)) | (is10 & (set_id == 2))) & (set_len >= 4) & (second + 4 <= length)
+        if refresh.any() and data.shape[1] >= _ROW_HEADER + 4:
+            at = np.minimum(second, data.shape[1] - 4)[:, None] + np.arange(4)
+            raw = data[np.arange(n)[:, None], at].astype(np.int64)
+            id2, len2 = (raw[:, 0] << 8) | raw[:, 1], (raw[:, 2] << 8) | raw[:, 3]
+            refresh &= (id2 >= 256) & (len2 >= 4) & (second + len2 == length)
+        else:
+            refresh[:] = False
+            id2 = len2 = np.zeros(n, dtype=np.int64)
+        is5 = (version == 5) & (length >= 24) & (v5["count"].astype(np.int64) * _V5_RECORD + 24 <= length)
+        version = version.astype(np.int64)
+        self.kind = np.where(
+            data_only, version, np.where(refresh, version + _REFRESH, np.where(is5, 5, _SLOW))
+        )
+        self.set_id = np.where(refresh, id2, set_id)
+        self.size = np.where(is5, v5["count"], np.where(refresh, len2, set_len)).astype(np.int64)
+        """v9/IPFIX: data set length; v5: record count."""
+        self.offset = np.where(refresh, second, header) + 4
+        """Where the records start in the row."""
+        self.template_end = second
+        """Refresh rows: where the template set ends (its body starts after the set header)."""
+        engine = (v5["engine_type"].astype(np.int64) << 8) | v5["engine_id"]
+        self.domain = np.where(is5, engine, np.where(is10, ipfix["domain"], v9["domain"])).astype(np.int64)
+        self.seq = np.where(is5, v5["seq"], np.where(is10, ipfix["seq"], v9["seq"])).astype(np.int64)
+        secs = np.where(is10, ipfix["export"], v9["secs"]).astype(np.int64)
+        self.export_us = secs * 1_000_000 + np.where(is5, v5["nsecs"].astype(np.int64) // 1000, 0)
+        self.uptime_ms = np.where(is10, -1, v9["uptime"].astype(np.int64))
+        self.v5_rate = (v5["sampling"] & 0x3FFF).astype(np.int64)
+        self.v5_rate[self.v5_rate == 0] = 1
 
 
 class FlowDecoder:
@@ -104,18 +214,53 @@ class FlowDecoder:
         self._exporter16: dict[str, bytes] = {}
         self._groups: dict[int, _Group] = {}
         self._streams: dict[tuple[str, int, int, int], tuple[TemplateKey, bytes, tuple[str, int]]] = {}
+        self._known_sets: dict[TemplateKey, tuple[bytes, tuple[tuple[int, Template], ...]]] = {}
+        """Last fully applied template set of each stream (its body), and the templates it gave."""
 
     # -- public surface ----------------------------------------------------------------------------
     def decode(self, datagrams: Sequence[Any]) -> pa.RecordBatch:
         """Decode a batch of :class:`Datagram` (or same-shaped tuples). Never raises on bad input."""
         self._groups = {}
         for d in datagrams:
-            payload, exporter, port, received = d[0], d[1], d[2], d[3]
-            try:
-                self._packet(payload, exporter, port, received)
-            except Exception:  # a decoder bug must not take the collector down: count and go on
-                log.exception("internal decoder error on a packet from %s", exporter)
-                self.stats.error(exporter, "internal_error")
+            self._safe_packet(d[0], d[1], d[2], d[3])
+        batches = self._finish()
+        if not batches:
+            return empty_batch()
+        if len(batches) == 1:
+            return batches[0]
+        return pa.Table.from_batches(batches).combine_chunks().to_batches(max_chunksize=None)[0]
+
+    def decode_block(
+        self,
+        data: np.ndarray,
+        lengths: np.ndarray,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> list[pa.RecordBatch]:
+        """Decode datagrams held as rows of ``data`` ((n, width) uint8; row ``i`` is datagram ``i`` in
+        its first ``lengths[i]`` bytes, sent by ``sources[source[i]]``, an (ip, port) pair), all
+        received at ``received``. Same flows, order and counters as :meth:`decode` on the same
+        datagrams, but one batch per template instead of one concatenated batch (the caller's
+        batcher concatenates anyway). ``data`` is not kept after the call. Never raises on bad input.
+        """
+        self._groups = {}
+        if len(lengths):
+            data = np.ascontiguousarray(data, dtype=np.uint8)
+            self._walk_block(
+                _BlockHeaders(data, lengths, source, sources, received), lengths, source, sources, received
+            )
+        return self._finish()
+
+    def _safe_packet(self, payload: bytes, exporter: str, port: int, received: float) -> None:
+        try:
+            self._packet(payload, exporter, port, received)
+        except Exception:  # a decoder bug must not take the collector down: count and go on
+            log.exception("internal decoder error on a packet from %s", exporter)
+            self.stats.error(exporter, "internal_error")
+
+    def _finish(self) -> list[pa.RecordBatch]:
+        """One batch per template group of the current call (empty ones left out)."""
         batches = []
         for group in self._groups.values():
             try:
@@ -128,11 +273,198 @@ class FlowDecoder:
                 batches.append(batch)
                 self.stats.flows[group.domain[0]] += batch.num_rows
         self._groups = {}
-        if not batches:
-            return empty_batch()
-        if len(batches) == 1:
-            return batches[0]
-        return pa.Table.from_batches(batches).combine_chunks().to_batches(max_chunksize=None)[0]
+        return batches
+
+    def _walk_block(
+        self,
+        hdr: _BlockHeaders,
+        lengths: np.ndarray,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> None:
+        """Rows in order: stretches of fast rows are handled with numpy (:meth:`_fast_rows`); any
+        other row goes through the per-packet walk, which may change templates, sampling rates or
+        system init times, so the next stretch starts new runs."""
+        n = len(lengths)
+        lens = lengths.tolist()
+
+        def walk(row: int) -> None:
+            exporter, port = sources[int(source[row])]
+            self._safe_packet(hdr.data[row, : lens[row]].tobytes(), exporter, port, received)
+
+        i, misses = 0, 0
+        for stop in [*np.flatnonzero(hdr.kind == _SLOW).tolist(), n]:
+            while i < stop:
+                if misses >= _MISSES_BEFORE_WALK:
+                    # Rows that look fast but are not (data for unknown templates, a flood of them
+                    # perhaps): each try costs a stretch's fixed numpy work, so walk a few instead.
+                    for row in range(i, min(stop, i + _WALK_AFTER_MISSES)):
+                        walk(row)
+                    i, misses = min(stop, i + _WALK_AFTER_MISSES), 0
+                    continue
+                start = i
+                try:
+                    i = self._fast_rows(hdr, i, stop, source, sources, received)
+                except Exception:  # as in decode(): count, go on with the next row
+                    exporter = sources[int(source[i])][0]
+                    log.exception("internal decoder error on a packet from %s", exporter)
+                    self.stats.error(exporter, "internal_error")
+                    i += 1
+                    continue
+                misses = misses + 1 if i == start else 0
+                if i < stop:  # this row turned out to need the per-packet walk
+                    walk(i)
+                    i += 1
+            if stop < n:
+                walk(stop)
+            i = stop + 1
+
+    def _fast_rows(
+        self,
+        hdr: _BlockHeaders,
+        first: int,
+        stop: int,
+        source: np.ndarray,
+        sources: Sequence[tuple[str, int]],
+        received: float,
+    ) -> int:
+        """Rows ``first..stop-1`` passed the header checks. Take them up to the first one whose
+        template is unknown (or options, or variable-length) or whose template refresh is not a pure
+        repeat; count their packets, check their sequence numbers and append their records to new
+        runs, exactly as the per-packet walk would. Returns where it stopped."""
+        rows = slice(first, stop)
+        kind = hdr.kind[rows]
+        version = np.where(kind > _REFRESH, kind - _REFRESH, kind)
+        domain = hdr.domain[rows]
+        stream_key = (source[rows].astype(np.int64) << 36) | (version << 32) | domain
+        keys, stream_of = _distinct(stream_key)
+        streams = [
+            self._block_stream(sources[k >> 36], k & 0xFFFFFFFF, (k >> 32) & 0xF) for k in keys.tolist()
+        ]
+        tkeys, template_of = _distinct(stream_of * 65536 + np.where(version == _FAST_V5, 0, hdr.set_id[rows]))
+        templates: list[Template | None] = []
+        for k in tkeys.tolist():
+            tkey = streams[k >> 16][0]
+            if tkey[3] == 5:
+                templates.append(V5_TEMPLATE)
+                continue
+            table = self._templates.get(tkey)
+            t = table.get(k & 0xFFFF) if table is not None else None
+            templates.append(None if t is None or t.options or t.variable else t)
+        end = stop - first
+        unknown = np.flatnonzero(np.array([t is None for t in templates])[template_of])
+        if len(unknown):
+            end = int(unknown[0])
+        refreshed = []
+        for r in np.flatnonzero(kind[:end] > _REFRESH).tolist():
+            known = self._refresh_of(streams[stream_of[r]][0], int(version[r]), hdr.data, first + r, hdr)
+            if known is None:
+                end = r
+                break
+            refreshed.append(known)
+        if end == 0:
+            return first
+        for known in refreshed:
+            for t in known:
+                t.last_seen = max(t.last_seen, received)
+        stream_of, template_of, version = stream_of[:end], template_of[:end], version[:end]
+        size = hdr.size[first : first + end]
+        record_length = np.array([t.record_length if t is not None else 1 for t in templates])[template_of]
+        count = np.where(version == _FAST_V5, size, (size - 4) // record_length)
+        units = np.where(version == _FAST_V9, 1, count)
+        packets = self.stats.packets
+        per_stream = np.bincount(stream_of, minlength=len(streams)).tolist()
+        by_sequence: dict[tuple[str, int, int], list[int]] = {}
+        for s, (tkey, _, pkey) in enumerate(streams):
+            if per_stream[s]:
+                packets[pkey] = packets.get(pkey, 0) + per_stream[s]
+                by_sequence.setdefault((tkey[0], tkey[2], tkey[3]), []).append(s)
+        seq = hdr.seq[first : first + end]
+        for skey, members in by_sequence.items():
+            mine = stream_of == members[0] if len(members) == 1 else np.isin(stream_of, members)
+            self._sequence_run(skey, seq[mine], units[mine])
+        # One run per template object (streams may share one), in order of first records.
+        same: dict[int, int] = {}
+        canonical = np.array([same.setdefault(id(t), i) for i, t in enumerate(templates)])[template_of]
+        has = np.flatnonzero(count > 0)
+        order, _ = _distinct(canonical[has], values_only=True)
+        exporters = np.frombuffer(b"".join(ex16 for _, ex16, _ in streams), dtype=np.uint8).reshape(-1, 16)
+        for t in order.tolist():
+            at = has[canonical[has] == t]
+            self._new_run(
+                hdr,
+                templates[t],
+                streams[stream_of[at[0]]][0],
+                self._groups,
+                exporters=exporters,
+                rows=at + first,
+                counts=count[at],
+                stream=stream_of[at],
+            )
+        return first + end
+
+    def _sequence_run(self, skey: tuple[str, int, int], seq: np.ndarray, units: np.ndarray) -> None:
+        """:meth:`_check_sequence` over consecutive packets of one sequence space at once."""
+        expected = np.empty_like(seq)
+        expected[1:] = (seq[:-1] + units[:-1]) & 0xFFFFFFFF
+        previous = self._sequence.get(skey)
+        expected[0] = seq[0] if previous is None else previous
+        diff = (seq - expected) & 0xFFFFFFFF
+        lost = int(diff[diff < 0x80000000].sum())
+        resets = int(np.count_nonzero(diff >= 0x80000000))
+        exporter, domain = skey[0], skey[1]
+        if lost:
+            self.stats.sequence_gaps[(exporter, domain)] += lost
+        if resets:
+            self.stats.sequence_resets[(exporter, domain)] += resets
+        self._sequence[skey] = int((seq[-1] + units[-1]) & 0xFFFFFFFF)
+
+    def _refresh_of(
+        self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, hdr: _BlockHeaders
+    ) -> tuple[Template, ...] | None:
+        """The templates of a row's leading template set if it repeats byte for byte the last one
+        this stream sent, they are still in place and nothing is pending for them: then all the
+        per-packet walk would do is refresh their ``last_seen``. None: the row needs that walk."""
+        known = self._known_sets.get(tkey)
+        if known is None:
+            return None
+        body, templates = known
+        table = self._templates.get(tkey)
+        if table is None or any(table.get(tid) is not t for tid, t in templates):
+            return None
+        if self._pending and any((tkey, tid) in self._pending for tid, _ in templates):
+            return None
+        start = (_IPFIX_HEADER.size if version == 10 else _V9_HEADER.size) + 4
+        if data[row, start : int(hdr.template_end[row])].tobytes() != body:
+            return None
+        return tuple(t for _, t in templates)
+
+    def _block_stream(self, sender: tuple[str, int], domain: int, kind: int) -> tuple:
+        """(template key, 16-byte exporter, packet counter key) of one stream of a block."""
+        exporter, port = sender
+        if kind == _FAST_V5:
+            return (exporter, 0, domain, 5), self._ex16(exporter), (exporter, 5)
+        tkey, ex16, pkey = self._stream_key(exporter, port, domain, kind)
+        return tkey, ex16, pkey
+
+    def _new_run(
+        self, hdr: _BlockHeaders, template: Template, tkey: TemplateKey, groups: dict, **rows: Any
+    ) -> _Run:
+        """A run for ``template``, appended to its group (created first if need be, keyed by the
+        domain of the run's first row, as the per-packet walk does)."""
+        dkey = (tkey[0], tkey[1], tkey[2])
+        if tkey[3] == 5:
+            run = _Run(hdr, 5, -1, -1, **rows)
+        else:
+            rate = self._default_rate(dkey) if self._sampling else 1
+            sysinit = self._sysinit.get(dkey, -1) if self._sysinit else -1
+            run = _Run(hdr, tkey[3], sysinit, rate, **rows)
+        group = groups.get(id(template))
+        if group is None:
+            group = groups[id(template)] = _Group(template, dkey)
+        group.pieces.append(run)
+        return run
 
     def expire(self, now: float) -> None:
         """Forget templates not refreshed within the TTL and pending sets older than their TTL."""
@@ -286,9 +618,9 @@ class FlowDecoder:
                         group = self._groups.get(id(template))
                         if group is None:
                             group = self._groups[id(template)] = _Group(template, (tkey[0], tkey[1], tkey[2]))
-                        group.parts.append(view[start : start + count * template.record_length])
-                        group.counts.append(count)
-                        group.ctx.append(full)
+                        group.pieces.append(
+                            (view[start : start + count * template.record_length], count, full)
+                        )
                     if records is not None:
                         records += count
                     continue
@@ -313,13 +645,24 @@ class FlowDecoder:
         except TemplateError as exc:
             self.stats.error(exporter, exc.reason)
             return
+        added = not options
         for item in items:
             if isinstance(item, int):
                 self._withdraw(tkey, item, options)
+                added = False
                 continue
             item.last_seen = received
             if self._add_template(tkey, item):
                 self._drain_pending(tkey, item.template_id)
+            else:
+                added = False
+        # Remember a plain template set that fully took effect: the block path recognises its repeats.
+        ids = [item.template_id for item in items if not isinstance(item, int)]
+        if added and ids and len(set(ids)) == len(ids):
+            if len(self._known_sets) > 65536:
+                self._known_sets.clear()
+            table = self._templates[tkey]
+            self._known_sets[tkey] = (body, tuple((tid, table[tid]) for tid in ids))
 
     def _add_template(self, tkey: TemplateKey, template: Template) -> bool:
         exporter = tkey[0]
@@ -382,9 +725,7 @@ class FlowDecoder:
         group = self._groups.get(id(template))
         if group is None:
             group = self._groups[id(template)] = _Group(template, dkey)
-        group.parts.append(data)
-        group.counts.append(count)
-        group.ctx.append(ctx)
+        group.pieces.append((data, count, ctx))
 
     def _fields(self, template: Template, data: bytes) -> tuple[FieldArrays, int]:
         """Decode records of one template: one frombuffer, or offsets-then-gather when variable."""
@@ -403,47 +744,40 @@ class FlowDecoder:
 
     def _build(self, group: _Group) -> pa.RecordBatch:
         template = group.template
-        if template.variable:
+        if template.variable:  # only the per-packet walk feeds variable-length templates
             pieces, counts = [], []
-            for part in group.parts:
+            for part, _, _ in group.pieces:
                 fields, n = self._fields(template, bytes(part))
                 pieces.append(fields)
                 counts.append(n)
             n = sum(counts)
             fields = {ie: np.concatenate([p[ie] for p in pieces]) for ie in pieces[0]} if pieces else {}
-            group.counts = counts
+            contexts = [_packet_context(counts, [c for _, _, c in group.pieces], n)] if n else []
         else:
-            fields, n = self._fields(template, b"".join(group.parts))
+            chunks: list[Any] = []
+            contexts = []
+            packed: list[tuple] = []
+            for piece in [*group.pieces, None]:
+                if isinstance(piece, tuple):
+                    packed.append(piece)
+                    continue
+                if packed:  # consecutive per-packet pieces: one join, context as the walk saw it
+                    counts = [c for _, c, _ in packed]
+                    chunks.extend(part for part, _, _ in packed)
+                    contexts.append(_packet_context(counts, [c for _, _, c in packed], sum(counts)))
+                    packed = []
+                if piece is not None:
+                    records, context = _gather_run(piece, template.record_length)
+                    chunks.append(records)
+                    contexts.append(context)
+            fields, n = self._fields(template, chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if n == 0:
             return empty_batch()
-        counts = np.asarray(group.counts)
-        cols = list(zip(*group.ctx, strict=True))
-
-        def rep(i: int, dtype: Any) -> np.ndarray:
-            values = cols[i]
-            if values.count(values[0]) == len(values):  # usually constant across a template's group
-                return np.full(n, values[0], dtype=dtype)
-            return np.repeat(np.asarray(values, dtype=dtype), counts)
-
-        exporters = cols[0]
-        if exporters.count(exporters[0]) == len(exporters):
-            exporter = np.frombuffer(exporters[0] * n, dtype=np.uint8).reshape(n, 16)
+        if len(contexts) == 1:
+            columns = contexts[0]
         else:
-            exporter = np.repeat(
-                np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts, axis=0
-            )
-        received = np.repeat((np.asarray(cols[4], dtype=np.float64) * 1e6).astype(np.int64), counts)
-        ctx = Context(
-            exporter=exporter,
-            exporter_port=rep(1, np.uint16),
-            domain=rep(2, np.uint32),
-            version=rep(3, np.uint8),
-            received_us=received,
-            export_us=rep(5, np.int64),
-            uptime_ms=rep(6, np.int64),
-            sysinit_ms=rep(7, np.int64),
-            sampling=rep(8, np.uint32),
-        )
+            columns = [np.concatenate(parts) for parts in zip(*contexts, strict=True)]
+        ctx = Context(*columns)
         self._record_sampling(fields, group.domain, ctx)
         return build_batch(fields, n, ctx)
 
@@ -546,6 +880,14 @@ class FlowDecoder:
     def _stream(self, exporter: str, port: int, domain: int, version: int) -> tuple[TemplateKey, bytes]:
         """Template key and 16-byte exporter of one export stream, cached: the per-packet path then
         costs one dict lookup. Also counts the packet."""
+        cached = self._stream_key(exporter, port, domain, version)
+        packets = self.stats.packets
+        packets[cached[2]] = packets.get(cached[2], 0) + 1
+        return cached[0], cached[1]
+
+    def _stream_key(
+        self, exporter: str, port: int, domain: int, version: int
+    ) -> tuple[TemplateKey, bytes, tuple[str, int]]:
         skey = (exporter, port, domain, version)
         cached = self._streams.get(skey)
         if cached is None:
@@ -553,9 +895,7 @@ class FlowDecoder:
                 self._streams.clear()
             tkey = (exporter, port if self.config.template_key_includes_port else 0, domain, version)
             cached = self._streams[skey] = (tkey, self._ex16(exporter), (exporter, version))
-        packets = self.stats.packets
-        packets[cached[2]] = packets.get(cached[2], 0) + 1
-        return cached[0], cached[1]
+        return cached
 
     def _ex16(self, exporter: str) -> bytes:
         raw = self._exporter16.get(exporter)
@@ -568,3 +908,104 @@ class FlowDecoder:
                 self._exporter16.clear()
             self._exporter16[exporter] = raw
         return raw
+
+
+def _distinct(keys: np.ndarray, values_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of ``keys`` and each key's index among them (``values_only``: the values in
+    order of first appearance, and no index). One comparison when all keys agree (the usual case)."""
+    if len(keys) == 0 or (keys == keys[0]).all():
+        return keys[:1], np.zeros(len(keys), dtype=np.intp)
+    if values_only:
+        values, first_at = np.unique(keys, return_index=True)
+        return values[np.argsort(first_at)], np.empty(0, dtype=np.intp)
+    values, index = np.unique(keys, return_inverse=True)
+    return values, index.ravel()
+
+
+def _packet_context(counts: list[int], ctxs: list[tuple], n: int) -> list[np.ndarray]:
+    """Per-record :class:`Context` columns of per-packet pieces (``ctx`` tuples as the walk builds
+    them, ``counts`` records each)."""
+    cols = list(zip(*ctxs, strict=True))
+    counts_arr = np.asarray(counts)
+
+    def rep(i: int, dtype: Any) -> np.ndarray:
+        values = cols[i]
+        if values.count(values[0]) == len(values):  # usually constant across a template's group
+            return np.full(n, values[0], dtype=dtype)
+        return np.repeat(np.asarray(values, dtype=dtype), counts_arr)
+
+    exporters = cols[0]
+    if exporters.count(exporters[0]) == len(exporters):
+        exporter = np.frombuffer(exporters[0] * n, dtype=np.uint8).reshape(n, 16)
+    else:
+        exporter = np.repeat(
+            np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(-1, 16), counts_arr, axis=0
+        )
+    received = np.repeat((np.asarray(cols[4], dtype=np.float64) * 1e6).astype(np.int64), counts_arr)
+    return [
+        exporter,
+        rep(1, np.uint16),
+        rep(2, np.uint32),
+        rep(3, np.uint8),
+        received,
+        rep(5, np.int64),
+        rep(6, np.int64),
+        rep(7, np.int64),
+        rep(8, np.uint32),
+    ]
+
+
+def _per_record(values: np.ndarray, counts: np.ndarray, n: int, dtype: Any) -> np.ndarray:
+    """Row values repeated for each of the row's records (a fill when all rows agree)."""
+    if (values == values[0]).all():
+        return np.full(n, values[0], dtype=dtype)
+    return np.repeat(values.astype(dtype), counts)
+
+
+def _gather_run(run: _Run, record_length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A run's records copied out of the block, and their context columns. Rows with different
+    record counts take one take: the block seen as one record at every byte offset, indexed by each
+    record's start."""
+    hdr = run.block
+    rows = np.asarray(run.rows, dtype=np.intp)
+    counts = np.asarray(run.counts, dtype=np.int64)
+    n = int(counts.sum())
+    data = hdr.data
+    offsets = hdr.offset[rows]
+    most = int(counts.max())
+    if int(counts.min()) == most:
+        # Same record count in every row (one router's usual packets): one 2-D slice, then the few
+        # rows whose records start elsewhere (after a template set) copied over their place.
+        values, times = np.unique(offsets, return_counts=True)
+        offset, width = int(values[np.argmax(times)]), most * record_length
+        span = data[rows, offset : offset + width]
+        if len(values) > 1:
+            for j in np.flatnonzero(offsets != offset).tolist():
+                span[j] = data[rows[j], offsets[j] : offsets[j] + width]
+        records = span.reshape(-1)
+    else:
+        base = rows * data.shape[1] + offsets - (np.cumsum(counts) - counts) * record_length
+        starts = np.repeat(base, counts) + np.arange(n, dtype=np.int64) * record_length
+        every = np.ndarray(
+            (data.size - record_length + 1,), np.dtype((np.void, record_length)), data, 0, (1,)
+        )
+        records = every[starts].view(np.uint8)
+    received = (np.asarray([hdr.received], dtype=np.float64) * 1e6).astype(np.int64)[0]
+    stream = run.stream
+    if (stream == stream[0]).all():
+        exporter = np.frombuffer(run.exporters[stream[0]].tobytes() * n, dtype=np.uint8).reshape(n, 16)
+    else:
+        exporter = np.repeat(run.exporters[stream], counts, axis=0)
+    return records, [
+        exporter,
+        _per_record(hdr.port[hdr.source[rows]], counts, n, np.uint16),
+        _per_record(hdr.domain[rows], counts, n, np.uint32),
+        np.full(n, run.version, dtype=np.uint8),
+        np.full(n, received, dtype=np.int64),
+        _per_record(hdr.export_us[rows], counts, n, np.int64),
+        _per_record(hdr.uptime_ms[rows], counts, n, np.int64),
+        np.full(n, run.sysinit, dtype=np.int64),
+        np.full(n, run.rate, dtype=np.uint32)
+        if run.rate >= 0
+        else _per_record(hdr.v5_rate[rows], counts, n, np.uint32),
+    ]

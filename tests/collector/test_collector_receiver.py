@@ -82,3 +82,73 @@ def test_kernel_drops_are_read_for_this_socket():
     finally:
         bs.close()
         other.close()
+
+
+def _drain_blocks(bs: BatchSocket, expect: int, timeout: float = 2.0) -> list[tuple[bytes, str, int]]:
+    """Datagrams of successive ``receive_block`` calls as (payload, ip, port), copied out at once
+    (a block is a view of the socket's buffer, valid until the next receive)."""
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < expect and time.monotonic() < deadline:
+        block = bs.receive_block(0.0)
+        if block is not None:
+            assert block.data.shape[1] == bs.max_datagram
+            for row, length, src in zip(block.data, block.lengths, block.source, strict=True):
+                got.append((row[:length].tobytes(), *block.sources[src]))
+        time.sleep(0.001)
+    return got
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_receive_block_returns_rows_lengths_and_senders_in_order(host):
+    bs = BatchSocket(Endpoint(host, 0), 1 << 20, 16, 2048)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with (
+            socket.socket(family, socket.SOCK_DGRAM) as a,
+            socket.socket(family, socket.SOCK_DGRAM) as b,
+        ):
+            a.bind((host, 0))
+            b.bind((host, 0))
+            sent = []
+            for i in range(50):
+                tx = b if i % 3 == 1 else a
+                payload = bytes([i]) * (i * 7 + 1)
+                tx.sendto(payload, bs.address)
+                sent.append((payload, host, tx.getsockname()[1]))
+            got = _drain_blocks(bs, 50)
+        assert got == sent
+        assert bs.stats.datagrams == 50
+        assert bs.stats.bytes == sum(len(p) for p, _, _ in sent)
+        assert bs.exporter_packets == {host: 50}
+    finally:
+        bs.close()
+
+
+def test_receive_block_leaves_out_truncated_and_names_senders_by_first_appearance():
+    bs = BatchSocket(Endpoint("127.0.0.1", 0), 1 << 20, 8, 600, max_exporters=1)
+    try:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+        ):
+            b.bind(("127.0.0.3", 0))
+            a.bind(("127.0.0.2", 0))
+            b.sendto(b"b" * 100, bs.address)
+            a.sendto(b"a" * 601, bs.address)
+            a.sendto(b"a" * 600, bs.address)
+            b.sendto(b"b" * 10, bs.address)
+            time.sleep(0.05)
+            block = bs.receive_block(1.5)
+        assert block is not None and block.received == 1.5
+        assert block.lengths.tolist() == [100, 600, 10]
+        assert block.data.shape == (3, 600)  # rows copied out around the truncated one, no wider
+        assert [block.sources[s][0] for s in block.source] == ["127.0.0.3", "127.0.0.2", "127.0.0.3"]
+        assert bs.stats.truncated == 1 and bs.stats.datagrams == 3 and bs.stats.bytes == 710
+        # the first sender seen keeps its label, later ones fold into "other"
+        assert bs.exporter_packets == {"127.0.0.3": 2, "other": 1}
+        kept = block.select(block.source == block.source[0])
+        assert kept.lengths.tolist() == [100, 10] and kept.data.shape == (2, 100)
+        assert [d[0] for d in kept.datagrams(lambda *d: d)] == [b"b" * 100, b"b" * 10]
+        assert bs.receive_block(0.0) is None
+    finally:
+        bs.close()

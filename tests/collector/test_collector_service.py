@@ -6,6 +6,7 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 from collector_packets import make_flows, v5_packet
 from collector_v5ref import Dgram, V5Decoder
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,7 +16,8 @@ from pipeline.collector.service import Collector
 from pipeline.sinks.parquet import ParquetSink, read_flows
 
 
-def _collector(tmp_path: Path, registry: CollectorRegistry, **receive) -> Collector:
+def _collector(tmp_path: Path, registry: CollectorRegistry, real: bool = False, **receive) -> Collector:
+    """With the naive v5 decoder (per-datagram path), or ``real``: the FlowDecoder (block path)."""
     cfg = load_config(
         environ={},
         overrides={
@@ -26,6 +28,8 @@ def _collector(tmp_path: Path, registry: CollectorRegistry, **receive) -> Collec
         },
     )
     sink = ParquetSink(cfg.parquet.dir)
+    if real:
+        return Collector(cfg, [sink], registry)
     return Collector(cfg, [sink], registry, decoder=V5Decoder(), datagram_type=Dgram)
 
 
@@ -67,9 +71,10 @@ def test_everything_received_is_written_on_stop_v4_and_v6(tmp_path: Path):
     assert reg.get_sample_value("shoal_decoder_errors_total", {"exporter": "::1", "reason": "not_v5"}) == 40
 
 
-def test_allowlist_drops_and_counts_others(tmp_path: Path):
+@pytest.mark.parametrize("real", [False, True])
+def test_allowlist_drops_and_counts_others(tmp_path: Path, real: bool):
     reg = CollectorRegistry()
-    c = _collector(tmp_path, reg, allow_exporters=["10.0.0.0/8", "::1/128"])
+    c = _collector(tmp_path, reg, real, allow_exporters=["10.0.0.0/8", "::1/128"])
     c.start()
     try:
         (h4, p4), (h6, p6) = c.addresses
@@ -88,9 +93,10 @@ def test_allowlist_drops_and_counts_others(tmp_path: Path):
     assert len(read_flows(tmp_path / "out")) == 3
 
 
-def test_exporter_labels_are_capped(tmp_path: Path):
+@pytest.mark.parametrize("real", [False, True])
+def test_exporter_labels_are_capped(tmp_path: Path, real: bool):
     reg = CollectorRegistry()
-    c = _collector(tmp_path, reg)  # max_exporters = 2
+    c = _collector(tmp_path, reg, real)  # max_exporters = 2
     c.start()
     try:
         (h4, p4), _ = c.addresses
