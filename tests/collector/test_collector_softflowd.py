@@ -136,10 +136,15 @@ def test_softflowd_export_matches_nfdump(tmp_path: Path, netns: str, version: st
     assert played <= {(k[0], k[2]) for k in theirs}, "softflowd did not export the replayed flows"
     assert totals["flows_decoded"] == len(ours) == len(oracle)
     assert ours.keys() == theirs.keys()
+    # softflowd's IPFIX times are flowStart/EndSysUpTime against systemInitTimeMilliseconds (options).
+    # Shoal adds them exactly (tests/decode: test_ipfix_sysuptime_times_use_system_init_time_from_options);
+    # nfdump's reconstruction of these times was seen 1-5 ms off, varying with machine load. The
+    # bound still catches unit, epoch and uptime-wrap errors. NetFlow v9 times agree to the ms.
+    time_tolerance = 0.05 if version == "10" else 0.001
     for key, t in theirs.items():
         o = ours[key]
         for field in ("packets", "octets", "tos", "tcp_flags", "input_if", "output_if"):
             assert o[field] == t[field], (key, field)
         for field in ("flow_start", "flow_end"):
-            assert abs((o[field] - t[field]).total_seconds()) <= 0.001, (key, field)
+            assert abs((o[field] - t[field]).total_seconds()) <= time_tolerance, (key, field)
         assert o["flow_version"] == int(version)

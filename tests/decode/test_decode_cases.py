@@ -185,3 +185,30 @@ def test_nsel_and_total_counters() -> None:
     r = FlowDecoder().decode([dg(ipfix(tset / data_set(tset, 321, [[*rows[0][:5], 900, 9]])))]).to_pylist()[0]
     assert (r["octets"], r["packets"]) == (900, 9)
     assert UPTIME  # builders share the header constants
+
+
+def test_ipfix_sysuptime_times_use_system_init_time_from_options() -> None:
+    """IPFIX flowStart/EndSysUpTime (IEs 22/21, what softflowd sends by default) count milliseconds
+    from systemInitTimeMilliseconds (IE 160), which arrives in options data: absolute time is their
+    sum, to the millisecond."""
+    import struct
+
+    init_ms = EXPORT * 1000 - UPTIME + 123  # the exporter booted UPTIME - 123 ms before EXPORT
+    # options template 400: scope meteringProcessId (IE 143), option systemInitTimeMilliseconds (IE 160)
+    otpl = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 143, 4, 160, 8)
+    opts = struct.pack("!HH", 3, 4 + len(otpl)) + otpl
+    record = struct.pack("!IQ", 1, init_ms)
+    odata = struct.pack("!HH", 400, 4 + len(record)) + record
+    tset = template_set(256, V4, ipfix=True)
+    decoder = FlowDecoder()
+    decoder.decode([dg(_raw_ipfix(opts + odata))])
+    batch = decoder.decode([dg(ipfix(tset / data_set(tset, 256, v4_rows(2)), seq=0))])
+    got = batch.to_pylist()
+    assert got[0]["flow_start"] == dt.datetime.fromtimestamp((init_ms + UPTIME - 5000) / 1000, dt.UTC)
+    assert got[0]["flow_end"] == dt.datetime.fromtimestamp((init_ms + UPTIME - 1000) / 1000, dt.UTC)
+
+
+def _raw_ipfix(body: bytes) -> bytes:
+    import struct
+
+    return struct.pack("!HHIII", 10, 16 + len(body), EXPORT, 0, 1) + body
