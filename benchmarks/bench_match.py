@@ -1,6 +1,6 @@
 """Matcher throughput and index memory at growing indicator counts.
 
-    .venv/bin/python -m benchmarks.bench_match [--sizes 1000,100000,1000000] [--flows 1000000]
+    .venv/bin/python -m benchmarks.bench_match [--sizes 1000,100000,1000000,10000000] [--flows 1000000]
 
 Indicator sets mix IPv4/IPv6, exact addresses and CIDRs (the real CIDRs of MISP's vpn-ipv4 and
 public-dns-v4 warninglists when ../shared/data is present), 10% with a destination port. Flows are
@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import mmap
+import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pyarrow as pa
 
 from benchmarks.machine import machine_line
 from detectors.index import IndicatorIndex
+from detectors.intervals import resident_bytes
 from detectors.matcher import Matcher
 from pipeline.allocator import tune_allocator
 from pipeline.intel.model import Condition, Indicator
@@ -84,32 +88,64 @@ def flows(n: int, inds: list[Indicator], rng: np.random.Generator) -> pa.RecordB
     return pa.RecordBatch.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
 
 
+def rss() -> int:
+    """Resident bytes of this process now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * mmap.PAGESIZE
+
+
+def per_family(index: IndicatorIndex) -> tuple[int, int]:
+    """(IPv4, IPv6) networks in the index's address table."""
+    return len(index.table.v4.ids), len(index.table.v6.ids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="1000,100000,1000000")
+    parser.add_argument("--sizes", default="1000,100000,1000000,10000000")
     parser.add_argument("--flows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5, help="match runs per size (median reported)")
     args = parser.parse_args()
     rng = np.random.default_rng(3)
     tune_allocator()
     print(machine_line())
     for size in (int(s) for s in args.sizes.split(",")):
-        inds = indicators(size, rng)
+        before = rss()
         t0 = time.perf_counter()
+        inds = indicators(size, rng)
+        made, objects = time.perf_counter() - t0, (rss() - before) / size
+        t0, c0 = time.perf_counter(), time.process_time()
         index = IndicatorIndex.build(inds)
-        build = time.perf_counter() - t0
+        build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
         batch = flows(args.flows, inds, rng)
         matcher = Matcher(index)
         matcher.match(batch.slice(0, 10_000))
-        c0 = time.process_time()
-        hits = matcher.match(batch).num_rows
-        cpu = time.process_time() - c0
-        fixed = index.table.v4.slash24.nbytes + index.allow.v4.slash24.nbytes
-        per = (index.nbytes() - fixed) / max(len(inds), 1)
-        print(f"{size:>10,} indicators: build {build:6.1f} s, {2 * args.flows / cpu / 1e6:6.1f} M lookups/s per core "
-              f"({args.flows:,} flows, {hits:,} hits, {cpu:.2f} CPU-s), index {index.nbytes() / 2**20:7.1f} MiB "
-              f"= {fixed / 2**20:.0f} MiB fixed + {per:.0f} B/indicator")  # fmt: skip
+        cpus, hits = [], 0
+        for _ in range(args.repeat):
+            c0 = time.process_time()
+            hits = matcher.match(batch).num_rows
+            cpus.append(time.process_time() - c0)
+        cpu = statistics.median(cpus)
+        fixed = index.fixed_nbytes()
+        level1 = index.table.v4.level1
+        resident = (resident_bytes(level1) or 0) if level1 is not None else 0
+        shared = index.nbytes(fixed=False) - index.table.nbytes(fixed=False)
+        n4, n6 = per_family(index)
+        v4 = index.table.v4.nbytes(fixed=False) / max(n4, 1) + shared / size
+        v6 = index.table.v6.nbytes() / max(n6, 1) + shared / size
+        per = index.nbytes(fixed=False) / size
+        print(f"{size:>10,} indicators: objects {made:5.1f} s (~{objects:.0f} B each RSS), "
+              f"build {build:5.1f} s ({build_cpu:.1f} CPU-s)\n"
+              f"{'':24}{2 * args.flows / cpu / 1e6:6.1f} M lookups/s per core "
+              f"(median of {len(cpus)}: {args.flows:,} flows, {hits:,} hits, {cpu:.3f} CPU-s; "
+              f"min {2 * args.flows / max(cpus) / 1e6:.1f}, max {2 * args.flows / min(cpus) / 1e6:.1f})\n"
+              f"{'':24}index {index.nbytes() / 2**20:7.1f} MiB = {fixed / 2**20:.0f} MiB fixed "
+              f"({resident / 2**20:.0f} MiB resident) + {per:.1f} B/indicator "
+              f"(IPv4 {v4:.1f} B, IPv6 {v6:.1f} B; {n4:,} + {n6:,} networks); "
+              f"alert attributes {index.attributes.nbytes / size:.0f} B/indicator")  # fmt: skip
+        del inds, index, matcher, batch
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak RSS {peak:.1f} GiB")
 
 
 if __name__ == "__main__":
