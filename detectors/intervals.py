@@ -111,10 +111,10 @@ class V4Intervals:
         end_idx = np.searchsorted(boundaries, end, side="left")
         offsets, ids = _csr(boundaries, first, end_idx, payload)
         del first, end, end_idx
+        if boundaries[-1] == 1 << 32:  # the end of the last range starts no interval (and fits no uint32)
+            boundaries = boundaries[:-1]
         if not direct:
             return cls(offsets, ids, boundaries=boundaries.astype(np.uint32))
-        if boundaries[-1] == 1 << 32:  # the end of the last range is no interval start
-            boundaries = boundaries[:-1]
         level1 = _zeroed_int32(V4_SLASH24)
         # Whole /24s inside one non-empty interval: level1 = interval + 1.
         nonempty = np.flatnonzero(offsets[1 : len(boundaries) + 1] != offsets[: len(boundaries)])
