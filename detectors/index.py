@@ -15,8 +15,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import product
-from operator import attrgetter
+from itertools import chain, product, repeat
+from operator import attrgetter, is_not
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,10 @@ V4_MAPPED_HI, V4_MAPPED_LO_BASE = 0, 0xFFFF << 32
 _EXTRA = attrgetter("src_ports", "dst_ports", "protocols", "asn", "other_network")
 _NO_EXTRA = (None, None, None, None, None)
 _ALL64 = np.uint64(2**64 - 1)
+_CONDITIONS, _NETWORK, _SIDE = attrgetter("conditions"), attrgetter("network"), attrgetter("side")
+_ADDRESS, _PREFIXLEN, _PACKED = attrgetter("network_address"), attrgetter("prefixlen"), attrgetter("packed")
+
+_VERSION = attrgetter("version")
 
 
 def _us(when: datetime | None, default: int) -> int:
@@ -55,17 +59,17 @@ def _low_bits(bits: np.ndarray) -> np.ndarray:
 def v4_ranges(networks: list[Network]) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive (first, last) uint64 arrays of IPv4 networks."""
     n = len(networks)
-    first = np.fromiter((int(net.network_address) for net in networks), np.uint64, n)
-    host = 32 - np.fromiter((net.prefixlen for net in networks), np.int64, n)
+    first = np.fromiter(map(int, map(_ADDRESS, networks)), np.uint64, n)
+    host = 32 - np.fromiter(map(_PREFIXLEN, networks), np.int64, n)
     return first, first | _low_bits(host)
 
 
 def v6_ranges(networks: list[Network]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inclusive (first_hi, first_lo, last_hi, last_lo) uint64 arrays of IPv6 networks."""
     n = len(networks)
-    packed = b"".join(net.network_address.packed for net in networks)
+    packed = b"".join(map(_PACKED, map(_ADDRESS, networks)))
     words = np.frombuffer(packed, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    host = 128 - np.fromiter((net.prefixlen for net in networks), np.int64, n)
+    host = 128 - np.fromiter(map(_PREFIXLEN, networks), np.int64, n)
     hi, lo = words[:, 0], words[:, 1]
     return hi, lo, hi | _low_bits((host - 64).clip(0)), lo | _low_bits(host.clip(0, 64))
 
@@ -85,7 +89,7 @@ class AddressTable:
         (64 MiB of address space, for the per-flow path) rather than a search (allowlists: hits only)."""
         if payload is None:
             payload = np.arange(len(networks), dtype=np.int32)
-        is_v4 = np.fromiter((net.version == 4 for net in networks), bool, len(networks))
+        is_v4 = np.fromiter(map(_VERSION, networks), np.int8, len(networks)) == 4
         idx4, idx6 = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
         first4, last4 = v4_ranges([networks[i] for i in idx4.tolist()])
         bounds6 = v6_ranges([networks[i] for i in idx6.tolist()])
@@ -123,18 +127,18 @@ class IndicatorIndex:
         self = cls()
         self.indicators = inds = [i for i in indicators if not i.revoked]
         n = len(inds)
-        per_indicator = np.fromiter((len(i.conditions) for i in inds), np.int64, n)
-        conds = [c for i in inds for c in i.conditions]
+        # The bulk is read with C-level map/attrgetter passes, one attribute at a time.
+        per_indicator = np.fromiter(map(len, map(_CONDITIONS, inds)), np.int64, n)
+        conds = list(chain.from_iterable(map(_CONDITIONS, inds)))
         cond_ind = np.repeat(np.arange(n, dtype=np.int64), per_indicator)
-        nets = [c.network for c in conds]
-        plain = np.fromiter(
-            (net is not None and _EXTRA(c) == _NO_EXTRA for c, net in zip(conds, nets, strict=True)),
-            bool,
-            len(conds),
-        )
+        nets = list(map(_NETWORK, conds))
+        plain = np.fromiter(map(_NO_EXTRA.__eq__, map(_EXTRA, conds)), bool, len(conds))
+        plain &= np.fromiter(map(is_not, nets, repeat(None)), bool, len(conds))
         plain_idx = np.flatnonzero(plain)
-        plain_side = np.fromiter((SIDES[conds[k].side] for k in plain_idx.tolist()), np.int64, len(plain_idx))
-        networks = [nets[k] for k in plain_idx.tolist()]
+        plain_conds = [conds[k] for k in plain_idx.tolist()]
+        plain_side = np.fromiter(map(SIDES.__getitem__, map(_SIDE, plain_conds)), np.int64, len(plain_idx))
+        networks = list(map(_NETWORK, plain_conds))
+        del plain_conds
         payload = [(cond_ind[plain_idx] * 3 + plain_side).astype(np.int32)]
         # Constrained and AS-only conditions: few, so a Python loop.
         cols: dict[str, list[int]] = {
@@ -178,15 +182,15 @@ class IndicatorIndex:
         self.asn_values = np.array(asn_entries["asn"], dtype=np.int64)[order]
         self.asn_ind = np.array(asn_entries["ind"], dtype=np.int32)[order]
         self.asn_side = np.array(asn_entries["side"], dtype=np.int8)[order]
-        valid_until = [i.valid_until for i in inds]
+        valid_until = list(map(attrgetter("valid_until"), inds))
         # Alert attributes, one row per indicator: hits take rows of it instead of building Python lists.
         self.attributes = pa.table({
-            "indicator_id": pa.array([i.id for i in inds], type=pa.string()),
-            "indicator": pa.array([i.value for i in inds], type=pa.string()),
-            "indicator_name": pa.array([i.name for i in inds], type=pa.string()),
-            "source": pa.array([i.source for i in inds], type=pa.string()),
-            "confidence": pa.array([i.confidence for i in inds], type=pa.int32()),
-            "tlp": pa.array([i.tlp for i in inds], type=pa.string()),
+            "indicator_id": pa.array(list(map(attrgetter("id"), inds)), type=pa.string()),
+            "indicator": pa.array(list(map(attrgetter("value"), inds)), type=pa.string()),
+            "indicator_name": pa.array(list(map(attrgetter("name"), inds)), type=pa.string()),
+            "source": pa.array(list(map(attrgetter("source"), inds)), type=pa.string()),
+            "confidence": pa.array(list(map(attrgetter("confidence"), inds)), type=pa.int32()),
+            "tlp": pa.array(list(map(attrgetter("tlp"), inds)), type=pa.string()),
             "valid_until": pa.array(valid_until, type=pa.timestamp("us", tz="UTC")),
         })  # fmt: skip
         sources = self.attributes.column("source").combine_chunks().dictionary_encode()
@@ -194,11 +198,11 @@ class IndicatorIndex:
         width = np.uint8 if len(self.source_names) <= 256 else np.int32
         self.source_code = sources.indices.to_numpy(zero_copy_only=False).astype(width)
         # Validity windows, kept only for indicators that have one (checked on hits by a search).
-        valid_from = [i.valid_from for i in inds]
+        valid_from = list(map(attrgetter("valid_from"), inds))
         timed = np.flatnonzero(
-            np.fromiter((a is not None or b is not None for a, b in zip(valid_from, valid_until, strict=True)),
-                        bool, n)
-        )  # fmt: skip
+            np.fromiter(map(is_not, valid_from, repeat(None)), bool, n)
+            | np.fromiter(map(is_not, valid_until, repeat(None)), bool, n)
+        )
         self.valid_ind = timed.astype(np.int32)
         self.valid_from = np.array([_us(valid_from[k], NO_TIME_MIN) for k in timed.tolist()], dtype=np.int64)
         self.valid_until = np.array(

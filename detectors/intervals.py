@@ -23,8 +23,25 @@ from pathlib import Path
 import numpy as np
 
 V4_SLASH24 = 1 << 24
-TIER_WIDTHS = (4, 32)  # inner boundaries per /24 kept as sorted bytes; more than the last: dense table
-_PAD = 255  # stored keys are boundary - 1 (0..254); 255 is never < a low byte
+TIER_WIDTHS = (6, 32)  # inner boundaries per /24 in packed words, sorted bytes; beyond: dense table
+_PAD = 255  # tier-1 keys are boundary - 1 (0..254); 255 is never < a low byte
+# Tier 0 packs a block in one uint64: six 9-bit lanes holding boundaries k (1..255, 256 = none) and,
+# above them, one bit per sub-interval saying whether any range covers it. (x | 256) - k never
+# borrows across lanes and has bit 8 set exactly when k <= x, so one subtraction and a popcount
+# count the boundaries <= x for six lanes at once, and most lookups (addresses in the gaps between
+# scattered /32s) end there without touching the CSR.
+_LANE = 9
+_LANES = TIER_WIDTHS[0]
+_LANE_MASK = np.uint64((1 << (_LANE * _LANES)) - 1)
+_REPLICATE = np.uint64(sum(1 << (_LANE * i) for i in range(_LANES)))
+_GUARDS = np.uint64(sum(256 << (_LANE * i) for i in range(_LANES)))
+_FLAGS_AT = _LANE * _LANES
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy 2.4's hash-based np.unique is ~15x slower on millions of keys)."""
+    out = np.sort(values)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
 
 
 def _offsets_dtype(total: int) -> type:
@@ -105,9 +122,11 @@ class V4Intervals:
         cls, first: np.ndarray, last: np.ndarray, payload: np.ndarray, direct: bool = True
     ) -> V4Intervals:
         """``first``/``last``: inclusive uint32-valued bounds; ``direct``: build the /24 table."""
-        first = first.astype(np.uint64)
-        end = last.astype(np.uint64) + np.uint64(1)
-        boundaries = np.unique(np.concatenate([first, end, np.zeros(1, np.uint64)]))
+        order = np.argsort(first, kind="stable")  # sorted starts: searches below run in cache order
+        first, payload = first[order].astype(np.uint64), payload[order]
+        end = last[order].astype(np.uint64) + np.uint64(1)
+        del order
+        boundaries = sorted_unique(np.concatenate([first, end, np.zeros(1, np.uint64)]))
         end_idx = np.searchsorted(boundaries, end, side="left")
         offsets, ids = _csr(boundaries, first, end_idx, payload)
         del first, end, end_idx
@@ -150,7 +169,18 @@ class V4Intervals:
                 row_in_tier[sel] = np.arange(len(sel))
                 members = np.repeat(tier_of == t, counts)
                 r, k = np.repeat(row_in_tier, counts)[members], rank[members]
-                if t < len(TIER_WIDTHS):
+                if t == 0:
+                    lanes = np.full((len(sel), width), 256, dtype=np.uint64)
+                    lanes[r, k] = low[members]
+                    keys = np.zeros(len(sel), dtype=np.uint64)
+                    for lane in range(width):
+                        keys |= lanes[:, lane] << np.uint64(_LANE * lane)
+                    covered = offsets[1:] != offsets[:-1]
+                    for sub in range(width + 1):
+                        rows = np.flatnonzero(counts[sel] >= sub)
+                        flag = covered[base[sel][rows] + sub].astype(np.uint64)
+                        keys[rows] |= flag << np.uint64(_FLAGS_AT + sub)
+                elif t < len(TIER_WIDTHS):
                     keys[r, k] = low[members] - 1
                 else:  # delta[x] = #(inner boundaries <= x), by a cumulative sum over marks
                     marks = np.zeros((len(sel), 256), dtype=np.uint8)
@@ -180,29 +210,40 @@ class V4Intervals:
             return np.arange(len(keys), dtype=np.int64), found[inverse]
         top = np.take(self.level1, (keys >> 8).astype(np.intp))
         pos = np.flatnonzero(top)
-        value = np.take(top, pos).astype(np.int64)
-        interval = value - 1
+        value = np.take(top, pos)
         inner = np.flatnonzero(value < 0)
-        if len(inner):
-            j = -value[inner] - 1
-            low = np.take(keys, pos[inner]) & 255
-            low = low.astype(np.uint8)
-            out = np.empty(len(inner), dtype=np.int64)
-            start = 0
-            for base, keys_t in zip(self.tier_base, self.tier_keys, strict=True):
-                stop = start + len(base)
-                sel = np.flatnonzero((j >= start) & (j < stop))
-                if len(sel):
-                    jj = j[sel] - start
-                    rows = np.take(keys_t, jj, axis=0)
-                    if keys_t.shape[1] == 256:
-                        delta = rows[np.arange(len(sel)), low[sel]].astype(np.int64)
-                    else:
-                        delta = np.count_nonzero(rows < low[sel, None], axis=1)
-                    out[sel] = np.take(base, jj) + delta
+        if not len(inner):
+            return pos, value.astype(np.int64) - 1
+        direct = np.flatnonzero(value > 0)
+        out_pos, out_interval = [pos[direct]], [value[direct].astype(np.int64) - 1]
+        pos, j = pos[inner], -value[inner].astype(np.int64) - 1
+        low = (np.take(keys, pos) & 255).astype(np.uint8)
+        start, j_min, j_max = 0, int(j.min()), int(j.max())
+        for base, keys_t in zip(self.tier_base, self.tier_keys, strict=True):
+            stop = start + len(base)
+            sel = None if start <= j_min and j_max < stop else np.flatnonzero((j >= start) & (j < stop))
+            jj = j - start if sel is None else j[sel] - start
+            x = low if sel is None else low[sel]
+            if not len(jj):
                 start = stop
-            interval[inner] = out
-        return pos, interval
+                continue
+            rows = np.take(keys_t, jj, axis=0)
+            if keys_t.ndim == 1:  # packed words: count lanes <= x, then keep covered sub-intervals
+                lanes = (x.astype(np.uint64) * _REPLICATE | _GUARDS) - (rows & _LANE_MASK)
+                delta = np.bitwise_count(lanes & _GUARDS)
+                covered = np.flatnonzero(
+                    (rows >> (delta.astype(np.uint64) + np.uint64(_FLAGS_AT))) & np.uint64(1)
+                )
+                sel = covered if sel is None else sel[covered]
+                jj, delta = jj[covered], delta[covered]
+            elif keys_t.shape[1] == 256:
+                delta = rows[np.arange(len(jj)), x]
+            else:
+                delta = np.count_nonzero(rows < x[:, None], axis=1)
+            out_pos.append(pos if sel is None else pos[sel])
+            out_interval.append(np.take(base, jj) + delta.astype(np.int64))
+            start = stop
+        return np.concatenate(out_pos), np.concatenate(out_interval)
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``keys``: uint32 addresses of ``rows`` (None: of rows 0..n-1). Returns (row, payload) pairs."""
@@ -245,7 +286,7 @@ class V6Intervals:
         end_hi, end_lo, wrapped = _plus_one(last_hi, last_lo)
         starts = to_keys(first_hi, first_lo)
         ends = to_keys(end_hi[~wrapped], end_lo[~wrapped])
-        boundaries = np.unique(
+        boundaries = sorted_unique(
             np.concatenate([starts, ends, to_keys(np.zeros(1, np.uint64), np.zeros(1, np.uint64))])
         )
         end_idx = np.full(len(starts), len(boundaries), dtype=np.int64)
