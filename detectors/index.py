@@ -100,11 +100,12 @@ class AddressTable:
 
     def lookup(self, addresses: Addresses) -> tuple[np.ndarray, np.ndarray]:
         """(row, payload) pairs for every address that some network covers."""
-        if addresses.all_v4:  # the common batch: no masks, no IPv6 work
-            return self.v4.lookup(addresses.v4)
-        v4_rows = np.nonzero(addresses.is_v4)[0]
-        v6_rows = np.nonzero(~addresses.is_v4)[0]
-        r4, e4 = self.v4.lookup(addresses.v4[v4_rows], v4_rows)
+        r4, e4 = self.v4.lookup(addresses.v4)  # every row: cheaper than picking the IPv4 ones first
+        if addresses.all_v4:  # the common batch: no IPv6 work
+            return r4, e4
+        keep = np.flatnonzero(np.take(addresses.is_v4, r4))  # IPv6 rows' last words meant nothing
+        r4, e4 = np.take(r4, keep), np.take(e4, keep)
+        v6_rows = np.flatnonzero(~addresses.is_v4)
         r6, e6 = self.v6.lookup(addresses.keys16(v6_rows), v6_rows)
         return np.concatenate([r4, r6]), np.concatenate([e4, e6])
 

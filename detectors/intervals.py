@@ -73,8 +73,8 @@ def expand(
     """(row, payload) pairs for the given rows' intervals (rows with empty intervals yield nothing)."""
     start = np.take(offsets, intervals)
     counts = np.take(offsets, intervals + 1) - start
-    keep = np.flatnonzero(counts)
-    rows, start, counts = rows[keep], start[keep], counts[keep]
+    keep = np.flatnonzero(counts != 0)
+    rows, start, counts = np.take(rows, keep), np.take(start, keep), np.take(counts, keep)
     if len(counts) and counts.max() == 1:  # the common case: one range per hit interval
         return rows.astype(np.int64), np.take(ids, start)
     total = int(counts.sum())
@@ -208,22 +208,24 @@ class V4Intervals:
             unique, inverse = np.unique(keys, return_inverse=True)  # sorted queries: cache-friendly
             found = np.searchsorted(self.boundaries, unique, side="right") - 1
             return np.arange(len(keys), dtype=np.int64), found[inverse]
+        # numpy's nonzero is ~10x faster on a bool array than on ints, and take beats mask indexing.
         top = np.take(self.level1, (keys >> 8).astype(np.intp))
-        pos = np.flatnonzero(top)
+        pos = np.flatnonzero(top != 0)
         value = np.take(top, pos)
         inner = np.flatnonzero(value < 0)
         if not len(inner):
             return pos, value.astype(np.int64) - 1
         direct = np.flatnonzero(value > 0)
-        out_pos, out_interval = [pos[direct]], [value[direct].astype(np.int64) - 1]
-        pos, j = pos[inner], -value[inner].astype(np.int64) - 1
+        out_pos, out_interval = [np.take(pos, direct)], [np.take(value, direct).astype(np.int64) - 1]
+        pos, j = np.take(pos, inner), ~np.take(value, inner)  # ~v == -(v + 1): the block index
         low = (np.take(keys, pos) & 255).astype(np.uint8)
         start, j_min, j_max = 0, int(j.min()), int(j.max())
         for base, keys_t in zip(self.tier_base, self.tier_keys, strict=True):
             stop = start + len(base)
             sel = None if start <= j_min and j_max < stop else np.flatnonzero((j >= start) & (j < stop))
-            jj = j - start if sel is None else j[sel] - start
-            x = low if sel is None else low[sel]
+            jj = j if sel is None else np.take(j, sel)
+            jj = jj - start if start else jj
+            x = low if sel is None else np.take(low, sel)
             if not len(jj):
                 start = stop
                 continue
@@ -231,16 +233,15 @@ class V4Intervals:
             if keys_t.ndim == 1:  # packed words: count lanes <= x, then keep covered sub-intervals
                 lanes = (x.astype(np.uint64) * _REPLICATE | _GUARDS) - (rows & _LANE_MASK)
                 delta = np.bitwise_count(lanes & _GUARDS)
-                covered = np.flatnonzero(
-                    (rows >> (delta.astype(np.uint64) + np.uint64(_FLAGS_AT))) & np.uint64(1)
-                )
-                sel = covered if sel is None else sel[covered]
-                jj, delta = jj[covered], delta[covered]
+                flag = (rows >> (delta.astype(np.uint64) + np.uint64(_FLAGS_AT))) & np.uint64(1)
+                covered = np.flatnonzero(flag.astype(bool))
+                sel = covered if sel is None else np.take(sel, covered)
+                jj, delta = np.take(jj, covered), np.take(delta, covered)
             elif keys_t.shape[1] == 256:
                 delta = rows[np.arange(len(jj)), x]
             else:
                 delta = np.count_nonzero(rows < x[:, None], axis=1)
-            out_pos.append(pos if sel is None else pos[sel])
+            out_pos.append(pos if sel is None else np.take(pos, sel))
             out_interval.append(np.take(base, jj) + delta.astype(np.int64))
             start = stop
         return np.concatenate(out_pos), np.concatenate(out_interval)

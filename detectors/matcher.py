@@ -69,17 +69,15 @@ class Matcher:
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
             rows, payload = ix.table.lookup(addrs[side])
             if len(rows):
-                plain = payload >= 0  # indicator * 3 + side, no other constraint
-                p_rows, p_code = rows[plain], payload[plain]
-                p_side = p_code % 3
-                ok = (p_side == 0) | (p_side == code)
-                rows_all.append(p_rows[ok])
-                ind_all.append((p_code[ok] // 3).astype(np.int32))
-                side_all.append(np.full(int(ok.sum()), code, np.int8))
-                constrained = np.flatnonzero(~plain)
+                p_side = payload % 3  # plain: indicator * 3 + side; constrained: negative
+                ok = np.flatnonzero((payload >= 0) & ((p_side == 0) | (p_side == code)))
+                rows_all.append(np.take(rows, ok))
+                ind_all.append((np.take(payload, ok) // 3).astype(np.int32))
+                side_all.append(np.full(len(ok), code, np.int8))
+                constrained = np.flatnonzero(payload < 0)
                 if len(constrained):
                     c_rows, c_inds = self._constrained(
-                        addrs, side, other, code, rows[constrained], -payload[constrained] - 1,
+                        addrs, side, other, code, np.take(rows, constrained), ~np.take(payload, constrained),
                         (sport, dport, proto, asns[side]),
                     )  # fmt: skip
                     rows_all.append(c_rows)
