@@ -125,6 +125,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         index = IndicatorIndex.build(inds)
         build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+        level1 = index.table.v4.level1  # pages written by the build; reads later map the zero page
+        resident = (resident_bytes(level1) or 0) if level1 is not None else 0
         batch = flows(args.flows, inds, rng)
         matcher = Matcher(index)
         matcher.match(batch.slice(0, 10_000))
@@ -142,8 +144,6 @@ def main() -> None:
             stage.append(time.process_time() - c0)
         lookup_cpu = statistics.median(stage)
         fixed = index.fixed_nbytes()
-        level1 = index.table.v4.level1
-        resident = (resident_bytes(level1) or 0) if level1 is not None else 0
         shared = index.nbytes(fixed=False) - index.table.nbytes(fixed=False)
         n4, n6 = per_family(index)
         v4 = index.table.v4.nbytes(fixed=False) / max(n4, 1) + shared / size
@@ -156,7 +156,7 @@ def main() -> None:
               f"min {2 * args.flows / max(cpus) / 1e6:.1f}, max {2 * args.flows / min(cpus) / 1e6:.1f}); "
               f"address stage alone {2 * args.flows / lookup_cpu / 1e6:.1f} M/s ({lookup_cpu:.3f} CPU-s)\n"
               f"{'':24}index {index.nbytes() / 2**20:7.1f} MiB = {fixed / 2**20:.0f} MiB fixed "
-              f"({resident / 2**20:.0f} MiB resident) + {per:.1f} B/indicator "
+              f"({resident / 2**20:.0f} MiB touched) + {per:.1f} B/indicator "
               f"(IPv4 {v4:.1f} B, IPv6 {v6:.1f} B; {n4:,} + {n6:,} networks); "
               f"alert attributes {index.attributes.nbytes / size:.0f} B/indicator")  # fmt: skip
         del inds, index, matcher, batch

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -90,22 +89,22 @@ def _zeroed_int32(n: int) -> np.ndarray:
 
 
 def resident_bytes(arr: np.ndarray) -> int | None:
-    """Resident bytes of the mapping that holds ``arr`` (its ``Rss`` in /proc/self/smaps, which
-    leaves out never-written pages, even read ones), or None where that cannot be read."""
-    addr = arr.ctypes.data
+    """Bytes of ``arr``'s pages in memory (mincore), or None where that cannot be asked. Pages never
+    written are not counted, but reading one maps the shared zero page, which mincore does count:
+    ask before reading a freshly built table."""
+    import ctypes
+
     try:
-        lines = Path("/proc/self/smaps").read_text().splitlines()
+        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
-    inside = False
-    for line in lines:
-        head = line.split(None, 1)[0]
-        if "-" in head and not head.endswith(":"):
-            start, _, end = head.partition("-")
-            inside = int(start, 16) <= addr < int(end, 16)
-        elif inside and head == "Rss:":
-            return int(line.split()[1]) * 1024
-    return None
+    page = mmap.PAGESIZE
+    start = arr.ctypes.data - arr.ctypes.data % page
+    length = arr.ctypes.data + arr.nbytes - start
+    vec = (ctypes.c_ubyte * ((length + page - 1) // page))()
+    if libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) != 0:
+        return None
+    return int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1)) * page
 
 
 @dataclass
