@@ -101,9 +101,10 @@ def rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * mmap.PAGESIZE
 
 
-def per_family(index: IndicatorIndex) -> tuple[int, int]:
-    """(IPv4, IPv6) networks in the index's address table."""
-    return len(index.table.v4.ids), len(index.table.v6.ids)
+def per_family(inds: list[Indicator]) -> tuple[int, int]:
+    """(IPv4, IPv6) networks among the indicators' conditions."""
+    versions = np.fromiter((c.network.version for i in inds for c in i.conditions if c.network), np.int8)
+    return int((versions == 4).sum()), int((versions == 6).sum())
 
 
 def main() -> None:
@@ -145,7 +146,7 @@ def main() -> None:
         lookup_cpu = statistics.median(stage)
         fixed = index.fixed_nbytes()
         shared = index.nbytes(fixed=False) - index.table.nbytes(fixed=False)
-        n4, n6 = per_family(index)
+        n4, n6 = per_family(inds)
         v4 = index.table.v4.nbytes(fixed=False) / max(n4, 1) + shared / size
         v6 = index.table.v6.nbytes() / max(n6, 1) + shared / size
         per = index.nbytes(fixed=False) / size
