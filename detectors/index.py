@@ -194,7 +194,16 @@ class IndicatorIndex:
             "tlp": pa.array(list(map(attrgetter("tlp"), inds)), type=pa.string()),
             "valid_until": pa.array(valid_until, type=pa.timestamp("us", tz="UTC")),
         })  # fmt: skip
-        sources = self.attributes.column("source").combine_chunks().dictionary_encode()
+        # Few-valued text (source, TLP, often the name) as dictionaries: a hit then takes a small
+        # integer instead of reaching into millions of strings (at 10M indicators ~12 ms per 200k hits).
+        for name in ("indicator_name", "source", "tlp"):
+            encoded = self.attributes.column(name).combine_chunks().dictionary_encode()
+            if len(encoded.dictionary) <= max(16, n // 4):
+                position = self.attributes.schema.get_field_index(name)
+                self.attributes = self.attributes.set_column(position, name, encoded)
+        sources = self.attributes.column("source").combine_chunks()
+        if not pa.types.is_dictionary(sources.type):
+            sources = sources.dictionary_encode()
         self.source_names = sources.dictionary.to_pylist()
         width = np.uint8 if len(self.source_names) <= 256 else np.int32
         self.source_code = sources.indices.to_numpy(zero_copy_only=False).astype(width)

@@ -167,8 +167,11 @@ class Matcher:
         fields.append(pa.field("side", pa.string()))
         columns.append(SIDE_ARRAY.take(pa.array(sides, type=pa.int8())))
         for name in ix.attributes.column_names:
-            fields.append(ix.attributes.schema.field(name))
-            columns.append(ix.attributes.column(name).take(take_inds))
+            column = ix.attributes.column(name).take(take_inds)
+            if pa.types.is_dictionary(column.type):  # stored encoded (see IndicatorIndex.build)
+                column = column.cast(column.type.value_type)
+            fields.append(pa.field(name, column.type))
+            columns.append(column)
         flows = pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=batch.schema.metadata))
         if self.geoip is not None:
             flows = self.geoip.enrich(flows)
