@@ -57,14 +57,15 @@ class Matcher:
         ix = self.index
         self.stats.flows += batch.num_rows
         addrs = {s: Addresses.from_column(batch.column(f"{s}_addr")) for s in ("src", "dst")}
-        sport = batch.column("src_port").to_numpy(zero_copy_only=False).astype(np.int32)
-        dport = batch.column("dst_port").to_numpy(zero_copy_only=False).astype(np.int32)
-        proto = batch.column("protocol").to_numpy(zero_copy_only=False).astype(np.int16)
-        asns = {
-            s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False).astype(np.int64) for s in ("src", "dst")
-        }
+        # Native column types (zero-copy where there are no nulls): only hit rows are ever compared.
+        sport = batch.column("src_port").to_numpy(zero_copy_only=False)
+        dport = batch.column("dst_port").to_numpy(zero_copy_only=False)
+        proto = batch.column("protocol").to_numpy(zero_copy_only=False)
+        asns = {s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False) for s in ("src", "dst")}
         if self.geoip is not None and len(ix.asn_values):  # AS indicators, flows without AS fields
-            asns = {s: self.geoip.fill_asn(addrs[s].keys16(), asns[s]) for s in ("src", "dst")}
+            asns = {
+                s: self.geoip.fill_asn(addrs[s].keys16(), asns[s].astype(np.int64)) for s in ("src", "dst")
+            }
         rows_all, ind_all, side_all = [], [], []
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
             rows, payload = ix.table.lookup(addrs[side])
@@ -134,9 +135,10 @@ class Matcher:
     def _active(self, batch: pa.RecordBatch, rows, inds, sides):
         """Only indicators valid at the flow's time (its end, else its receipt) fire."""
         ix = self.index
-        end = batch.column("flow_end")
-        when = pc.if_else(pc.is_null(end), batch.column("time_received"), end)
-        t = when.cast(pa.int64()).to_numpy(zero_copy_only=False)[rows]
+        take = pa.array(rows, type=pa.int64())  # hit rows only: the time columns are read for few rows
+        end, received = batch.column("flow_end").take(take), batch.column("time_received").take(take)
+        when = pc.if_else(pc.is_null(end), received, end)
+        t = when.cast(pa.int64()).to_numpy(zero_copy_only=False)
         valid_from, valid_until = ix.validity(inds)
         ok = (valid_from <= t) & (t < valid_until)
         self.stats.inactive += int((~ok).sum())
