@@ -10,8 +10,9 @@ in one non-empty interval ``i``, and ``-(j + 1)`` where interval boundaries fall
 ``j`` then keeps the interval at the /24's first address (``base``) and its inner boundaries, so the
 interval of low byte ``x`` is ``base + #(inner boundaries <= x)``. Full 256-entry second-level
 blocks would cost 1 KiB for every /24 holding one scattered /32 (6 GiB at 10M indicators), so blocks
-with few boundaries keep them as 4 or 32 sorted bytes counted by compares, and only crowded ones a
-256-byte table. Allowlists (looked up for hits only) and IPv6 use sorted boundaries and a search.
+with up to 6 boundaries are one packed word (below), up to 32 sorted bytes counted by compares, and
+only crowded ones a 256-byte table. The table is an anonymous mapping: 64 MiB of address space, of
+which only the pages the build writes become resident. Allowlists (looked up for hits only) and IPv6 use sorted boundaries and a search.
 """
 
 from __future__ import annotations
