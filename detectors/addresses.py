@@ -1,7 +1,7 @@
 """A flow-schema address column viewed for lookups without copying or byte-swapping it whole.
 
-The 16-byte values are read as four native 32-bit words: IPv4-mapped rows are recognised by three
-word compares, and only the IPv4 word is byte-swapped into numeric order. 128-bit (hi, lo) words,
+The 16-byte values are read as four native 32-bit words: IPv4-mapped rows are recognised by two
+compares, and only the IPv4 word is byte-swapped into numeric order. 128-bit (hi, lo) words,
 needed for IPv6 ranges and pair constraints, are computed for the few rows that need them.
 """
 
@@ -18,7 +18,8 @@ class Addresses:
         """``raw``: (n, 16) uint8, network byte order."""
         self.raw = raw
         words = raw.view("<u4").reshape(-1, 4)
-        self.is_v4 = (words[:, 0] == 0) & (words[:, 1] == 0) & (words[:, 2] == _MAPPED_WORD)
+        first8 = raw.view("<u8").reshape(-1, 2)[:, 0]  # words 0 and 1 in one compare
+        self.is_v4 = (first8 == 0) & (words[:, 2] == _MAPPED_WORD)
         self.all_v4 = bool(self.is_v4.all())
         self.v4 = words[:, 3].byteswap()  # numeric IPv4 value (meaningful where is_v4)
 

@@ -23,6 +23,7 @@ FLOW_COLUMNS = ("time_received", "exporter", "observation_domain", "flow_start",
                 "src_port", "dst_port", "protocol", "tcp_flags", "packets", "octets", "sampling_rate",
                 "src_as", "dst_as", "input_if", "output_if")  # fmt: skip
 SIDE_NAMES = np.array(["any", "src", "dst"])
+SIDE_ARRAY = pa.array(SIDE_NAMES.tolist(), type=pa.string())
 
 
 def _within(hi: np.ndarray, lo: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -56,33 +57,33 @@ class Matcher:
         ix = self.index
         self.stats.flows += batch.num_rows
         addrs = {s: Addresses.from_column(batch.column(f"{s}_addr")) for s in ("src", "dst")}
-        sport = batch.column("src_port").to_numpy(zero_copy_only=False).astype(np.int32)
-        dport = batch.column("dst_port").to_numpy(zero_copy_only=False).astype(np.int32)
-        proto = batch.column("protocol").to_numpy(zero_copy_only=False).astype(np.int16)
-        asns = {
-            s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False).astype(np.int64) for s in ("src", "dst")
-        }
+        # Native column types (zero-copy where there are no nulls): only hit rows are ever compared.
+        sport = batch.column("src_port").to_numpy(zero_copy_only=False)
+        dport = batch.column("dst_port").to_numpy(zero_copy_only=False)
+        proto = batch.column("protocol").to_numpy(zero_copy_only=False)
+        asns = {s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False) for s in ("src", "dst")}
         if self.geoip is not None and len(ix.asn_values):  # AS indicators, flows without AS fields
-            asns = {s: self.geoip.fill_asn(addrs[s].keys16(), asns[s]) for s in ("src", "dst")}
+            asns = {
+                s: self.geoip.fill_asn(addrs[s].keys16(), asns[s].astype(np.int64)) for s in ("src", "dst")
+            }
         rows_all, ind_all, side_all = [], [], []
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
-            rows, entries = ix.table.lookup(addrs[side])
+            rows, payload = ix.table.lookup(addrs[side])
             if len(rows):
-                ok = (ix.entry_side[entries] == 0) | (ix.entry_side[entries] == code)
-                es, ed, ep = ix.entry_sport[entries], ix.entry_dport[entries], ix.entry_proto[entries]
-                ok &= (es == -1) | (es == sport[rows])
-                ok &= (ed == -1) | (ed == dport[rows])
-                ok &= (ep == -1) | (ep == proto[rows])
-                ea = ix.entry_asn[entries]
-                ok &= (ea == -1) | (ea == asns[side][rows])
-                has_other = ix.entry_has_other[entries]
-                if has_other.any():
-                    ohi, olo = addrs[other].hilo(rows)
-                    inside = _within(ohi, olo, ix.other_first[entries], ix.other_last[entries])
-                    ok &= ~has_other | inside
-                rows_all.append(rows[ok])
-                ind_all.append(ix.entry_ind[entries[ok]])
-                side_all.append(np.full(int(ok.sum()), code, np.int8))
+                p_side = payload % 3  # plain: indicator * 3 + side; constrained: negative
+                ok = np.flatnonzero((payload >= 0) & ((p_side == 0) | (p_side == code)))
+                rows_all.append(np.take(rows, ok))
+                ind_all.append((np.take(payload, ok) // 3).astype(np.int32))
+                side_all.append(np.full(len(ok), code, np.int8))
+                constrained = np.flatnonzero(payload < 0)
+                if len(constrained):
+                    c_rows, c_inds = self._constrained(
+                        addrs, side, other, code, np.take(rows, constrained), ~np.take(payload, constrained),
+                        (sport, dport, proto, asns[side]),
+                    )  # fmt: skip
+                    rows_all.append(c_rows)
+                    ind_all.append(c_inds)
+                    side_all.append(np.full(len(c_rows), code, np.int8))
             if len(ix.asn_values):
                 values = asns[side]
                 lo_pos = np.searchsorted(ix.asn_values, values, side="left")
@@ -113,13 +114,33 @@ class Matcher:
                 self.stats.hits[ix.source_names[code]] += int(per_source[code])
         return self._table(batch, rows, inds, sides)
 
+    def _constrained(self, addrs, side, other, code, rows, entries, fields):
+        """Hits on constrained entries whose ports, protocol, AS and other-side address agree."""
+        ix = self.index
+        sport, dport, proto, asn = fields
+        ok = (ix.entry_side[entries] == 0) | (ix.entry_side[entries] == code)
+        es, ed, ep = ix.entry_sport[entries], ix.entry_dport[entries], ix.entry_proto[entries]
+        ok &= (es == -1) | (es == sport[rows])
+        ok &= (ed == -1) | (ed == dport[rows])
+        ok &= (ep == -1) | (ep == proto[rows])
+        ea = ix.entry_asn[entries]
+        ok &= (ea == -1) | (ea == asn[rows])
+        has_other = ix.entry_has_other[entries]
+        if has_other.any():
+            ohi, olo = addrs[other].hilo(rows)
+            inside = _within(ohi, olo, ix.other_first[entries], ix.other_last[entries])
+            ok &= ~has_other | inside
+        return rows[ok], ix.entry_ind[entries[ok]]
+
     def _active(self, batch: pa.RecordBatch, rows, inds, sides):
         """Only indicators valid at the flow's time (its end, else its receipt) fire."""
         ix = self.index
-        end = batch.column("flow_end")
-        when = pc.if_else(pc.is_null(end), batch.column("time_received"), end)
-        t = when.cast(pa.int64()).to_numpy(zero_copy_only=False)[rows]
-        ok = (ix.valid_from[inds] <= t) & (t < ix.valid_until[inds])
+        take = pa.array(rows, type=pa.int64())  # hit rows only: the time columns are read for few rows
+        end, received = batch.column("flow_end").take(take), batch.column("time_received").take(take)
+        when = pc.if_else(pc.is_null(end), received, end)
+        t = when.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        valid_from, valid_until = ix.validity(inds)
+        ok = (valid_from <= t) & (t < valid_until)
         self.stats.inactive += int((~ok).sum())
         return rows[ok], inds[ok], sides[ok]
 
@@ -140,17 +161,20 @@ class Matcher:
         return rows[keep], inds[keep], sides[keep]
 
     def _table(self, batch: pa.RecordBatch, rows, inds, sides) -> pa.Table:
+        """Alert rows: the flow's columns, the side, the indicator's attributes (column-wise takes)."""
         ix = self.index
-        flows = (
-            pa.Table.from_batches([batch]).select(list(FLOW_COLUMNS)).take(pa.array(rows, type=pa.int64()))
-        )
-        attributes = ix.attributes.take(pa.array(inds, type=pa.int32()))
-        flows = flows.append_column(
-            "side", pa.array(SIDE_NAMES[sides] if len(sides) else [], type=pa.string())
-        )
-        extra = {name: attributes.column(name) for name in attributes.column_names}
-        for name, column in extra.items():
-            flows = flows.append_column(name, column)
+        take_rows, take_inds = pa.array(rows, type=pa.int64()), pa.array(inds, type=pa.int32())
+        fields = [batch.schema.field(name) for name in FLOW_COLUMNS]
+        columns = [batch.column(name).take(take_rows) for name in FLOW_COLUMNS]
+        fields.append(pa.field("side", pa.string()))
+        columns.append(SIDE_ARRAY.take(pa.array(sides, type=pa.int8())))
+        for name in ix.attributes.column_names:
+            column = ix.attributes.column(name).take(take_inds)
+            if pa.types.is_dictionary(column.type):  # stored encoded (see IndicatorIndex.build)
+                column = column.cast(column.type.value_type)
+            fields.append(pa.field(name, column.type))
+            columns.append(column)
+        flows = pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=batch.schema.metadata))
         if self.geoip is not None:
             flows = self.geoip.enrich(flows)
         return flows
