@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 from scapy.layers.netflow import (
     GetNetflowRecordV9,
     NetflowDataflowsetV9,
@@ -18,6 +19,8 @@ from scapy.layers.netflow import (
     NetflowTemplateFieldV9,
     NetflowTemplateV9,
 )
+
+from pipeline.decode import Datagram
 
 EXPORT = 1_800_000_000
 UPTIME = 3_600_000
@@ -123,3 +126,18 @@ def ipfix_variable(tid: int, names: list[bytes]) -> bytes:
     dset = struct.pack("!HH", tid, 4 + len(records)) + records
     body = tset + dset
     return struct.pack("!HHIII", 10, 16 + len(body), EXPORT, 0, 7) + body
+
+
+def as_block(datagrams: list[Datagram], width: int = 3000, seed: int = 0) -> tuple:
+    """The arguments of ``decode_block`` for ``datagrams``; bytes past each length are random, as
+    stale bytes of earlier datagrams are in the receive buffer."""
+    sources: list[tuple[str, int]] = []
+    index = []
+    data = np.random.default_rng(seed).integers(0, 256, (len(datagrams), width), dtype=np.uint8)
+    for i, d in enumerate(datagrams):
+        if (d.exporter, d.port) not in sources:
+            sources.append((d.exporter, d.port))
+        index.append(sources.index((d.exporter, d.port)))
+        data[i, : len(d.payload)] = np.frombuffer(d.payload, dtype=np.uint8)
+    lengths = np.array([len(d.payload) for d in datagrams], dtype=np.int64)
+    return data, lengths, np.array(index, dtype=np.intp), sources, datagrams[0].received if datagrams else 0.0

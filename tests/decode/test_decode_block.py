@@ -6,38 +6,28 @@ mixes of odd packets and on hypothesis-drawn streams; and against tshark on the 
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
-from decode_oracle import have_tshark, tshark_flows
-from decode_packets import V4, data_set, ipfix, ipfix_variable, template_set, v4_rows, v9, v9_sampling_options
+from decode_packets import (
+    V4,
+    as_block,
+    data_set,
+    ipfix,
+    ipfix_variable,
+    template_set,
+    v4_rows,
+    v9,
+    v9_sampling_options,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.netflow import NetflowHeader, NetflowHeaderV5, NetflowRecordV5
 
 from pipeline.decode import Datagram, DecoderConfig, FlowDecoder
-from pipeline.runtime.replay import read_capture
-from pipeline.samples import DEMO_TRAFFIC
-from pipeline.schemas import FLOW_SCHEMA, bytes16_to_ip
+from pipeline.schemas import FLOW_SCHEMA
 
 RECEIVED = 1.8e9 + 0.123456
-
-
-def as_block(datagrams: list[Datagram], width: int = 3000, seed: int = 0) -> tuple:
-    """The arguments of ``decode_block`` for ``datagrams``; bytes past each length are random, as
-    stale bytes of earlier datagrams are in the receive buffer."""
-    sources: list[tuple[str, int]] = []
-    index = []
-    data = np.random.default_rng(seed).integers(0, 256, (len(datagrams), width), dtype=np.uint8)
-    for i, d in enumerate(datagrams):
-        if (d.exporter, d.port) not in sources:
-            sources.append((d.exporter, d.port))
-        index.append(sources.index((d.exporter, d.port)))
-        data[i, : len(d.payload)] = np.frombuffer(d.payload, dtype=np.uint8)
-    lengths = np.array([len(d.payload) for d in datagrams], dtype=np.int64)
-    return data, lengths, np.array(index, dtype=np.intp), sources, datagrams[0].received if datagrams else 0.0
 
 
 def state(decoder: FlowDecoder) -> dict:
@@ -260,27 +250,3 @@ def test_short_rows_and_a_narrow_buffer() -> None:
     got = block.decode_block(data, lengths, source, sources, received)
     assert want.num_rows == 0 and got == []
     assert block.stats.snapshot() == ref.stats.snapshot()
-
-
-pytestmark_tshark = pytest.mark.skipif(not have_tshark(), reason="tshark not installed")
-
-
-@pytest.mark.peers
-@pytestmark_tshark
-@pytest.mark.parametrize(("exporter", "version"), [("192.0.2.1", 5), ("192.0.2.2", 9), ("2001:db8::1", 10)])
-def test_block_path_matches_tshark(tmp_path: Path, exporter: str, version: int) -> None:
-    payloads = [d.payload for d in read_capture(DEMO_TRAFFIC) if d.exporter == exporter]
-    decoder = FlowDecoder()
-    ours = []
-    for i in range(0, len(payloads), 7):
-        chunk = [Datagram(p, exporter, 50000, 1.8e9) for p in payloads[i : i + 7]]
-        ours += pa.Table.from_batches(decoder.decode_block(*as_block(chunk)), schema=FLOW_SCHEMA).to_pylist()
-    theirs = tshark_flows(payloads, tmp_path, port=4739 if version == 10 else 2055)
-    assert len(ours) == len(theirs) == 600
-    assert not decoder.stats.errors
-    for o, t in zip(ours, theirs, strict=True):
-        assert o["flow_version"] == version
-        assert bytes16_to_ip(o["src_addr"]) == t["src_addr"]
-        assert bytes16_to_ip(o["dst_addr"]) == t["dst_addr"]
-        for field in ("src_port", "dst_port", "protocol", "packets", "octets", "input_if", "output_if"):
-            assert o[field] == t[field], field
