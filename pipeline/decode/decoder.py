@@ -148,7 +148,9 @@ class _BlockHeaders:
     ) -> None:
         n = len(lengths)
         self.data = data
+        self.lengths = lengths
         self.source = source
+        self.sources = sources
         self.port = np.array([port for _, port in sources], dtype=np.int64)
         self.received = received
         head = np.zeros((n, _ROW_HEADER), dtype=np.uint8)
@@ -247,9 +249,7 @@ class FlowDecoder:
         self._groups = {}
         if len(lengths):
             data = np.ascontiguousarray(data, dtype=np.uint8)
-            self._walk_block(
-                _BlockHeaders(data, lengths, source, sources, received), lengths, source, sources, received
-            )
+            self._walk_block(_BlockHeaders(data, lengths, source, sources, received))
         return self._finish()
 
     def _safe_packet(self, payload: bytes, exporter: str, port: int, received: float) -> None:
@@ -275,23 +275,16 @@ class FlowDecoder:
         self._groups = {}
         return batches
 
-    def _walk_block(
-        self,
-        hdr: _BlockHeaders,
-        lengths: np.ndarray,
-        source: np.ndarray,
-        sources: Sequence[tuple[str, int]],
-        received: float,
-    ) -> None:
+    def _walk_block(self, hdr: _BlockHeaders) -> None:
         """Rows in order: stretches of fast rows are handled with numpy (:meth:`_fast_rows`); any
         other row goes through the per-packet walk, which may change templates, sampling rates or
         system init times, so the next stretch starts new runs."""
-        n = len(lengths)
-        lens = lengths.tolist()
+        n = len(hdr.lengths)
+        lens = hdr.lengths.tolist()
 
         def walk(row: int) -> None:
-            exporter, port = sources[int(source[row])]
-            self._safe_packet(hdr.data[row, : lens[row]].tobytes(), exporter, port, received)
+            exporter, port = hdr.sources[int(hdr.source[row])]
+            self._safe_packet(hdr.data[row, : lens[row]].tobytes(), exporter, port, hdr.received)
 
         i, misses = 0, 0
         for stop in [*np.flatnonzero(hdr.kind == _SLOW).tolist(), n]:
@@ -305,9 +298,9 @@ class FlowDecoder:
                     continue
                 start = i
                 try:
-                    i = self._fast_rows(hdr, i, stop, source, sources, received)
+                    i = self._fast_rows(hdr, i, stop)
                 except Exception:  # as in decode(): count, go on with the next row
-                    exporter = sources[int(source[i])][0]
+                    exporter = hdr.sources[int(hdr.source[i])][0]
                     log.exception("internal decoder error on a packet from %s", exporter)
                     self.stats.error(exporter, "internal_error")
                     i += 1
@@ -320,15 +313,7 @@ class FlowDecoder:
                 walk(stop)
             i = stop + 1
 
-    def _fast_rows(
-        self,
-        hdr: _BlockHeaders,
-        first: int,
-        stop: int,
-        source: np.ndarray,
-        sources: Sequence[tuple[str, int]],
-        received: float,
-    ) -> int:
+    def _fast_rows(self, hdr: _BlockHeaders, first: int, stop: int) -> int:
         """Rows ``first..stop-1`` passed the header checks. Take them up to the first one whose
         template is unknown (or options, or variable-length) or whose template refresh is not a pure
         repeat; count their packets, check their sequence numbers and append their records to new
@@ -337,10 +322,10 @@ class FlowDecoder:
         kind = hdr.kind[rows]
         version = np.where(kind > _REFRESH, kind - _REFRESH, kind)
         domain = hdr.domain[rows]
-        stream_key = (source[rows].astype(np.int64) << 36) | (version << 32) | domain
+        stream_key = (hdr.source[rows].astype(np.int64) << 36) | (version << 32) | domain
         keys, stream_of = _distinct(stream_key)
         streams = [
-            self._block_stream(sources[k >> 36], k & 0xFFFFFFFF, (k >> 32) & 0xF) for k in keys.tolist()
+            self._block_stream(hdr.sources[k >> 36], k & 0xFFFFFFFF, (k >> 32) & 0xF) for k in keys.tolist()
         ]
         tkeys, template_of = _distinct(stream_of * 65536 + np.where(version == _FAST_V5, 0, hdr.set_id[rows]))
         templates: list[Template | None] = []
@@ -367,7 +352,7 @@ class FlowDecoder:
             return first
         for known in refreshed:
             for t in known:
-                t.last_seen = max(t.last_seen, received)
+                t.last_seen = max(t.last_seen, hdr.received)
         stream_of, template_of, version = stream_of[:end], template_of[:end], version[:end]
         size = hdr.size[first : first + end]
         record_length = np.array([t.record_length if t is not None else 1 for t in templates])[template_of]

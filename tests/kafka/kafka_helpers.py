@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.decode import Datagram, FlowDecoder
 from pipeline.runtime.replay import read_capture
@@ -155,3 +156,25 @@ class Broker:
 
     def stop(self) -> None:
         self._run("stop")
+
+
+def create_topic(bootstrap: str, partitions: int = 3) -> str:
+    name = f"flows-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
+    return name
+
+
+def consume_all(bootstrap: str, topic: str, expected: int) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})  # fmt: skip
+    consumer.subscribe([topic])
+    messages = []
+    for _ in range(60):
+        for msg in consumer.consume(num_messages=100, timeout=0.5):
+            assert msg.error() is None, msg.error()
+            messages.append(msg)
+        if len(messages) >= expected:
+            break
+    consumer.close()
+    return messages

@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Broker
 from demo_reference import free_port
-from kafka_helpers import ROOT, scrape, stop
-from test_kafka_flows import consume_all, create_topic
+from kafka_helpers import ROOT, Broker, consume_all, create_topic, scrape, stop
 
 from pipeline.runtime.replay import replay
 from pipeline.samples import DEMO_TRAFFIC

@@ -3,12 +3,9 @@ decoded batch exactly; keys are exporters; bad messages are refused with a reaso
 
 from __future__ import annotations
 
-import uuid
-
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_helpers import consume_all, create_topic
 
 from pipeline.decode import Datagram, FlowDecoder
 from pipeline.metrics import new_registry
@@ -25,28 +22,6 @@ def demo_batch() -> pa.RecordBatch:
     return FlowDecoder().decode(
         [Datagram(d.payload, d.exporter, 2055, 1.8e9) for d in read_capture(DEMO_TRAFFIC)]
     )
-
-
-def create_topic(bootstrap: str, partitions: int = 3) -> str:
-    name = f"flows-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
-    return name
-
-
-def consume_all(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest",
-                         "isolation.level": "read_committed"})  # fmt: skip
-    consumer.subscribe([topic])
-    messages = []
-    for _ in range(60):
-        for msg in consumer.consume(num_messages=100, timeout=0.5):
-            assert msg.error() is None, msg.error()
-            messages.append(msg)
-        if len(messages) >= expected:
-            break
-    consumer.close()
-    return messages
 
 
 def test_sink_messages_read_back_equal_the_batch(kafka) -> None:

@@ -4,6 +4,7 @@ revoked/removed indicators as tombstones, unreadable messages counted — agains
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -127,7 +128,7 @@ def test_sync_follows_a_taxii_collection_onto_the_topic(kafka, medallion: str, t
     indicators = [stix2.Indicator(pattern=f"[ipv4-addr:value = '203.0.113.{i}']", pattern_type="stix",
                                   valid_from="2026-01-01T00:00:00Z") for i in (1, 2, 3)]  # fmt: skip
     partner.add_objects(stix2.Bundle(*indicators).serialize())
-    env = {**__import__("os").environ, "SHOAL_TAXII_USER": "partner", "SHOAL_TAXII_PASSWORD": "s3cret"}
+    env = {**os.environ, "SHOAL_TAXII_USER": "partner", "SHOAL_TAXII_PASSWORD": "s3cret"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "intel", "sync", "--kafka", kafka.bootstrap,
                              "--config", str(config), "--every", "2", "--rounds", "2", f"taxii:{medallion}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
