@@ -1,7 +1,7 @@
 """A flow-schema address column viewed for lookups without copying or byte-swapping it whole.
 
-The 16-byte values are read as four native 32-bit words: IPv4-mapped rows are recognised by two
-compares, and only the IPv4 word is byte-swapped into numeric order. 128-bit (hi, lo) words,
+The 16-byte values are read as four 32-bit words in one compiled pass that flags IPv4-mapped rows
+and byte-swaps only their IPv4 word into numeric order. 128-bit (hi, lo) words,
 needed for IPv6 ranges and pair constraints, are computed for the few rows that need them.
 """
 
@@ -10,18 +10,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-_MAPPED_WORD = int(np.frombuffer(b"\x00\x00\xff\xff", dtype="<u4")[0])
+from detectors.v4_kernels import ipv4_words
 
 
 class Addresses:
     def __init__(self, raw: np.ndarray) -> None:
         """``raw``: (n, 16) uint8, network byte order."""
         self.raw = raw
-        words = raw.view("<u4").reshape(-1, 4)
-        first8 = raw.view("<u8").reshape(-1, 2)[:, 0]  # words 0 and 1 in one compare
-        self.is_v4 = (first8 == 0) & (words[:, 2] == _MAPPED_WORD)
-        self.all_v4 = bool(self.is_v4.all())
-        self.v4 = words[:, 3].byteswap()  # numeric IPv4 value (meaningful where is_v4)
+        self.is_v4 = np.empty(len(raw), dtype=bool)
+        self.v4 = np.empty(len(raw), dtype=np.uint32)  # numeric IPv4 value (meaningful where is_v4)
+        words = np.ascontiguousarray(raw).view(np.uint32).reshape(-1, 4)
+        self.all_v4 = bool(ipv4_words(words, self.v4, self.is_v4))
 
     @classmethod
     def from_column(cls, column: pa.Array | pa.ChunkedArray) -> Addresses:

@@ -41,8 +41,8 @@ class GeoIP:
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     def fill_asn(self, keys16: np.ndarray, asns: np.ndarray) -> np.ndarray:
-        """AS numbers for rows whose flow carried none (0)."""
-        missing = np.nonzero(asns == 0)[0]
+        """AS numbers for rows whose flow carried none (0, or -1 for a null)."""
+        missing = np.nonzero(asns <= 0)[0]
         if not len(missing):
             return asns
         unique, inverse = np.unique(keys16[missing], return_inverse=True)

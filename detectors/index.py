@@ -177,12 +177,16 @@ class IndicatorIndex:
         self.other_first = np.array([(b[0] >> 64, b[0] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64)
         self.other_last = np.array([(b[1] >> 64, b[1] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64)
         self.other_first, self.other_last = self.other_first.reshape(-1, 2), self.other_last.reshape(-1, 2)
-        self.table = AddressTable.build(networks, np.concatenate(payload), direct=True)
+        all_payload = np.concatenate(payload)
+        self.table = AddressTable.build(networks, all_payload, direct=True)
         del networks, nets, conds
         order = np.argsort(np.array(asn_entries["asn"], dtype=np.int64), kind="stable")
         self.asn_values = np.array(asn_entries["asn"], dtype=np.int64)[order]
         self.asn_ind = np.array(asn_entries["ind"], dtype=np.int32)[order]
         self.asn_side = np.array(asn_entries["side"], dtype=np.int8)[order]
+        # Indicators indexed under more than one entry: only their hits can repeat (see Matcher).
+        entry_ind = np.sort(np.concatenate([all_payload[: len(plain_idx)] // 3, self.entry_ind, self.asn_ind]))
+        self.repeated_inds = np.unique(entry_ind[1:][entry_ind[1:] == entry_ind[:-1]]).astype(np.int32)
         valid_until = list(map(attrgetter("valid_until"), inds))
         # Alert attributes, one row per indicator: hits take rows of it instead of building Python lists.
         self.attributes = pa.table({
@@ -250,7 +254,7 @@ class IndicatorIndex:
         for arr in (self.entry_ind, self.entry_side, self.entry_sport, self.entry_dport, self.entry_proto,
                     self.entry_asn, self.entry_has_other, self.other_first, self.other_last, self.asn_values,
                     self.asn_ind, self.asn_side, self.source_code, self.valid_ind, self.valid_from,
-                    self.valid_until):  # fmt: skip
+                    self.valid_until, self.repeated_inds):  # fmt: skip
             total += arr.nbytes
         return total
 

@@ -4,38 +4,42 @@ Every range boundary splits the address space into *elementary intervals*; each 
 list (CSR) of the payload of every range that covers it, so a lookup returns all matching prefixes —
 nested and overlapping ones included — not only the longest.
 
-IPv4 (the bulk of backbone traffic) is answered with gathers, never a search: a DIR-24-8-style table
-of 2^24 int32 (one per /24) holds 0 where nothing covers the /24, ``i + 1`` where the whole /24 lies
-in one non-empty interval ``i``, and ``-(j + 1)`` where interval boundaries fall inside it. Block
-``j`` then keeps the interval at the /24's first address (``base``) and its inner boundaries, so the
-interval of low byte ``x`` is ``base + #(inner boundaries <= x)``. Full 256-entry second-level
-blocks would cost 1 KiB for every /24 holding one scattered /32 (6 GiB at 10M indicators), so blocks
-with up to 6 boundaries are one packed word (below), up to 32 sorted bytes counted by compares, and
-only crowded ones a 256-byte table. The table is an anonymous mapping: 64 MiB of address space, of
-which only the pages the build writes become resident. Allowlists (looked up for hits only) and IPv6 use sorted boundaries and a search.
+IPv4 (the bulk of backbone traffic) is answered by one read of a DIR-24-8-style table of 2^24 uint64
+(one per /24), no search. An entry is 0 where nothing covers the /24, ``i + 1`` where the whole /24
+lies in one non-empty interval ``i``, and a *block* (top bit set) where interval boundaries fall
+inside it. Blocks of up to 4 inner boundaries (a /24 holding one or two scattered /32s: nearly all of
+them, even at 10M indicators) are *inline*, the whole block in the entry itself:
+
+    bits 0-31   the inner boundaries' low bytes, ascending (4 lanes)
+    bits 32-34  how many lanes are used
+    bits 35-39  one flag per sub-interval: does any range cover it
+    bits 40-61  the /24's first interval, relative to its /16's (``base16``, 256 KiB, cache-resident)
+    bit 62      inline; bit 63 block
+
+so the interval of low byte ``x`` is ``base16 + rel + #(lanes <= x)``, and an address in a gap between
+scattered /32s is dismissed without a second read. Crowded blocks (bit 62 clear, low bits = ``j``) keep
+up to 32 sorted bytes, or a 256-byte table beyond. The table is an anonymous mapping (128 MiB of
+address space, transparent huge pages asked for: one TLB entry per 2 MiB), so only the pages the
+build writes become resident. The passes run compiled (:mod:`detectors.v4_kernels`). Allowlists
+(looked up for hits only) and IPv6 use sorted boundaries and a search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from detectors import v4_kernels
+
 V4_SLASH24 = 1 << 24
-TIER_WIDTHS = (6, 32)  # inner boundaries per /24 in packed words, sorted bytes; beyond: dense table
-_PAD = 255  # tier-1 keys are boundary - 1 (0..254); 255 is never < a low byte
-# Tier 0 packs a block in one uint64: six 9-bit lanes holding boundaries k (1..255, 256 = none) and,
-# above them, one bit per sub-interval saying whether any range covers it. (x | 256) - k never
-# borrows across lanes and has bit 8 set exactly when k <= x, so one subtraction and a popcount
-# count the boundaries <= x for six lanes at once, and most lookups (addresses in the gaps between
-# scattered /32s) end there without touching the CSR.
-_LANE = 9
-_LANES = TIER_WIDTHS[0]
-_LANE_MASK = np.uint64((1 << (_LANE * _LANES)) - 1)
-_REPLICATE = np.uint64(sum(1 << (_LANE * i) for i in range(_LANES)))
-_GUARDS = np.uint64(sum(256 << (_LANE * i) for i in range(_LANES)))
-_FLAGS_AT = _LANE * _LANES
+V4_SLASH16 = 1 << 16
+TIER_WIDTHS = (4, 32)  # inner boundaries per /24: inline in the entry, sorted bytes; beyond: dense table
+_PAD = 255  # sorted-byte keys are boundary - 1 (0..254); 255 is never < a low byte
+_BLOCK, _INLINE = np.uint64(1 << 63), np.uint64(1 << 62)
+_COUNT_AT, _FLAGS_AT, _REL_AT = 32, 35, 40
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -83,10 +87,13 @@ def expand(
     return rep_rows, np.take(ids, pos)
 
 
-def _zeroed_int32(n: int) -> np.ndarray:
-    """A zero-filled array on anonymous pages: only the pages written later become resident."""
-    buf = mmap.mmap(-1, 4 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(buf, dtype=np.int32)
+def _zeroed_uint64(n: int) -> np.ndarray:
+    """A zero-filled array on anonymous pages: only the pages written later become resident. Huge
+    pages are asked for: random reads across the table then miss the TLB far less often."""
+    buf = mmap.mmap(-1, 8 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(AttributeError, OSError):  # not every platform has MADV_HUGEPAGE
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(buf, dtype=np.uint64)
 
 
 def resident_bytes(arr: np.ndarray) -> int | None:
@@ -108,14 +115,40 @@ def resident_bytes(arr: np.ndarray) -> int | None:
     return int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1)) * page
 
 
+def _heads(offsets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """One int32 per interval instead of a CSR span: most covered intervals hold one payload, which
+    is then read in the same random access as the interval. With ``floor`` the smallest payload (or
+    0), a head is that payload (>= floor), ``floor - 1`` for an empty interval, or ``floor - 2 - m``
+    for the m-th interval with several payloads, kept in a CSR of their own. Returns (head, floor,
+    multi offsets, multi payloads)."""
+    counts = np.diff(offsets)
+    floor = min(int(ids.min()), 0) if len(ids) else 0
+    multi = np.flatnonzero(counts > 1)
+    if floor - 2 - len(multi) < np.iinfo(np.int32).min:
+        raise ValueError("too many payloads for 32-bit interval heads")
+    head = np.full(len(counts), floor - 1, dtype=np.int32)
+    single = np.flatnonzero(counts == 1)
+    head[single] = ids[offsets[single]]
+    head[multi] = floor - 2 - np.arange(len(multi), dtype=np.int64)
+    m_counts = counts[multi]
+    m_offsets = np.zeros(len(multi) + 1, dtype=_offsets_dtype(int(m_counts.sum())))
+    np.cumsum(m_counts, out=m_offsets[1:])
+    starts = np.repeat(offsets[multi].astype(np.int64) - m_offsets[:-1], m_counts)
+    m_ids = ids[starts + np.arange(int(m_counts.sum()), dtype=np.int64)]
+    return head, floor, m_offsets, m_ids
+
+
 @dataclass
 class V4Intervals:
-    offsets: np.ndarray  # CSR over elementary intervals (int32 unless huge)
+    offsets: np.ndarray  # CSR (int32 unless huge): over every interval, or (with head) the multi ones
     ids: np.ndarray  # int32 payloads
+    head: np.ndarray | None = None  # int32 per interval with the /24 table: see _heads
+    floor: int = 0  # the smallest payload, or 0: head values below it are markers
     boundaries: np.ndarray | None = None  # uint32; kept only without the direct table (search path)
-    level1: np.ndarray | None = None  # int32[2^24], see module docstring
-    tier_base: list[np.ndarray] = field(default_factory=list)  # per tier (widths..., dense): int32
-    tier_keys: list[np.ndarray] = field(default_factory=list)  # uint8 [n, width] or [n, 256] deltas
+    level1: np.ndarray | None = None  # uint64[2^24], see module docstring
+    base16: np.ndarray | None = None  # int32[2^16]: the interval at each /16's first address
+    tier_base: list[np.ndarray] = field(default_factory=list)  # crowded blocks (sorted, dense): int32
+    tier_keys: list[np.ndarray] = field(default_factory=list)  # uint8 [n, 32] sorted or [n, 256] deltas
 
     @classmethod
     def build(
@@ -134,9 +167,10 @@ class V4Intervals:
             boundaries = boundaries[:-1]
         if not direct:
             return cls(offsets, ids, boundaries=boundaries.astype(np.uint32))
-        level1 = _zeroed_int32(V4_SLASH24)
+        level1 = _zeroed_uint64(V4_SLASH24)
+        covered = offsets[1 : len(boundaries) + 1] != offsets[: len(boundaries)]
         # Whole /24s inside one non-empty interval: level1 = interval + 1.
-        nonempty = np.flatnonzero(offsets[1 : len(boundaries) + 1] != offsets[: len(boundaries)])
+        nonempty = np.flatnonzero(covered)
         lo = (boundaries[nonempty] + np.uint64(255)) >> np.uint64(8)
         hi_bound = np.append(boundaries[1:], np.uint64(1 << 32))[nonempty]
         hi = hi_bound >> np.uint64(8)  # first /24 not wholly inside
@@ -147,111 +181,108 @@ class V4Intervals:
             for part in np.array_split(np.arange(len(span)), max(1, int(span.sum()) // 20_000_000)):
                 s = span[part]
                 blocks = np.repeat(lo[part] - (np.cumsum(s) - s), s) + np.arange(int(s.sum()), dtype=np.int64)
-                level1[blocks] = np.repeat((nonempty[part] + 1).astype(np.int32), s)
-        # /24s with boundaries inside: tiers of sorted inner bytes, dense delta tables when crowded.
+                level1[blocks] = np.repeat((nonempty[part] + 1).astype(np.uint64), s)
+        slash16 = np.arange(V4_SLASH16, dtype=np.uint64) << np.uint64(16)
+        base16 = (np.searchsorted(boundaries, slash16, side="right") - 1).astype(np.int32)
+        # /24s with boundaries inside: inline entries, sorted inner bytes, dense delta tables.
         inner = np.flatnonzero((boundaries & np.uint64(255)) != 0)
         tier_base: list[np.ndarray] = []
         tier_keys: list[np.ndarray] = []
         if len(inner):
             block_of = (boundaries[inner] >> np.uint64(8)).astype(np.int64)
-            low = (boundaries[inner] & np.uint64(255)).astype(np.int64)
+            low = (boundaries[inner] & np.uint64(255)).astype(np.uint64)
             starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]])
             counts = np.diff(np.r_[starts, len(inner)])
-            blocks, base = block_of[starts], (inner[starts] - 1).astype(np.int32)
+            blocks, base = block_of[starts], (inner[starts] - 1).astype(np.int64)
             rank = np.arange(len(inner)) - np.repeat(starts, counts)
             tier_of = np.searchsorted(np.array(TIER_WIDTHS), counts, side="left")  # len(TIERS) = dense
+            # Inline blocks: lanes, count, covered flags and relative base packed into the entry.
+            sel = np.flatnonzero(tier_of == 0)
+            members = np.repeat(tier_of == 0, counts)
+            row_in_tier = np.full(len(blocks), -1, dtype=np.int64)
+            row_in_tier[sel] = np.arange(len(sel))
+            words = np.zeros(len(sel), dtype=np.uint64)
+            np.bitwise_or.at(
+                words,
+                np.repeat(row_in_tier, counts)[members],
+                low[members] << (np.uint64(8) * rank[members].astype(np.uint64)),
+            )
+            words |= counts[sel].astype(np.uint64) << np.uint64(_COUNT_AT)
+            for sub in range(TIER_WIDTHS[0] + 1):
+                rows = np.flatnonzero(counts[sel] >= sub)
+                flag = covered[base[sel][rows] + sub].astype(np.uint64)
+                words[rows] |= flag << np.uint64(_FLAGS_AT + sub)
+            rel = base[sel] - base16[blocks[sel] >> 8]
+            words |= rel.astype(np.uint64) << np.uint64(_REL_AT)
+            level1[blocks[sel]] = words | _BLOCK | _INLINE
             next_j = 0
-            for t in range(len(TIER_WIDTHS) + 1):
+            for t in (1, 2):  # crowded blocks: sorted bytes, then dense delta tables
                 sel = np.flatnonzero(tier_of == t)
                 width = TIER_WIDTHS[t] if t < len(TIER_WIDTHS) else 256
-                keys = np.full((len(sel), width), _PAD if t < len(TIER_WIDTHS) else 0, dtype=np.uint8)
                 row_in_tier = np.full(len(blocks), -1, dtype=np.int64)
                 row_in_tier[sel] = np.arange(len(sel))
                 members = np.repeat(tier_of == t, counts)
                 r, k = np.repeat(row_in_tier, counts)[members], rank[members]
-                if t == 0:
-                    lanes = np.full((len(sel), width), 256, dtype=np.uint64)
-                    lanes[r, k] = low[members]
-                    keys = np.zeros(len(sel), dtype=np.uint64)
-                    for lane in range(width):
-                        keys |= lanes[:, lane] << np.uint64(_LANE * lane)
-                    covered = offsets[1:] != offsets[:-1]
-                    for sub in range(width + 1):
-                        rows = np.flatnonzero(counts[sel] >= sub)
-                        flag = covered[base[sel][rows] + sub].astype(np.uint64)
-                        keys[rows] |= flag << np.uint64(_FLAGS_AT + sub)
-                elif t < len(TIER_WIDTHS):
-                    keys[r, k] = low[members] - 1
+                if t == 1:
+                    keys = np.full((len(sel), width), _PAD, dtype=np.uint8)
+                    keys[r, k] = low[members] - np.uint64(1)
                 else:  # delta[x] = #(inner boundaries <= x), by a cumulative sum over marks
                     marks = np.zeros((len(sel), 256), dtype=np.uint8)
-                    marks[r, low[members]] = 1
+                    marks[r, low[members].astype(np.int64)] = 1
                     keys = np.cumsum(marks, axis=1, dtype=np.uint8)
-                tier_base.append(base[sel])
+                tier_base.append(base[sel].astype(np.int32))
                 tier_keys.append(keys)
-                level1[blocks[sel]] = -(next_j + np.arange(len(sel), dtype=np.int32) + 1)
+                level1[blocks[sel]] = (next_j + np.arange(len(sel), dtype=np.uint64)) | _BLOCK
                 next_j += len(sel)
-        return cls(offsets, ids, level1=level1, tier_base=tier_base, tier_keys=tier_keys)
+        head, floor, offsets, ids = _heads(offsets, ids)
+        return cls(offsets, ids, head=head, floor=floor, level1=level1, base16=base16, tier_base=tier_base,
+                   tier_keys=tier_keys)  # fmt: skip
 
     def nbytes(self, fixed: bool = True) -> int:
         """Bytes held; ``fixed=False`` leaves out the 64 MiB /24 table."""
         arrays = [self.offsets, self.ids, *self.tier_base, *self.tier_keys]
+        if self.head is not None:
+            arrays.append(self.head)
         if self.boundaries is not None:
             arrays.append(self.boundaries)
         if fixed and self.level1 is not None:
-            arrays.append(self.level1)
+            arrays += [self.level1, self.base16]
         return sum(a.nbytes for a in arrays)
 
-    def intervals(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(positions in ``keys``, interval) for the keys some interval with ranges may hold."""
+    def lookup(self, keys: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``keys``: uint32 addresses of ``rows`` (None: of rows 0..n-1). Returns (row, payload) pairs."""
+        if (self.head is None and not len(self.ids)) or not len(keys):
+            return np.empty(0, np.int64), np.empty(0, np.int32)
         if self.level1 is None:
             assert self.boundaries is not None
             unique, inverse = np.unique(keys, return_inverse=True)  # sorted queries: cache-friendly
             found = np.searchsorted(self.boundaries, unique, side="right") - 1
-            return np.arange(len(keys), dtype=np.int64), found[inverse]
-        # numpy's nonzero is ~10x faster on a bool array than on ints, and take beats mask indexing.
-        top = np.take(self.level1, (keys >> 8).astype(np.intp))
-        pos = np.flatnonzero(top != 0)
-        value = np.take(top, pos)
-        inner = np.flatnonzero(value < 0)
-        if not len(inner):
-            return pos, value.astype(np.int64) - 1
-        direct = np.flatnonzero(value > 0)
-        out_pos, out_interval = [np.take(pos, direct)], [np.take(value, direct).astype(np.int64) - 1]
-        pos, j = np.take(pos, inner), ~np.take(value, inner)  # ~v == -(v + 1): the block index
-        low = (np.take(keys, pos) & 255).astype(np.uint8)
-        start, j_min, j_max = 0, int(j.min()), int(j.max())
-        for base, keys_t in zip(self.tier_base, self.tier_keys, strict=True):
-            stop = start + len(base)
-            sel = None if start <= j_min and j_max < stop else np.flatnonzero((j >= start) & (j < stop))
-            jj = j if sel is None else np.take(j, sel)
-            jj = jj - start if start else jj
-            x = low if sel is None else np.take(low, sel)
-            if not len(jj):
-                start = stop
-                continue
-            rows = np.take(keys_t, jj, axis=0)
-            if keys_t.ndim == 1:  # packed words: count lanes <= x, then keep covered sub-intervals
-                lanes = (x.astype(np.uint64) * _REPLICATE | _GUARDS) - (rows & _LANE_MASK)
-                delta = np.bitwise_count(lanes & _GUARDS)
-                flag = (rows >> (delta.astype(np.uint64) + np.uint64(_FLAGS_AT))) & np.uint64(1)
-                covered = np.flatnonzero(flag.astype(bool))
-                sel = covered if sel is None else np.take(sel, covered)
-                jj, delta = np.take(jj, covered), np.take(delta, covered)
-            elif keys_t.shape[1] == 256:
-                delta = rows[np.arange(len(jj)), x]
-            else:
-                delta = np.count_nonzero(rows < x[:, None], axis=1)
-            out_pos.append(pos if sel is None else np.take(pos, sel))
-            out_interval.append(np.take(base, jj) + delta.astype(np.int64))
-            start = stop
-        return np.concatenate(out_pos), np.concatenate(out_interval)
+            all_rows = np.arange(len(keys), dtype=np.int64) if rows is None else rows
+            return expand(self.offsets, self.ids, all_rows, found[inverse])
+        keys = np.ascontiguousarray(keys, dtype=np.uint32)
+        n = len(keys)
+        pos, entry = np.empty(n, np.int64), np.empty(n, np.uint64)
+        v4_kernels.gather(keys, self.level1, entry)
+        nonzero = v4_kernels.nonzero(entry, pos)
+        interval, rare = np.empty(nonzero, np.int64), np.empty(nonzero, np.int64)
+        found, n_rare = v4_kernels.classify(keys, nonzero, self.base16, pos, entry, interval, rare)
+        if n_rare:
+            found = v4_kernels.locate_rare(keys, self.level1, rare, n_rare, *self._crowded, pos, interval, found)
+        assert self.head is not None
+        heads = np.empty(found, np.int32)
+        total = v4_kernels.heads(interval, found, self.head, self.floor, self.offsets, heads)
+        out_rows, out_payload = np.empty(total, np.int64), np.empty(total, np.int32)
+        rows_in = np.empty(0, np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+        v4_kernels.emit(pos, heads, found, self.floor, self.offsets, self.ids, rows_in, out_rows, out_payload)
+        return out_rows, out_payload
 
-    def lookup(self, keys: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``keys``: uint32 addresses of ``rows`` (None: of rows 0..n-1). Returns (row, payload) pairs."""
-        if not len(self.ids) or not len(keys):
-            return np.empty(0, np.int64), np.empty(0, np.int32)
-        pos, interval = self.intervals(keys)
-        return expand(self.offsets, self.ids, pos if rows is None else np.take(rows, pos), interval)
+    @property
+    def _crowded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted base, sorted keys, dense base, dense keys), empty arrays where a tier is unused."""
+        if len(self.tier_base) == 2:
+            return self.tier_base[0], self.tier_keys[0], self.tier_base[1], self.tier_keys[1]
+        none = np.empty(0, np.int32)
+        return none, np.empty((0, TIER_WIDTHS[1]), np.uint8), none, np.empty((0, 256), np.uint8)
 
 
 def _plus_one(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

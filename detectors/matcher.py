@@ -1,7 +1,9 @@
 """Match flow batches against an :class:`IndicatorIndex`: one row per (flow, indicator, side) hit.
 
 All of it is array work: address lookups for src and dst, then constraint checks, validity at the
-flow's time, de-duplication and allowlist suppression over the (rare) hits only.
+flow's time, de-duplication and allowlist suppression over the (rare) hits only. :meth:`Matcher.find`
+answers which indicators each flow hits; :meth:`Matcher.alerts` turns those hits into alert rows
+(their cost grows with the hits, not with the traffic); :meth:`Matcher.match` does both.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +35,15 @@ def _within(hi: np.ndarray, lo: np.ndarray, first: np.ndarray, last: np.ndarray)
     return ge & le
 
 
+class Hits(NamedTuple):
+    """One entry per (flow, indicator, side) hit: the flow's row in its batch, the indicator's
+    position in the index, the side (1 src, 2 dst)."""
+
+    rows: np.ndarray  # int64
+    inds: np.ndarray  # int32
+    sides: np.ndarray  # int8
+
+
 class MatchStats:
     def __init__(self) -> None:
         self.flows = 0
@@ -48,24 +59,21 @@ class Matcher:
         self.stats = MatchStats()
 
     def match(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
-        if isinstance(batch, pa.Table):
-            batch = (
-                batch.combine_chunks().to_batches()[0]
-                if batch.num_rows
-                else pa.RecordBatch.from_pylist([], schema=batch.schema)
-            )
+        """Alert rows for every hit in ``batch``."""
+        batch = _one_batch(batch)
+        return self.alerts(batch, self.find(batch))
+
+    def find(self, batch: pa.RecordBatch | pa.Table) -> Hits:
+        """Every (flow, indicator, side) hit in ``batch``, all checks applied, counted in ``stats``."""
+        batch = _one_batch(batch)
         ix = self.index
         self.stats.flows += batch.num_rows
         addrs = {s: Addresses.from_column(batch.column(f"{s}_addr")) for s in ("src", "dst")}
-        # Native column types (zero-copy where there are no nulls): only hit rows are ever compared.
-        sport = batch.column("src_port").to_numpy(zero_copy_only=False)
-        dport = batch.column("dst_port").to_numpy(zero_copy_only=False)
-        proto = batch.column("protocol").to_numpy(zero_copy_only=False)
-        asns = {s: batch.column(f"{s}_as").to_numpy(zero_copy_only=False) for s in ("src", "dst")}
-        if self.geoip is not None and len(ix.asn_values):  # AS indicators, flows without AS fields
-            asns = {
-                s: self.geoip.fill_asn(addrs[s].keys16(), asns[s].astype(np.int64)) for s in ("src", "dst")
-            }
+        asns: dict[str, np.ndarray] = {}
+        if len(ix.asn_values):  # AS-only indicators compare every flow; otherwise AS is read at hits only
+            asns = {s: _at(batch, f"{s}_as", None) for s in ("src", "dst")}
+            if self.geoip is not None:  # flows without AS fields
+                asns = {s: self.geoip.fill_asn(addrs[s].keys16(), asns[s]) for s in ("src", "dst")}
         rows_all, ind_all, side_all = [], [], []
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
             rows, payload = ix.table.lookup(addrs[side])
@@ -78,8 +86,8 @@ class Matcher:
                 constrained = np.flatnonzero(payload < 0)
                 if len(constrained):
                     c_rows, c_inds = self._constrained(
-                        addrs, side, other, code, np.take(rows, constrained), ~np.take(payload, constrained),
-                        (sport, dport, proto, asns[side]),
+                        batch, addrs, asns, side, other, code,
+                        np.take(rows, constrained), ~np.take(payload, constrained),
                     )  # fmt: skip
                     rows_all.append(c_rows)
                     ind_all.append(c_inds)
@@ -104,27 +112,45 @@ class Matcher:
         if len(rows):
             rows, inds, sides = self._active(batch, rows, inds, sides)
         if len(rows):
-            key = (rows.astype(np.int64) * len(ix.indicators) + inds) * 3 + sides
-            _, first = np.unique(key, return_index=True)
-            rows, inds, sides = rows[first], inds[first], sides[first]
-            rows, inds, sides = self._allowed(addrs, sport, dport, rows, inds, sides)
+            order = np.argsort(rows, kind="stable")  # flow order; a merge of a few sorted runs: cheap
+            rows, inds, sides = rows[order], inds[order], sides[order]
+            rows, inds, sides = self._unique(rows, inds, sides)
+            rows, inds, sides = self._allowed(batch, addrs, rows, inds, sides)
         if len(inds):
             per_source = np.bincount(ix.source_code[inds], minlength=len(ix.source_names))
             for code in np.nonzero(per_source)[0]:
                 self.stats.hits[ix.source_names[code]] += int(per_source[code])
-        return self._table(batch, rows, inds, sides)
+        return Hits(rows, inds, sides)
 
-    def _constrained(self, addrs, side, other, code, rows, entries, fields):
+    def _unique(self, rows, inds, sides):
+        """One hit per (flow, indicator, side). Only indicators indexed under several entries (OR of
+        conditions, several ports, overlapping networks) can hit twice; the others pass untouched."""
+        repeated = self.index.repeated_inds
+        if not len(repeated):
+            return rows, inds, sides
+        pos = np.minimum(np.searchsorted(repeated, inds), len(repeated) - 1)
+        maybe = np.flatnonzero(repeated[pos] == inds)
+        if not len(maybe):
+            return rows, inds, sides
+        key = (rows[maybe].astype(np.int64) * len(self.index.indicators) + inds[maybe]) * 3 + sides[maybe]
+        _, first = np.unique(key, return_index=True)
+        keep = np.ones(len(rows), dtype=bool)
+        keep[maybe] = False
+        keep[maybe[first]] = True
+        keep = np.flatnonzero(keep)
+        return rows[keep], inds[keep], sides[keep]
+
+    def _constrained(self, batch, addrs, asns, side, other, code, rows, entries):
         """Hits on constrained entries whose ports, protocol, AS and other-side address agree."""
         ix = self.index
-        sport, dport, proto, asn = fields
         ok = (ix.entry_side[entries] == 0) | (ix.entry_side[entries] == code)
         es, ed, ep = ix.entry_sport[entries], ix.entry_dport[entries], ix.entry_proto[entries]
-        ok &= (es == -1) | (es == sport[rows])
-        ok &= (ed == -1) | (ed == dport[rows])
-        ok &= (ep == -1) | (ep == proto[rows])
+        ok &= (es == -1) | (es == _at(batch, "src_port", rows))
+        ok &= (ed == -1) | (ed == _at(batch, "dst_port", rows))
+        ok &= (ep == -1) | (ep == _at(batch, "protocol", rows))
         ea = ix.entry_asn[entries]
-        ok &= (ea == -1) | (ea == asn[rows])
+        asn = asns[side][rows] if asns else _at(batch, f"{side}_as", rows)
+        ok &= (ea == -1) | (ea == asn)
         has_other = ix.entry_has_other[entries]
         if has_other.any():
             ohi, olo = addrs[other].hilo(rows)
@@ -135,6 +161,8 @@ class Matcher:
     def _active(self, batch: pa.RecordBatch, rows, inds, sides):
         """Only indicators valid at the flow's time (its end, else its receipt) fire."""
         ix = self.index
+        if not len(ix.valid_ind):  # no indicator has a validity window
+            return rows, inds, sides
         take = pa.array(rows, type=pa.int64())  # hit rows only: the time columns are read for few rows
         end, received = batch.column("flow_end").take(take), batch.column("time_received").take(take)
         when = pc.if_else(pc.is_null(end), received, end)
@@ -144,13 +172,13 @@ class Matcher:
         self.stats.inactive += int((~ok).sum())
         return rows[ok], inds[ok], sides[ok]
 
-    def _allowed(self, addrs, sport, dport, rows, inds, sides):
+    def _allowed(self, batch, addrs, rows, inds, sides):
         ix = self.index
         if not len(ix.allow_port):
             return rows, inds, sides
         matched = Addresses(np.where((sides == 1)[:, None], addrs["src"].raw[rows], addrs["dst"].raw[rows]))
         hit_idx, entries = ix.allow.lookup(matched)
-        port = np.where(sides == 1, sport[rows], dport[rows])
+        port = np.where(sides == 1, _at(batch, "src_port", rows), _at(batch, "dst_port", rows))
         allowed_port = ix.allow_port[entries]
         ok = (allowed_port == -1) | (allowed_port == port[hit_idx])
         suppressed = np.zeros(len(rows), dtype=bool)
@@ -160,9 +188,10 @@ class Matcher:
         keep = ~suppressed
         return rows[keep], inds[keep], sides[keep]
 
-    def _table(self, batch: pa.RecordBatch, rows, inds, sides) -> pa.Table:
+    def alerts(self, batch: pa.RecordBatch, hits: Hits) -> pa.Table:
         """Alert rows: the flow's columns, the side, the indicator's attributes (column-wise takes)."""
         ix = self.index
+        rows, inds, sides = hits
         take_rows, take_inds = pa.array(rows, type=pa.int64()), pa.array(inds, type=pa.int32())
         fields = [batch.schema.field(name) for name in FLOW_COLUMNS]
         columns = [batch.column(name).take(take_rows) for name in FLOW_COLUMNS]
@@ -178,6 +207,22 @@ class Matcher:
         if self.geoip is not None:
             flows = self.geoip.enrich(flows)
         return flows
+
+
+def _at(batch: pa.RecordBatch, name: str, rows: np.ndarray | None) -> np.ndarray:
+    """An integer column as int64 at ``rows`` (None: all), nulls as -1 (equal to no real value)."""
+    column = batch.column(name)
+    if rows is not None:
+        column = column.take(pa.array(rows, type=pa.int64()))
+    return column.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def _one_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    if isinstance(batch, pa.RecordBatch):
+        return batch
+    if not batch.num_rows:
+        return pa.RecordBatch.from_pylist([], schema=batch.schema)
+    return batch.combine_chunks().to_batches()[0]
 
 
 class MatcherHandle:

@@ -72,20 +72,22 @@ def test_search_path_equals_direct_table(networks) -> None:
 
 
 def test_every_block_tier_is_used_and_answers() -> None:
-    """/32s crowded into one /24 each: 1, 2*TIER_WIDTHS[0], 60 addresses (tiers 0, 1 and dense)."""
+    """/32s crowded into one /24 each: 1, 2*TIER_WIDTHS[0], 60 addresses (inline, sorted and dense)."""
     networks = []
     for block, count in ((0x0A000000, 1), (0x0A000100, TIER_WIDTHS[0]), (0x0A000200, 60)):
         networks += [ipaddress.IPv4Network(block + 4 * i + 1) for i in range(count)]
     networks.append(ipaddress.IPv4Network("10.0.0.0/22"))  # covers all three blocks and more
     first, last = v4_ranges(networks)
     table = V4Intervals.build(first, last, np.arange(len(networks), dtype=np.int32))
-    assert [len(base) for base in table.tier_base] == [1, 1, 1]
+    assert [len(base) for base in table.tier_base] == [1, 1]
+    assert table.level1 is not None
+    assert int(np.count_nonzero(table.level1 >> np.uint64(62) == 3)) == 1  # one inline block
     keys = np.arange(0x0A000000 - 2, 0x0A000400 + 2, dtype=np.uint32)
     assert found(table, keys) == brute(networks, keys)
 
 
 def test_untouched_blocks_cost_no_memory() -> None:
-    """The /24 table is 64 MiB of address space, but only its written pages become resident (two
+    """The /24 table is 128 MiB of address space, but only its written pages become resident (two
     pages here; 2 MiB each at most with transparent huge pages)."""
     networks = [ipaddress.IPv4Network("192.0.2.7"), ipaddress.IPv4Network("198.51.100.0/24")]
     first, last = v4_ranges(networks)
