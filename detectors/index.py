@@ -86,7 +86,7 @@ class AddressTable:
         cls, networks: list[Network], payload: np.ndarray | None = None, direct: bool = False
     ) -> AddressTable:
         """``payload`` defaults to each network's position; ``direct``: IPv4 via the /24 table
-        (64 MiB of address space, for the per-flow path) rather than a search (allowlists: hits only)."""
+        (128 MiB of address space, for the per-flow path) rather than a search (allowlists: hits only)."""
         if payload is None:
             payload = np.arange(len(networks), dtype=np.int32)
         is_v4 = np.fromiter(map(_VERSION, networks), np.int8, len(networks)) == 4
@@ -243,12 +243,13 @@ class IndicatorIndex:
         return start, stop
 
     def fixed_nbytes(self) -> int:
-        """The /24 tables' address space (64 MiB when any IPv4 network is indexed), whatever the size."""
-        level1 = self.table.v4.level1
-        return 0 if level1 is None else level1.nbytes
+        """The fixed tables' size (the /24 table's 128 MiB of address space and the 256 KiB of /16
+        bases when any IPv4 network is indexed), whatever the number of indicators."""
+        v4 = self.table.v4
+        return 0 if v4.level1 is None or v4.base16 is None else v4.level1.nbytes + v4.base16.nbytes
 
     def nbytes(self, fixed: bool = True) -> int:
-        """Memory held by the index's arrays (``fixed``: include the /24 table's 64 MiB); the
+        """Memory held by the index's arrays (``fixed``: include the fixed /24 and /16 tables); the
         indicator objects and the Arrow alert-attribute table are not included."""
         total = self.table.nbytes(fixed) + self.allow.nbytes() + self.allow_port.nbytes
         for arr in (self.entry_ind, self.entry_side, self.entry_sport, self.entry_dport, self.entry_proto,

@@ -239,7 +239,7 @@ class V4Intervals:
                    tier_keys=tier_keys)  # fmt: skip
 
     def nbytes(self, fixed: bool = True) -> int:
-        """Bytes held; ``fixed=False`` leaves out the 64 MiB /24 table."""
+        """Bytes held; ``fixed=False`` leaves out the fixed tables (128 MiB /24 table, 256 KiB /16 bases)."""
         arrays = [self.offsets, self.ids, *self.tier_base, *self.tier_keys]
         if self.head is not None:
             arrays.append(self.head)

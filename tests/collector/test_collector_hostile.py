@@ -87,8 +87,12 @@ def test_hostile_traffic_is_counted_and_bounded(tmp_path: Path):
                 flows = make_flows(rng, 20, False, i * 20)
                 honest += flows
                 good.sendto(v5_packet(flows, i) if i % 2 else exp.packet(flows), target)
-        time.sleep(1.5)  # metrics snapshot interval
+        # The metrics are published on an interval: poll until the errors show (bounded wait).
+        deadline = time.monotonic() + 20
         text = _metrics(url)
+        while _sum(text, "shoal_decoder_errors_total") <= 1000 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            text = _metrics(url)
         peak = _rss_kb(shoal.proc.pid)
         assert shoal.proc.poll() is None, "collector died"
         totals = shoal.stop()
