@@ -19,8 +19,8 @@ them, even at 10M indicators) are *inline*, the whole block in the entry itself:
 so the interval of low byte ``x`` is ``base16 + rel + #(lanes <= x)``, and an address in a gap between
 scattered /32s is dismissed without a second read. Crowded blocks (bit 62 clear, low bits = ``j``) keep
 up to 32 sorted bytes, or a 256-byte table beyond. The table is an anonymous mapping (128 MiB of
-address space, transparent huge pages asked for: one TLB entry per 2 MiB), so only the pages the
-build writes become resident. The passes run compiled (:mod:`detectors.v4_kernels`). Allowlists
+address space; transparent huge pages asked for when the set is large enough to write most of it:
+one TLB entry per 2 MiB), so only the pages the build writes become resident. The passes run compiled (:mod:`detectors.v4_kernels`). Allowlists
 (looked up for hits only) and IPv6 use sorted boundaries and a search.
 """
 
@@ -87,12 +87,17 @@ def expand(
     return rep_rows, np.take(ids, pos)
 
 
-def _zeroed_uint64(n: int) -> np.ndarray:
-    """A zero-filled array on anonymous pages: only the pages written later become resident. Huge
-    pages are asked for: random reads across the table then miss the TLB far less often."""
+_HUGE_FROM = 1 << 15  # ranges from which the table is written nearly everywhere anyway
+
+
+def _zeroed_uint64(n: int, huge: bool) -> np.ndarray:
+    """A zero-filled array on anonymous pages: only the pages written later become resident. With
+    ``huge``, transparent huge pages are asked for: random reads then miss the TLB far less often,
+    but a single write makes 2 MiB resident, so only for sets that write most 4 KiB pages anyway."""
     buf = mmap.mmap(-1, 8 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(AttributeError, OSError):  # not every platform has MADV_HUGEPAGE
-        buf.madvise(mmap.MADV_HUGEPAGE)
+    if huge:
+        with contextlib.suppress(AttributeError, OSError):  # not every platform has MADV_HUGEPAGE
+            buf.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(buf, dtype=np.uint64)
 
 
@@ -167,7 +172,7 @@ class V4Intervals:
             boundaries = boundaries[:-1]
         if not direct:
             return cls(offsets, ids, boundaries=boundaries.astype(np.uint32))
-        level1 = _zeroed_uint64(V4_SLASH24)
+        level1 = _zeroed_uint64(V4_SLASH24, huge=len(payload) >= _HUGE_FROM)
         covered = offsets[1 : len(boundaries) + 1] != offsets[: len(boundaries)]
         # Whole /24s inside one non-empty interval: level1 = interval + 1.
         nonempty = np.flatnonzero(covered)
@@ -267,7 +272,7 @@ class V4Intervals:
         interval, rare = np.empty(nonzero, np.int64), np.empty(nonzero, np.int64)
         found, n_rare = v4_kernels.classify(keys, nonzero, self.base16, pos, entry, interval, rare)
         if n_rare:
-            found = v4_kernels.locate_rare(keys, self.level1, rare, n_rare, *self._crowded, pos, interval, found)
+            found = v4_kernels.locate_rare(keys, entry, rare, n_rare, *self._crowded, pos, interval, found)
         assert self.head is not None
         heads = np.empty(found, np.int32)
         total = v4_kernels.heads(interval, found, self.head, self.floor, self.offsets, heads)

@@ -60,10 +60,10 @@ def nonzero(entry, pos):  # pragma: no cover - compiled
 
 @_jit(f"UniTuple(int64, 2)({_KEYS}, int64, int32[::1], {_I64}, {_U64}, {_I64}, {_I64})")
 def classify(keys, m, base16, pos, entry, interval, rare):  # pragma: no cover - compiled
-    """Pass 2, compute only (``base16`` stays in cache): the interval of each entry found, where the
+    """Pass 3, compute only (``base16`` stays in cache): the interval of each entry found, where the
     entry alone tells it (a whole /24, or an inline block whose sub-interval is covered), compacted
-    in place into ``pos``/``interval``; keys in crowded blocks go to ``rare``. Integer arithmetic
-    without branches. Returns (found, rare)."""
+    in place into ``pos``/``interval``; keys in crowded blocks go to ``rare`` (their entries to the
+    front of ``entry``). Integer arithmetic without branches. Returns (found, rare)."""
     k = 0
     r = 0
     for t in range(m):
@@ -83,20 +83,21 @@ def classify(keys, m, base16, pos, entry, interval, rare):  # pragma: no cover -
         interval[k] = (e - 1) * direct + inline_iv * (1 - direct)
         k += direct | ((kind == 3) & covered)
         rare[r] = i
+        entry[r] = e  # in place too (r <= t): pass 3b needs no second read of the table
         r += kind == 2
     return k, r
 
 
 @_jit(f"int64({_KEYS}, {_U64}, {_I64}, int64, int32[::1], uint8[:, ::1], int32[::1], uint8[:, ::1], {_I64}, "
       f"{_I64}, int64)")
-def locate_rare(keys, level1, rare, n_rare, sorted_base, sorted_keys, dense_base, dense_keys, pos,
+def locate_rare(keys, entry, rare, n_rare, sorted_base, sorted_keys, dense_base, dense_keys, pos,
                 interval, k):  # pragma: no cover - compiled
-    """Pass 2, the few keys in crowded blocks (> 4 inner boundaries): sorted bytes or a 256-byte table."""
+    """Pass 3b, the few keys in crowded blocks (> 4 inner boundaries): sorted bytes or a 256-byte table."""
     n_sorted = len(sorted_base)
     for t in range(n_rare):
         i = rare[t]
         key = np.int64(keys[i])
-        j = np.int64(level1[key >> 8]) & _J_MASK
+        j = np.int64(entry[t]) & _J_MASK
         x = key & 255
         if j < n_sorted:
             d = 0  # ascending, padded with 255 (never < x): stop at the first key >= x
@@ -114,7 +115,7 @@ def locate_rare(keys, level1, rare, n_rare, sorted_base, sorted_keys, dense_base
 
 @_jit(*(f"int64({_I64}, int64, int32[::1], int64, {o}[::1], int32[::1])" for o in ("int32", "int64")))
 def heads(interval, n, head, floor, offsets, out):  # pragma: no cover - compiled
-    """Pass 3, one random read per found interval: its head (see ``intervals._heads``). Returns the
+    """Pass 4, one random read per found interval: its head (see ``intervals._heads``). Returns the
     number of payloads to emit."""
     total = 0
     for t in range(n):
@@ -132,7 +133,7 @@ def heads(interval, n, head, floor, offsets, out):  # pragma: no cover - compile
 @_jit(*(f"void({_I64}, int32[::1], int64, int64, {o}[::1], int32[::1], {_I64}, {_I64}, int32[::1])"
         for o in ("int32", "int64")))  # fmt: skip
 def emit(pos, heads, n, floor, offsets, ids, rows_in, out_rows, out_payload):  # pragma: no cover - compiled
-    """Pass 4, sequential: one (row, payload) pair per covering range. ``rows_in`` maps positions to
+    """Pass 5, sequential: one (row, payload) pair per covering range. ``rows_in`` maps positions to
     rows (empty: positions are rows)."""
     k = 0
     mapped = len(rows_in) > 0
