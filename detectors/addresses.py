@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from detectors.v4_kernels import ipv4_words
+from detectors.kernels import ipv4_words
 
 
 class Addresses:

@@ -20,7 +20,7 @@ so the interval of low byte ``x`` is ``base16 + rel + #(lanes <= x)``, and an ad
 scattered /32s is dismissed without a second read. Crowded blocks (bit 62 clear, low bits = ``j``) keep
 up to 32 sorted bytes, or a 256-byte table beyond. The table is an anonymous mapping (128 MiB of
 address space; transparent huge pages asked for when the set is large enough to write most of it:
-one TLB entry per 2 MiB), so only the pages the build writes become resident. The passes run compiled (:mod:`detectors.v4_kernels`). Allowlists
+one TLB entry per 2 MiB), so only the pages the build writes become resident. The passes run compiled (:mod:`detectors.kernels`). Allowlists
 (looked up for hits only) and IPv6 use sorted boundaries and a search.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detectors import v4_kernels
+from detectors import kernels
 
 V4_SLASH24 = 1 << 24
 V4_SLASH16 = 1 << 16
@@ -267,18 +267,18 @@ class V4Intervals:
         keys = np.ascontiguousarray(keys, dtype=np.uint32)
         n = len(keys)
         pos, entry = np.empty(n, np.int64), np.empty(n, np.uint64)
-        v4_kernels.gather(keys, self.level1, entry)
-        nonzero = v4_kernels.nonzero(entry, pos)
+        kernels.gather(keys, self.level1, entry)
+        nonzero = kernels.nonzero(entry, pos)
         interval, rare = np.empty(nonzero, np.int64), np.empty(nonzero, np.int64)
-        found, n_rare = v4_kernels.classify(keys, nonzero, self.base16, pos, entry, interval, rare)
+        found, n_rare = kernels.classify(keys, nonzero, self.base16, pos, entry, interval, rare)
         if n_rare:
-            found = v4_kernels.locate_rare(keys, entry, rare, n_rare, *self._crowded, pos, interval, found)
+            found = kernels.locate_rare(keys, entry, rare, n_rare, *self._crowded, pos, interval, found)
         assert self.head is not None
         heads = np.empty(found, np.int32)
-        total = v4_kernels.heads(interval, found, self.head, self.floor, self.offsets, heads)
+        total = kernels.heads(interval, found, self.head, self.floor, self.offsets, heads)
         out_rows, out_payload = np.empty(total, np.int64), np.empty(total, np.int32)
         rows_in = np.empty(0, np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
-        v4_kernels.emit(pos, heads, found, self.floor, self.offsets, self.ids, rows_in, out_rows, out_payload)
+        kernels.emit(pos, heads, found, self.floor, self.offsets, self.ids, rows_in, out_rows, out_payload)
         return out_rows, out_payload
 
     @property

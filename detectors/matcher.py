@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from detectors.addresses import Addresses
 from detectors.index import IndicatorIndex
+from detectors.kernels import split_hits
 from pipeline.schemas import bytes16_to_ip
 
 FLOW_COLUMNS = ("time_received", "exporter", "observation_domain", "flow_start", "flow_end", "src_addr", "dst_addr",
@@ -78,17 +79,19 @@ class Matcher:
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
             rows, payload = ix.table.lookup(addrs[side])
             if len(rows):
-                p_side = payload % 3  # plain: indicator * 3 + side; constrained: negative
-                ok = np.flatnonzero((payload >= 0) & ((p_side == 0) | (p_side == code)))
-                rows_all.append(np.take(rows, ok))
-                ind_all.append((np.take(payload, ok) // 3).astype(np.int32))
-                side_all.append(np.full(len(ok), code, np.int8))
-                constrained = np.flatnonzero(payload < 0)
-                if len(constrained):
+                n = len(rows)
+                plain_rows, plain_inds = np.empty(n, np.int64), np.empty(n, np.int32)
+                c_rows, c_entries = np.empty(n, np.int64), np.empty(n, np.int32)
+                n_plain, n_constrained = split_hits(
+                    rows, payload, code, plain_rows, plain_inds, c_rows, c_entries
+                )
+                rows_all.append(plain_rows[:n_plain])
+                ind_all.append(plain_inds[:n_plain])
+                side_all.append(np.full(n_plain, code, np.int8))
+                if n_constrained:
                     c_rows, c_inds = self._constrained(
-                        batch, addrs, asns, side, other, code,
-                        np.take(rows, constrained), ~np.take(payload, constrained),
-                    )  # fmt: skip
+                        batch, addrs, asns, side, other, code, c_rows[:n_constrained], c_entries[:n_constrained]
+                    )
                     rows_all.append(c_rows)
                     ind_all.append(c_inds)
                     side_all.append(np.full(len(c_rows), code, np.int8))

@@ -1,4 +1,5 @@
-"""Compiled (numba) passes of the IPv4 lookup: memory latency, not interpreter passes, sets the pace.
+"""Compiled (numba) passes of the matcher's hot path, the IPv4 lookup above all: memory latency, not
+interpreter passes, sets the pace.
 
 A numpy pipeline spends one pass over the batch per operation; at 10M indicators those passes cost as
 much as the random reads themselves. Here each stage is one loop, written without data-dependent
@@ -16,7 +17,7 @@ import numpy as np
 from numba import types
 
 if sys.byteorder != "little":  # ipv4_words reads network-order bytes as little-endian words
-    raise ImportError("detectors.v4_kernels assumes a little-endian host")
+    raise ImportError("detectors.kernels assumes a little-endian host")
 
 _J_MASK = (1 << 62) - 1
 
@@ -168,3 +169,22 @@ def ipv4_words(words, v4, is_v4):  # pragma: no cover - compiled
         every &= flag
         v4[i] = (w3 >> 24) | ((w3 >> 8) & 0xFF00) | ((w3 << 8) & 0xFF0000) | ((w3 << 24) & 0xFF000000)
     return every
+
+
+@_jit(f"UniTuple(int64, 2)({_I64}, int32[::1], int64, {_I64}, int32[::1], {_I64}, int32[::1])")
+def split_hits(rows, payload, code, plain_rows, plain_inds, c_rows, c_entries):  # pragma: no cover - compiled
+    """Address hits of one side (``code`` 1 src, 2 dst) split by payload: plain conditions
+    (``indicator * 3 + side``) that apply to this side, as (row, indicator); constrained entries
+    (``-(k + 1)``), as (row, k), for the constraint checks. Returns (plain, constrained) counts."""
+    p = 0
+    c = 0
+    for t in range(len(rows)):
+        v = np.int64(payload[t])
+        side = v % 3
+        plain_rows[p] = rows[t]
+        plain_inds[p] = v // 3
+        p += (v >= 0) & ((side == 0) | (side == code))
+        c_rows[c] = rows[t]
+        c_entries[c] = ~v
+        c += v < 0
+    return p, c
