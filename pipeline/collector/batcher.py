@@ -1,9 +1,7 @@
-"""Accumulates decoded record batches until a row or age bound, then hands them onward together.
+"""Accumulates decoded record batches until a row or age bound, then hands one batch onward.
 
 Sinks prefer few large batches (Parquet row groups, Kafka messages); the age bound keeps latency
-predictable when traffic is light. A complete batch made of several decoded pieces is handed on as
-a ``pa.Table`` of those pieces, not concatenated: the Parquet sink writes the chunks into one row
-group as they are, and sinks that need one record batch get it concatenated once by the service.
+predictable when traffic is light.
 """
 
 from __future__ import annotations
@@ -15,10 +13,9 @@ import pyarrow as pa
 
 
 class Ready(NamedTuple):
-    """A complete batch (a record batch, or a table of several) and the monotonic time its oldest
-    row arrived (for batch latency)."""
+    """A complete batch and the monotonic time its oldest row arrived (for batch latency)."""
 
-    batch: pa.RecordBatch | pa.Table
+    batch: pa.RecordBatch
     first: float
 
 
@@ -27,7 +24,7 @@ class Batcher:
         self.schema = schema
         self.max_rows = max_rows
         self.max_seconds = max_seconds
-        self._parts: list[pa.RecordBatch | pa.Table] = []
+        self._parts: list[pa.RecordBatch] = []
         self._rows = 0
         self._first: float | None = None
 
@@ -76,7 +73,4 @@ class Batcher:
     def _take(self) -> Ready:
         parts, first = self._parts, self._first or 0.0
         self._parts, self._rows, self._first = [], 0, None
-        if len(parts) == 1:
-            return Ready(parts[0], first)
-        pieces = [b for p in parts for b in (p.to_batches() if isinstance(p, pa.Table) else (p,))]
-        return Ready(pa.Table.from_batches(pieces, schema=self.schema), first)
+        return Ready(parts[0] if len(parts) == 1 else pa.concat_batches(parts), first)

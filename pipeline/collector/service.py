@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from pipeline.collector.batcher import Batcher, Ready
@@ -343,15 +342,9 @@ class Collector:
             if item is _STOP:
                 return
             batch, first = item
-            combined = None
             for sink in self.sinks:
-                data = batch
-                if isinstance(batch, pa.Table) and not sink.accepts_tables:
-                    if combined is None:  # one concatenation, shared by every sink that needs it
-                        combined = pa.concat_batches(batch.to_batches())
-                    data = combined
                 try:
-                    sink.write(data)
+                    sink.write(batch)
                 except SinkError:  # BufferedSink does not raise; a bare custom sink might
                     log.exception("sink %s failed", sink.name)
             self.flows_out += batch.num_rows

@@ -21,9 +21,6 @@ class Sink(Protocol):
     """Accepts Arrow record batches in the flow schema."""
 
     name: str
-    accepts_tables: bool
-    """True if :meth:`write` also takes a ``pa.Table`` (several record batches written as one batch,
-    without concatenating them first). Optional: sinks without it get record batches only."""
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Write one batch, or raise :class:`SinkError` leaving nothing half-written."""

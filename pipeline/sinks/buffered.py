@@ -100,10 +100,6 @@ class BufferedSink:
             self._h_write = m.write_seconds.labels(*lbl)
 
     @property
-    def accepts_tables(self) -> bool:
-        return bool(getattr(self.inner, "accepts_tables", False))
-
-    @property
     def buffered_rows(self) -> int:
         return self._rows
 

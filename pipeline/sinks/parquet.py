@@ -37,10 +37,7 @@ class _OpenFile:
 
 
 class ParquetSink:
-    """Implements :class:`pipeline.sinks.base.Sink`. ``time_column`` chooses the partition hour.
-    Takes record batches or tables (a table's chunks go into one row group without a concatenation)."""
-
-    accepts_tables = True
+    """Implements :class:`pipeline.sinks.base.Sink`. ``time_column`` chooses the partition hour."""
 
     def __init__(
         self,
@@ -85,7 +82,7 @@ class ParquetSink:
         self._closed = False
 
     # -- Sink interface -------------------------------------------------------------------------
-    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+    def write(self, batch: pa.RecordBatch) -> None:
         if self._closed:
             raise SinkError(f"{self.name}: sink is closed")
         if batch.num_rows == 0:
@@ -119,7 +116,7 @@ class ParquetSink:
             self._closed = True
 
     # -- internals ------------------------------------------------------------------------------
-    def _split_by_hour(self, batch: pa.RecordBatch | pa.Table) -> list[tuple[int, pa.RecordBatch | pa.Table]]:
+    def _split_by_hour(self, batch: pa.RecordBatch) -> list[tuple[int, pa.RecordBatch]]:
         micros = batch.column(self.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
         hours = micros // _US_PER_HOUR
         first = int(hours[0])
@@ -136,7 +133,7 @@ class ParquetSink:
         name = f"flows-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
         return folder / f".{name}.tmp", folder / name
 
-    def _write_part(self, hour: int, part: pa.RecordBatch | pa.Table) -> None:
+    def _write_part(self, hour: int, part: pa.RecordBatch) -> None:
         current = self._open.get(hour)
         if current is None:
             tmp, final = self._path_for(hour)
@@ -153,7 +150,7 @@ class ParquetSink:
                 raise SinkError(f"{self.name}: cannot open {tmp}: {exc}") from exc
             current = self._open[hour] = _OpenFile(tmp, final, writer, time.monotonic())
         try:
-            current.writer.write(part)
+            current.writer.write_batch(part)
         except (OSError, pa.ArrowException) as exc:
             # The file's tail is now unknown: abandon it (its earlier row groups are counted as lost)
             # and report the batch as not written so the caller can retry it.
