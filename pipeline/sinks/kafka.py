@@ -81,4 +81,11 @@ class KafkaSink:
             raise SinkError(f"kafka: {remaining} messages not delivered within {timeout}s")
 
     def close(self) -> None:
+        """Deliver what is queued, then stop the producer's threads, so a producer that outlives its
+        broker does not go on reconnecting (and logging). Only after a complete flush: the client's
+        own ``close`` flushes without a time limit (releases without it end the threads when the
+        producer is collected)."""
         self.flush()
+        close = getattr(self.producer, "close", None)
+        if close is not None:
+            close()
