@@ -124,8 +124,11 @@ def reference(
 def test_matcher_equals_ipaddress_reference(indicators, flow_list, allow_pairs) -> None:
     allow = [(net, port, "allow") for net, port in allow_pairs]
     index = IndicatorIndex.build(indicators, Allowlist(entries=allow))
-    got = {(a["row"], a["indicator_id"], a["side"]) for a in _rows(Matcher(index), flow_list)}
+    alerts = _rows(Matcher(index), flow_list)
+    got = {(a["row"], a["indicator_id"], a["side"]) for a in alerts}
     assert got == reference(indicators, flow_list, allow)
+    assert len(alerts) == len(got), "a (flow, indicator, side) hit reported twice"
+    assert [a["row"] for a in alerts] == sorted(a["row"] for a in alerts), "alerts out of flow order"
 
 
 def _rows(matcher: Matcher, flow_list: list[dict]) -> list[dict]:
