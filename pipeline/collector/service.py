@@ -16,6 +16,7 @@ pending batch, close the sinks, persist templates. Nothing decoded is lost on a 
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import queue
@@ -40,9 +41,9 @@ from pipeline.sinks.buffered import BufferedSink
 log = logging.getLogger(__name__)
 
 _STOP = object()
-_BLOCK_CALLS = 4
+_BLOCK_CALLS = 8
 """``recvmmsg`` calls chained into one block when the socket has a backlog."""
-_COALESCE_SECONDS = 0.02
+_COALESCE_SECONDS = 0.04
 """After a wakeup that emptied the sockets, wait this long before the next one: the kernel queues
 meanwhile (SO_RCVBUF holds far more), and fewer, larger blocks cost less CPU per flow in every later
 step. Batches wait for ``batch.max_seconds`` (a second by default) anyway."""
@@ -128,9 +129,10 @@ class Collector:
 
             datagram_type = Datagram
         self._datagram = datagram_type
-        self._block_rows = config.receive.recv_batch * _BLOCK_CALLS
         self._block_decoder = callable(getattr(decoder, "decode_block", None))
         """Decoders with ``decode_block`` get whole receive batches as arrays (no per-datagram objects)."""
+        self._fills = self._block_decoder and "into" in inspect.signature(decoder.decode_block).parameters
+        """... and those that take ``into`` write flows straight into the batcher's columns."""
         self.endpoints = [Endpoint.parse(t) for t in config.receive.listen]
         self.allowlist = Allowlist(config.receive.allow_exporters)
         self.batcher = Batcher(FLOW_SCHEMA, config.batch.max_rows, config.batch.max_seconds)
@@ -224,13 +226,15 @@ class Collector:
         next_tick = time.monotonic() + 1.0
         try:
             while not self._stopping.is_set():
-                got = 0
+                got, backlog = 0, False
                 for key, _ in sel.select(timeout=0.05):
-                    got += self._read(key.data, rounds=8)
-                if 0 < got < self._block_rows:
+                    n, drained = self._read(key.data, rounds=8)
+                    got += n
+                    backlog = backlog or not drained
+                if got and not backlog:  # every socket emptied: let the next block build up
                     time.sleep(_COALESCE_SECONDS)
                 now = time.monotonic()
-                self._emit(self.batcher.poll(now))
+                self._emit(self.batcher.collect(now))
                 if now >= next_tick:
                     next_tick = now + 1.0
                     self._tick()
@@ -245,30 +249,30 @@ class Collector:
             sel.close()
             self._queue.put(_STOP)
 
-    def _read(self, sock: BatchSocket, rounds: int) -> int:
+    def _read(self, sock: BatchSocket, rounds: int) -> tuple[int, bool]:
         """Receive and decode what ``sock`` has queued (at most ``rounds`` batches); returns the
-        number of datagrams."""
+        number of datagrams and whether the socket was emptied."""
         got = 0
         if self._block_decoder:
             budget = rounds * sock.batch  # as many datagrams between ticks as batch by batch
             while got < budget:
                 block = sock.receive_block(time.time())
                 if block is None:
-                    return got
+                    return got, True
                 got += len(block)
                 self._decode_block(sock, block)
                 if len(block) < sock.batch * sock.block_calls:
-                    return got
-            return got
+                    return got, True
+            return got, False
         for _ in range(rounds):
             datagrams = sock.receive(self._datagram, time.time())
             if not datagrams:
-                return got
+                return got, True
             got += len(datagrams)
             self._decode(sock, datagrams)
             if len(datagrams) < sock.batch:
-                return got
-        return got
+                return got, True
+        return got, False
 
     def _decode_block(self, sock: BatchSocket, block: Block) -> None:
         """The block path: the whole ``recvmmsg`` batch goes to the decoder as arrays."""
@@ -284,19 +288,24 @@ class Collector:
                     return
                 block = block.select(keep)
         start = time.perf_counter()
+        rows_before = self.batcher.rows_in
         try:
-            batches = self.decoder.decode_block(
-                block.data, block.lengths, block.source, block.sources, block.received
+            args = (block.data, block.lengths, block.source, block.sources, block.received)
+            batches = (
+                self.decoder.decode_block(*args, into=self.batcher)
+                if self._fills
+                else self.decoder.decode_block(*args)
             )
         except Exception:
             log.exception("decoder raised on %d datagrams from %s", len(block), sock.label)
             m.decoder_crash(sock, len(block))
+            self._emit(self.batcher.collect())
             return
-        m.decoded(sock, sum(b.num_rows for b in batches), time.perf_counter() - start)
+        rows = self.batcher.rows_in - rows_before + sum(b.num_rows for b in batches)
+        m.decoded(sock, rows, time.perf_counter() - start)
         for batch in batches:
             self._emit(self.batcher.add(batch))
-        if not batches:
-            self._emit(self.batcher.poll())
+        self._emit(self.batcher.collect())
 
     def _decode(self, sock: BatchSocket, datagrams: list) -> None:
         m = self.metrics

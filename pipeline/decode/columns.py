@@ -7,6 +7,7 @@ of datagrams, whatever the export version.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -51,38 +52,36 @@ def _first(fields: FieldArrays, candidates: tuple[int, ...]) -> np.ndarray | Non
     return None
 
 
-def _address(fields: FieldArrays, v4: int, v6: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(n, 16) IPv4-mapped or IPv6 bytes, and a bool mask of rows holding IPv6 (None if no field).
-    A template carries one family almost always: that case is two slice copies, no masks."""
+def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.ndarray | None:
+    """Write ``out`` ((n, 16) uint8, contiguous rows): IPv4-mapped or IPv6 bytes. Returns a bool mask
+    of rows holding IPv6, or None if the template has neither field (``out`` is then zeros). A
+    template carries one family almost always: that case is two slice copies, no masks."""
+    n = len(out)
     a4 = fields.get(v4)
     a6 = fields.get(v6)
     a4 = a4 if a4 is not None and a4.ndim == 2 and a4.shape[1] == 4 else None
     a6 = a6 if a6 is not None and a6.ndim == 2 and a6.shape[1] == 16 else None
     if a4 is None and a6 is None:
-        return np.zeros((n, 16), dtype=np.uint8), None
+        out[...] = 0
+        return None
     if a6 is None:  # fill as four 32-bit words: 0, 0, 0x0000ffff (big-endian), the address bytes
-        words = np.empty((n, 4), dtype=np.uint32)
-        words[:, 0] = 0
-        words[:, 1] = 0
-        words[:, 2] = np.frombuffer(b"\x00\x00\xff\xff", dtype=np.uint32)[0]
+        words = out.view(np.uint32)
+        words[:, :2] = 0
+        words[:, 2] = _V4_MAPPED_WORD
         words[:, 3] = np.ascontiguousarray(a4).view(np.uint32).ravel()
-        return words.view(np.uint8), np.zeros(n, dtype=bool)
+        return np.zeros(n, dtype=bool)
     if a4 is None:
-        return np.ascontiguousarray(a6), np.ones(n, dtype=bool)
+        out[...] = a6
+        return np.ones(n, dtype=bool)
     is_v6 = a6.any(axis=1)
-    out = np.zeros((n, 16), dtype=np.uint8)
+    out[...] = 0
     out[is_v6] = a6[is_v6]
     out[~is_v6, 10:12] = 0xFF
     out[~is_v6, 12:] = a4[~is_v6]
-    return out, is_v6
+    return is_v6
 
 
-def _binary16(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    values = np.ascontiguousarray(values)
-    validity = None
-    if valid is not None and not valid.all():
-        validity = pa.array(valid).buffers()[1]
-    return pa.Array.from_buffers(pa.binary(16), len(values), [validity, pa.py_buffer(values)])
+_V4_MAPPED_WORD = np.frombuffer(b"\x00\x00\xff\xff", dtype=np.uint32)[0]
 
 
 def _ntp_us(values: np.ndarray) -> np.ndarray:
@@ -143,7 +142,8 @@ def _time(fields: FieldArrays, ctx: Context, start: bool) -> tuple[np.ndarray, n
     return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
 
 
-def _times(fields: FieldArrays, ctx: Context) -> tuple[pa.Array, pa.Array]:
+def _times(fields: FieldArrays, ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(start µs, start valid, end µs, end valid)."""
     start, start_ok = _time(fields, ctx, True)
     end, end_ok = _time(fields, ctx, False)
     for ie, scale in ((ies.DURATION_MS, 1000), (ies.DURATION_US, 1)):
@@ -155,81 +155,130 @@ def _times(fields: FieldArrays, ctx: Context) -> tuple[pa.Array, pa.Array]:
             end_ok = end_ok | start_ok
             start_ok = start_ok | end_ok
             break
-    return timestamps(start, start_ok), timestamps(end, end_ok)
+    return start, start_ok, end, end_ok
 
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-
-def timestamps(us: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """int64 microseconds as a UTC timestamp array, zero-copy (``pa.array`` with a time-zone type
-    converts element by element: milliseconds per batch)."""
-    us = np.ascontiguousarray(us, dtype=np.int64)
-    validity = None
-    if valid is not None and not valid.all():
-        validity = pa.array(valid).buffers()[1]
-    return pa.Array.from_buffers(TIMESTAMP, len(us), [validity, pa.py_buffer(us)])
-
-
-def _counter(fields: FieldArrays, groups: tuple[tuple[int, ...], ...], n: int) -> np.ndarray:
+def _counter_into(fields: FieldArrays, groups: tuple[tuple[int, ...], ...], out: np.ndarray) -> None:
     for group in groups:
         if all(ie in fields for ie in group):
-            total = np.zeros(n, dtype=np.uint64)
-            for ie in group:
-                total += as_uint(fields[ie])
-            return total
-    return np.zeros(n, dtype=np.uint64)
+            out[...] = as_uint(fields[group[0]]) if len(group) == 1 else 0
+            if len(group) > 1:
+                for ie in group:
+                    out += as_uint(fields[ie])
+            return
+    out[...] = 0
+
+
+_FIXED_BINARY = {f.name for f in FLOW_SCHEMA if pa.types.is_fixed_size_binary(f.type)}
+_NULLABLE = [f.name for f in FLOW_SCHEMA if f.nullable]
+
+
+def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
+    if pa.types.is_timestamp(arrow_type):
+        return np.dtype(np.int64)
+    if pa.types.is_fixed_size_binary(arrow_type):
+        return np.dtype(np.uint8)
+    return np.dtype(arrow_type.to_pandas_dtype())
+
+
+class FlowColumns:
+    """Flow-schema columns preallocated for ``capacity`` rows and filled in place (:func:`fill`).
+
+    The collector's batcher hands out row ranges of one of these to the decoder, so records go from
+    the receive buffer into the very arrays the sinks get: no batch per template, no concatenation
+    (measured: concatenation alone cost 20-60 ns per flow, more when another thread writes).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.rows = 0
+        """Rows handed out so far (filled, or being filled by the current decode call)."""
+        self.values = {
+            f.name: np.empty((capacity, 16) if f.name in _FIXED_BINARY else capacity, _numpy_dtype(f.type))
+            for f in FLOW_SCHEMA
+        }
+        self.valid = {name: np.empty(capacity, dtype=bool) for name in _NULLABLE}
+        self._discarded: list[tuple[int, int]] = []
+
+    def discard(self, start: int, stop: int) -> None:
+        """Rows ``start:stop`` could not be filled (a decoder bug, counted there): left out of the batch."""
+        self._discarded.append((start, stop))
+
+    def to_batch(self) -> pa.RecordBatch:
+        """The filled rows as a record batch sharing these arrays (zero-copy)."""
+        n = self.rows
+        arrays = []
+        for f in FLOW_SCHEMA:
+            validity = None
+            ok = self.valid.get(f.name)
+            if ok is not None and not ok[:n].all():
+                validity = pa.py_buffer(np.packbits(ok[:n], bitorder="little"))
+            values = pa.py_buffer(self.values[f.name][:n])
+            arrays.append(pa.Array.from_buffers(f.type, n, [validity, values]))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=FLOW_SCHEMA)
+        if self._discarded:
+            keep = np.ones(n, dtype=bool)
+            for start, stop in self._discarded:
+                keep[start:stop] = False
+            batch = batch.filter(pa.array(keep))
+        return batch
+
+
+class RowSpace(Protocol):
+    """Hands out rows of preallocated :class:`FlowColumns` (the collector's batcher)."""
+
+    def reserve(self, n: int) -> list[tuple[FlowColumns, int, int]]:
+        """Room for ``n`` rows, in order, as (columns, first row, count) pieces summing to ``n``."""
+        ...
 
 
 def build_batch(fields: FieldArrays, n: int, ctx: Context) -> pa.RecordBatch:
     """One flow-schema batch from ``n`` records' fields and their packet context."""
-    src, src_v6 = _address(fields, ies.SRC_V4, ies.SRC_V6, n)
-    dst, dst_v6 = _address(fields, ies.DST_V4, ies.DST_V6, n)
-    nh, nh_v6 = _address(fields, ies.NEXT_HOP_V4, ies.NEXT_HOP_V6, n)
+    columns = FlowColumns(n)
+    fill(fields, n, ctx, columns, 0)
+    columns.rows = n
+    return columns.to_batch()
+
+
+def fill(fields: FieldArrays, n: int, ctx: Context, out: FlowColumns, at: int) -> None:
+    """Write ``n`` records' flow columns into rows ``at:at+n`` of ``out``: the one place that says
+    how template fields and packet context become the flow schema."""
+    rows = slice(at, at + n)
+    v, ok = out.values, out.valid
+    src_v6 = _address_into(fields, ies.SRC_V4, ies.SRC_V6, v["src_addr"][rows])
+    dst_v6 = _address_into(fields, ies.DST_V4, ies.DST_V6, v["dst_addr"][rows])
+    nh_v6 = _address_into(fields, ies.NEXT_HOP_V4, ies.NEXT_HOP_V6, v["next_hop"][rows])
     if nh_v6 is None:
-        nh, nh_v6 = _address(fields, ies.BGP_NEXT_HOP_V4, ies.BGP_NEXT_HOP_V6, n)
+        nh_v6 = _address_into(fields, ies.BGP_NEXT_HOP_V4, ies.BGP_NEXT_HOP_V6, v["next_hop"][rows])
+    ok["next_hop"][rows] = nh_v6 is not None
     if ies.IP_VERSION in fields:
-        ip_version = as_uint(fields[ies.IP_VERSION]).astype(np.uint8)
+        v["ip_version"][rows] = as_uint(fields[ies.IP_VERSION])
     else:
         family = src_v6 if src_v6 is not None else dst_v6
-        ip_version = (
-            np.where(family, 6, 4).astype(np.uint8) if family is not None else np.full(n, 4, np.uint8)
-        )
-    start, end = _times(fields, ctx)
-    columns: dict[str, pa.Array] = {
-        "time_received": timestamps(ctx.received_us),
-        "exporter": _binary16(ctx.exporter),
-        "exporter_port": pa.array(ctx.exporter_port, type=pa.uint16()),
-        "observation_domain": pa.array(ctx.domain, type=pa.uint32()),
-        "flow_version": pa.array(ctx.version, type=pa.uint8()),
-        "flow_start": start,
-        "flow_end": end,
-        "src_addr": _binary16(src),
-        "dst_addr": _binary16(dst),
-        "next_hop": _binary16(nh, None if nh_v6 is not None else np.zeros(n, dtype=bool)),
-        "packets": pa.array(_counter(fields, ies.PACKETS, n), type=pa.uint64()),
-        "octets": pa.array(_counter(fields, ies.OCTETS, n), type=pa.uint64()),
-        "ip_version": pa.array(ip_version, type=pa.uint8()),
-        "sampling_rate": pa.array(ctx.sampling, type=pa.uint32()),
-    }
+        v["ip_version"][rows] = np.where(family, 6, 4) if family is not None else 4
+    start, start_ok, end, end_ok = _times(fields, ctx)
+    v["flow_start"][rows], ok["flow_start"][rows] = start, start_ok
+    v["flow_end"][rows], ok["flow_end"][rows] = end, end_ok
+    v["time_received"][rows] = ctx.received_us
+    v["exporter"][rows] = ctx.exporter
+    v["exporter_port"][rows] = ctx.exporter_port
+    v["observation_domain"][rows] = ctx.domain
+    v["flow_version"][rows] = ctx.version
+    v["sampling_rate"][rows] = ctx.sampling
+    _counter_into(fields, ies.PACKETS, v["packets"][rows])
+    _counter_into(fields, ies.OCTETS, v["octets"][rows])
     for name, candidates in ies.UINT_COLUMNS.items():
         values = _first(fields, candidates)
-        arrow_type = FLOW_SCHEMA.field(name).type
-        target = arrow_type.to_pandas_dtype()
         if values is None:
-            raw = np.zeros(n, dtype=target)
+            v[name][rows] = 0
         elif values.ndim == 1:
-            raw = values.astype(target)  # byte swap and width change in one pass
+            v[name][rows] = values  # byte swap and width change in one pass
         else:
-            raw = as_uint(values).astype(target)
-        columns[name] = pa.array(raw, type=arrow_type)
+            v[name][rows] = as_uint(values)
     icmp = _icmp(fields, n)
     if icmp is not None:
-        dst_port = columns["dst_port"].to_numpy(zero_copy_only=False)
-        columns["dst_port"] = pa.array(
-            np.where(dst_port == 0, icmp, dst_port).astype(np.uint16), type=pa.uint16()
-        )
-    return pa.RecordBatch.from_arrays([columns[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
+        dst_port = v["dst_port"][rows]
+        np.copyto(dst_port, icmp, casting="unsafe", where=dst_port == 0)
 
 
 def _icmp(fields: FieldArrays, n: int) -> np.ndarray | None:

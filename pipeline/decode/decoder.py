@@ -15,6 +15,7 @@ per-packet walk, in order, so both entry points give the same flows and the same
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.decode import ies
-from pipeline.decode.columns import Context, FieldArrays, as_uint, build_batch, empty_batch
+from pipeline.decode.columns import (
+    Context,
+    FieldArrays,
+    FlowColumns,
+    RowSpace,
+    as_uint,
+    build_batch,
+    empty_batch,
+    fill,
+)
 from pipeline.decode.datagram import DecoderConfig
 from pipeline.decode.stats import DecoderStats
 from pipeline.decode.templates import Field, Template, TemplateError, parse_template_set, variable_offsets
@@ -239,18 +249,20 @@ class FlowDecoder:
         source: np.ndarray,
         sources: Sequence[tuple[str, int]],
         received: float,
+        into: RowSpace | None = None,
     ) -> list[pa.RecordBatch]:
         """Decode datagrams held as rows of ``data`` ((n, width) uint8; row ``i`` is datagram ``i`` in
         its first ``lengths[i]`` bytes, sent by ``sources[source[i]]``, an (ip, port) pair), all
         received at ``received``. Same flows, order and counters as :meth:`decode` on the same
-        datagrams, but one batch per template instead of one concatenated batch (the caller's
-        batcher concatenates anyway). ``data`` is not kept after the call. Never raises on bad input.
+        datagrams, but one batch per template instead of one concatenated batch. With ``into``, the
+        flows are written straight into the row space it hands out (the collector's batcher) and
+        nothing is returned. ``data`` is not kept after the call. Never raises on bad input.
         """
         self._groups = {}
         if len(lengths):
             data = np.ascontiguousarray(data, dtype=np.uint8)
             self._walk_block(_BlockHeaders(data, lengths, source, sources, received))
-        return self._finish()
+        return self._finish(into)
 
     def _safe_packet(self, payload: bytes, exporter: str, port: int, received: float) -> None:
         try:
@@ -259,19 +271,32 @@ class FlowDecoder:
             log.exception("internal decoder error on a packet from %s", exporter)
             self.stats.error(exporter, "internal_error")
 
-    def _finish(self) -> list[pa.RecordBatch]:
-        """One batch per template group of the current call (empty ones left out)."""
+    def _finish(self, into: RowSpace | None = None) -> list[pa.RecordBatch]:
+        """One batch per template group of the current call (empty ones left out), or with ``into``
+        every group written into the rows it hands out."""
         batches = []
         for group in self._groups.values():
+            spans: list[tuple[FlowColumns, int, int]] = []
             try:
-                batch = self._build(group)
+                fields, n, ctx = self._group_fields(group)
+                if not n:
+                    continue
+                if into is None:
+                    batches.append(build_batch(fields, n, ctx))
+                else:
+                    spans = into.reserve(n)
+                    done = 0
+                    for columns, at, count in spans:
+                        f, c = (fields, ctx) if count == n else _rows_of(fields, ctx, done, done + count)
+                        fill(f, count, c, columns, at)
+                        done += count
             except Exception:
                 log.exception("internal decoder error building template %d", group.template.template_id)
                 self.stats.error(group.domain[0], "internal_error")
+                for columns, at, count in spans:  # rows handed out but not (all) filled
+                    columns.discard(at, at + count)
                 continue
-            if batch.num_rows:
-                batches.append(batch)
-                self.stats.flows[group.domain[0]] += batch.num_rows
+            self.stats.flows[group.domain[0]] += n
         self._groups = {}
         return batches
 
@@ -727,7 +752,8 @@ class FlowDecoder:
                 out[f.ie] = raw[idx] if len(starts) else np.zeros((0, f.length), np.uint8)
         return out, len(starts)
 
-    def _build(self, group: _Group) -> pa.RecordBatch:
+    def _group_fields(self, group: _Group) -> tuple[FieldArrays, int, Context | None]:
+        """A template group's records as field arrays, their count and their packet context."""
         template = group.template
         if template.variable:  # only the per-packet walk feeds variable-length templates
             pieces, counts = [], []
@@ -757,14 +783,14 @@ class FlowDecoder:
                     contexts.append(context)
             fields, n = self._fields(template, chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if n == 0:
-            return empty_batch()
+            return fields, 0, None
         if len(contexts) == 1:
             columns = contexts[0]
         else:
             columns = [np.concatenate(parts) for parts in zip(*contexts, strict=True)]
         ctx = Context(*columns)
         self._record_sampling(fields, group.domain, ctx)
-        return build_batch(fields, n, ctx)
+        return fields, n, ctx
 
     # -- sampling ----------------------------------------------------------------------------------
     def _default_rate(self, dkey: DomainKey) -> int:
@@ -938,6 +964,12 @@ def _packet_context(counts: list[int], ctxs: list[tuple], n: int) -> list[np.nda
         rep(7, np.int64),
         rep(8, np.uint32),
     ]
+
+
+def _rows_of(fields: FieldArrays, ctx: Context, lo: int, hi: int) -> tuple[FieldArrays, Context]:
+    """Records ``lo:hi`` of a group (views), for a group split across two batches."""
+    part = {ie: values[lo:hi] for ie, values in fields.items()}
+    return part, Context(*(getattr(ctx, f.name)[lo:hi] for f in dataclasses.fields(ctx)))
 
 
 def _per_record(values: np.ndarray, counts: np.ndarray, n: int, dtype: Any) -> np.ndarray:

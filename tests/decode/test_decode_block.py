@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.netflow import NetflowHeader, NetflowHeaderV5, NetflowRecordV5
 
+from pipeline.collector.batcher import Batcher
 from pipeline.decode import Datagram, DecoderConfig, FlowDecoder
 from pipeline.schemas import FLOW_SCHEMA
 
@@ -45,8 +46,12 @@ def state(decoder: FlowDecoder) -> dict:
 
 
 def assert_same(chunks: list[list[Datagram]], config: DecoderConfig | None = None) -> FlowDecoder:
-    """Feed the same chunks to both entry points of two fresh decoders; compare after each chunk."""
-    ref, block = FlowDecoder(config), FlowDecoder(config)
+    """Feed the same chunks to both entry points of fresh decoders; compare after each chunk. A third
+    decoder writes its flows into a batcher's columns (the collector's way), with batches so small
+    that template groups split across them: the same flows in the same order once drained."""
+    ref, block, filled = FlowDecoder(config), FlowDecoder(config), FlowDecoder(config)
+    batcher = Batcher(FLOW_SCHEMA, max_rows=7, max_seconds=1e9)
+    wanted, batches = [], []
     for n, given_chunk in enumerate(chunks):
         chunk = [d._replace(received=d.received + n) for d in given_chunk]  # so template refreshes show
         want = pa.Table.from_batches([ref.decode(chunk)])
@@ -55,6 +60,15 @@ def assert_same(chunks: list[list[Datagram]], config: DecoderConfig | None = Non
         assert pa.Table.from_batches(got, schema=FLOW_SCHEMA).equals(want)
         assert block.stats.snapshot() == ref.stats.snapshot()
         assert state(block) == state(ref)
+        if chunk:
+            assert filled.decode_block(*as_block(chunk, seed=n), into=batcher) == []
+        batches += [r.batch for r in batcher.collect(now=0.0)]
+        assert all(b.num_rows == 7 for b in batches)
+        assert filled.stats.snapshot() == ref.stats.snapshot()
+        wanted.append(want)
+    batches += [r.batch for r in batcher.drain()]
+    everything = pa.concat_tables(wanted) if wanted else pa.table([], schema=FLOW_SCHEMA)
+    assert pa.Table.from_batches(batches, schema=FLOW_SCHEMA).equals(everything.cast(FLOW_SCHEMA))
     return block
 
 
