@@ -68,7 +68,7 @@ def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.
         words = out.view(np.uint32)
         words[:, :2] = 0
         words[:, 2] = _V4_MAPPED_WORD
-        words[:, 3] = np.ascontiguousarray(a4).view(np.uint32).ravel()
+        words[:, 3:] = a4.view(np.uint32)  # a strided view of the records: no copy on the way
         return np.zeros(n, dtype=bool)
     if a4 is None:
         out[...] = a6
