@@ -239,8 +239,11 @@ class Collector:
                     backlog = backlog or not drained
                 if got and not backlog:  # every socket emptied: let the next block build up
                     now, total = time.monotonic(), sum(s.stats.bytes for s in self.sockets)
-                    pause = self._pause(got, total - bytes_seen, now - last_drain)
-                    last_drain, bytes_seen = now + pause, total
+                    # what was read queued up since the last drain (capped: traffic after a quiet
+                    # spell counts as a burst, so the pause stays short)
+                    window = min(now - last_drain, 2 * _COALESCE_SECONDS)
+                    pause = self._pause(got, total - bytes_seen, window)
+                    last_drain, bytes_seen = now, total
                     time.sleep(pause)
                 now = time.monotonic()
                 self._emit(self.batcher.collect(now))
