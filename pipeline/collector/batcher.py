@@ -48,14 +48,6 @@ class Batcher:
         """Rows accepted and not yet returned as a batch."""
         return self._pending + self._done_rows
 
-    @property
-    def oldest(self) -> float | None:
-        """Monotonic time the oldest pending row arrived (for batch latency)."""
-        if self._done:
-            item = self._done[0]
-            return item.first if isinstance(item, Ready) else item[1]
-        return self._first
-
     def reserve(self, n: int, now: float | None = None) -> list[tuple[FlowColumns, int, int]]:
         """Room for ``n`` rows, in order, as (columns, first row, count) pieces; implements the
         decoder's ``RowSpace``. Call :meth:`collect` once the rows are filled."""
@@ -80,7 +72,8 @@ class Batcher:
         return spans
 
     def collect(self, now: float | None = None) -> list[Ready]:
-        """Batches completed so far (reserved rows now filled), then any the age bound closes."""
+        """Batches completed so far (reserved rows now filled), then the pending rows as one batch if
+        the oldest has waited ``max_seconds``."""
         self._close_if_old(now)
         out = [item if isinstance(item, Ready) else Ready(item[0].to_batch(), item[1]) for item in self._done]
         self._done, self._done_rows = [], 0
@@ -105,10 +98,6 @@ class Batcher:
                 if rest.num_rows:
                     self._parts, self._pending = [rest], rest.num_rows
                     self._first = time.monotonic() if now is None else now
-        return self.collect(now)
-
-    def poll(self, now: float | None = None) -> list[Ready]:
-        """The pending rows as one batch if the oldest has waited ``max_seconds``."""
         return self.collect(now)
 
     def drain(self) -> list[Ready]:

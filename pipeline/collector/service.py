@@ -18,7 +18,6 @@ pending batch, close the sinks, persist templates. Nothing decoded is lost on a 
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import logging
 import queue
@@ -135,9 +134,8 @@ class Collector:
             datagram_type = Datagram
         self._datagram = datagram_type
         self._block_decoder = callable(getattr(decoder, "decode_block", None))
-        """Decoders with ``decode_block`` get whole receive batches as arrays (no per-datagram objects)."""
-        self._fills = self._block_decoder and "into" in inspect.signature(decoder.decode_block).parameters
-        """... and those that take ``into`` write flows straight into the batcher's columns."""
+        """Decoders with ``decode_block`` get whole receive batches as arrays (no per-datagram objects)
+        and write the flows straight into the batcher's columns (its ``into`` argument)."""
         self.endpoints = [Endpoint.parse(t) for t in config.receive.listen]
         self.allowlist = Allowlist(config.receive.allow_exporters)
         self.batcher = Batcher(FLOW_SCHEMA, config.batch.max_rows, config.batch.max_seconds)
@@ -313,21 +311,14 @@ class Collector:
         start = time.perf_counter()
         rows_before = self.batcher.rows_in
         try:
-            args = (block.data, block.lengths, block.source, block.sources, block.received)
-            batches = (
-                self.decoder.decode_block(*args, into=self.batcher)
-                if self._fills
-                else self.decoder.decode_block(*args)
+            self.decoder.decode_block(
+                block.data, block.lengths, block.source, block.sources, block.received, into=self.batcher
             )
         except Exception:
             log.exception("decoder raised on %d datagrams from %s", len(block), sock.label)
             m.decoder_crash(sock, len(block))
-            self._emit(self.batcher.collect())
-            return
-        rows = self.batcher.rows_in - rows_before + sum(b.num_rows for b in batches)
-        m.decoded(sock, rows, time.perf_counter() - start)
-        for batch in batches:
-            self._emit(self.batcher.add(batch))
+        else:
+            m.decoded(sock, self.batcher.rows_in - rows_before, time.perf_counter() - start)
         self._emit(self.batcher.collect())
 
     def _decode(self, sock: BatchSocket, datagrams: list) -> None:

@@ -161,10 +161,9 @@ def _times(fields: FieldArrays, ctx: Context) -> tuple[np.ndarray, np.ndarray, n
 def _counter_into(fields: FieldArrays, groups: tuple[tuple[int, ...], ...], out: np.ndarray) -> None:
     for group in groups:
         if all(ie in fields for ie in group):
-            out[...] = as_uint(fields[group[0]]) if len(group) == 1 else 0
-            if len(group) > 1:
-                for ie in group:
-                    out += as_uint(fields[ie])
+            out[...] = as_uint(fields[group[0]])
+            for ie in group[1:]:
+                out += as_uint(fields[ie])
             return
     out[...] = 0
 

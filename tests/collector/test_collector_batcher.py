@@ -25,10 +25,10 @@ def test_cuts_on_age_and_reports_first_arrival():
     b = Batcher(FLOW_SCHEMA, max_rows=1000, max_seconds=1.0)
     assert b.add(flow_batch(5, T0), now=10.0) == []
     assert b.add(flow_batch(5, T0), now=10.5) == []
-    assert b.poll(now=10.9) == []
-    ready = b.poll(now=11.0)
+    assert b.collect(now=10.9) == []
+    ready = b.collect(now=11.0)
     assert len(ready) == 1 and ready[0].batch.num_rows == 10 and ready[0].first == 10.0
-    assert b.poll(now=100.0) == []
+    assert b.collect(now=100.0) == []
 
 
 def test_one_huge_batch_is_split():
