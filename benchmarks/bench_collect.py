@@ -2,11 +2,13 @@
 ``shoal collect`` (Parquet), nfcapd (nfdump) and goflow2, one after the other in the same run.
 
 Reports, per collector: flows sent, flows kept, drop rate, CPU-seconds of the collector's whole
-process tree (user+sys, from wait4/rusage minus the start-up baseline from /proc) and flows kept per
-CPU-second, plus ratios to Shoal. The sender uses pre-built packets and ``sendmmsg``, paced to
+process tree (user+sys, from wait4/rusage minus the start-up baseline from /proc, shown split) and
+flows kept per CPU-second, plus ratios to Shoal, and the bytes per flow it wrote: writing costs the
+writer sys time in the page cache, which on some VMs grows sharply once fresh memory is touched
+(benchmarks/README.md), so the split shows where each collector's CPU went. The sender uses pre-built packets and ``sendmmsg``, paced to
 ``--rate`` flows/s so drops are measured at a known offered load.
 
-    .venv/bin/python benchmarks/bench_collect.py [--flows 6000000] [--rate 1500000]
+    .venv/bin/python -m benchmarks.bench_collect [--flows 6000000] [--rate 1500000]
 
 goflow2 is built once with ``go install`` from the Go module proxy into ``.cache/goflow2`` (not
 committed); pass ``--goflow2 PATH`` to use another binary or ``--skip goflow2``.
@@ -19,7 +21,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+
+from benchmarks.machine import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GOFLOW2_VERSION = "v2.2.3"
@@ -220,16 +222,29 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
-    total = 0.0
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, sys) CPU-seconds of the process tree so far."""
+    user = system = 0.0
     for p in tree_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        total += (utime + stime + cutime + cstime) / CLK_TCK
-    return total
+        user += (utime + cutime) / CLK_TCK
+        system += (stime + cstime) / CLK_TCK
+    return user, system
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(tree_cpu_split(pid))
+
+
+def output_bytes(path: Path) -> int:
+    """Bytes a collector wrote (a file, or every file under a directory)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def udp_drops(port: int) -> int:
@@ -283,8 +298,15 @@ class Result:
     sent: int
     kept: int
     kernel_drops: int
-    cpu: float
+    user: float
+    system: float
     send_seconds: float
+    written: int
+    """Bytes of output (archive files) the collector wrote."""
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
 
     @property
     def per_cpu(self) -> float:
@@ -295,14 +317,14 @@ class Result:
         return 1 - self.kept / self.sent if self.sent else 0.0
 
 
-def run_collector(name: str, cmd: list[str], port: int, count, args, stream) -> Result:
+def run_collector(name: str, cmd: list[str], port: int, count, output: Path, args, stream) -> Result:
     v9, ipfix, per_pair = stream
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_bound(port, proc)
         time.sleep(0.5)
         wait_idle(proc.pid, quiet=0.3)
-        base = tree_cpu(proc.pid)
+        base_user, base_sys = tree_cpu_split(proc.pid)
         took = replay(v9, ipfix, port, args.pairs, args.rate, per_pair)
         wait_idle(proc.pid)
         drops = udp_drops(port)
@@ -312,8 +334,8 @@ def run_collector(name: str, cmd: list[str], port: int, count, args, stream) -> 
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         print(f"{name}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr)
-    cpu = ru.ru_utime + ru.ru_stime - base
-    return Result(name, args.pairs * per_pair, count(), drops, cpu, took)
+    user, system = ru.ru_utime - base_user, ru.ru_stime - base_sys
+    return Result(name, args.pairs * per_pair, count(), drops, user, system, took, output_bytes(output))
 
 
 def bench_shoal(args, stream, work: Path) -> Result:
@@ -329,7 +351,7 @@ def bench_shoal(args, stream, work: Path) -> Result:
         files = [p for p in out.rglob("*.parquet") if not p.name.startswith(".")]
         return sum(pq.read_metadata(p).num_rows for p in files)
 
-    return run_collector("shoal", cmd, port, count, args, stream)
+    return run_collector("shoal", cmd, port, count, out, args, stream)
 
 
 def bench_nfcapd(args, stream, work: Path) -> Result:
@@ -346,7 +368,7 @@ def bench_nfcapd(args, stream, work: Path) -> Result:
         ).stdout
         return sum(1 for line in text.splitlines() if line.strip())
 
-    return run_collector("nfcapd", cmd, port, count, args, stream)
+    return run_collector("nfcapd", cmd, port, count, out, args, stream)
 
 
 def goflow2_binary(args) -> str | None:
@@ -395,20 +417,7 @@ def bench_goflow2(args, stream, work: Path) -> Result | None:
         binary, "-listen", f"netflow://127.0.0.1:{port}", "-format", "bin", "-transport", "file",
         "-transport.file", str(out), "-transport.file.sep", "", "-addr", "127.0.0.1:0", "-loglevel", "error",
     ]  # fmt: skip
-    return run_collector("goflow2", cmd, port, lambda: _varint_messages(out.read_bytes()), args, stream)
-
-
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    load = os.getloadavg()[0]
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores, load {load:.2f}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, numpy {np.__version__}, pyarrow {pa.__version__}"
-    )
+    return run_collector("goflow2", cmd, port, lambda: _varint_messages(out.read_bytes()), out, args, stream)
 
 
 def main() -> int:
@@ -441,8 +450,9 @@ def main() -> int:
                 results.append(r)
                 print(
                     f"  {r.name:8s} kept {r.kept:>10,} / {r.sent:,} flows, drops {r.drop_rate:6.2%} "
-                    f"(kernel {r.kernel_drops:,} datagrams), CPU {r.cpu:6.2f} s, "
-                    f"{r.per_cpu:>12,.0f} flows/CPU-s, sent in {r.send_seconds:.1f} s",
+                    f"(kernel {r.kernel_drops:,} datagrams), CPU {r.cpu:6.2f} s "
+                    f"(user {r.user:.2f}, sys {r.system:.2f}), {r.per_cpu:>12,.0f} flows/CPU-s, "
+                    f"output {r.written / max(r.kept, 1):.1f} B/flow, sent in {r.send_seconds:.1f} s",
                     flush=True,
                 )
     shoal = next((r for r in results if r.name == "shoal"), None)
