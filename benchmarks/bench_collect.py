@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import signal
@@ -317,9 +318,11 @@ class Result:
         return 1 - self.kept / self.sent if self.sent else 0.0
 
 
-def run_collector(name: str, cmd: list[str], port: int, count, output: Path, args, stream) -> Result:
+def run_collector(
+    name: str, cmd: list[str], port: int, count, output: Path, args, stream, env: dict | None = None
+) -> Result:
     v9, ipfix, per_pair = stream
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         wait_bound(port, proc)
         time.sleep(0.5)
@@ -338,8 +341,11 @@ def run_collector(name: str, cmd: list[str], port: int, count, output: Path, arg
     return Result(name, args.pairs * per_pair, count(), drops, user, system, took, output_bytes(output))
 
 
-def bench_shoal(args, stream, work: Path) -> Result:
-    port, out = free_port(), work / "shoal"
+def bench_shoal(args, stream, work: Path, compression: str = "zstd") -> Result:
+    """Shoal with its Parquet sink compressing with ``compression`` (zstd is the default)."""
+    name = "shoal" if compression == "zstd" else f"shoal/{compression}"
+    port, out = free_port(), work / name.replace("/", "-")
+    env = dict(os.environ, SHOAL_COLLECT__PARQUET__COMPRESSION=compression)
     cmd = [
         str(ROOT / ".venv/bin/python"), "-m", "pipeline.cli", "collect",
         "--listen", f"127.0.0.1:{port}", "--parquet", str(out), "--rcvbuf", str(args.rcvbuf),
@@ -351,7 +357,7 @@ def bench_shoal(args, stream, work: Path) -> Result:
         files = [p for p in out.rglob("*.parquet") if not p.name.startswith(".")]
         return sum(pq.read_metadata(p).num_rows for p in files)
 
-    return run_collector("shoal", cmd, port, count, out, args, stream)
+    return run_collector(name, cmd, port, count, out, args, stream, env)
 
 
 def bench_nfcapd(args, stream, work: Path) -> Result:
@@ -428,6 +434,11 @@ def main() -> int:
     ap.add_argument("--distinct", type=int, default=400, help="distinct pre-built packets per exporter")
     ap.add_argument("--skip", default="", help="comma-separated collectors to skip (shoal,nfcapd,goflow2)")
     ap.add_argument("--goflow2", help="path to a goflow2 binary")
+    ap.add_argument(
+        "--shoal-compression",
+        default="zstd",
+        help="comma-separated Parquet codecs to run Shoal with, each in turn (zstd,lz4,snappy,none)",
+    )
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     v9, ipfix, per_pair = build_stream(args.distinct)
@@ -442,24 +453,28 @@ def main() -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         work = Path(tmp)
-        for name, fn in (("shoal", bench_shoal), ("nfcapd", bench_nfcapd), ("goflow2", bench_goflow2)):
+        runs = [
+            ("shoal", functools.partial(bench_shoal, compression=codec))
+            for codec in args.shoal_compression.split(",")
+        ]
+        for name, fn in [*runs, ("nfcapd", bench_nfcapd), ("goflow2", bench_goflow2)]:
             if name in skip:
                 continue
             r = fn(args, stream, work)
             if r is not None:
                 results.append(r)
                 print(
-                    f"  {r.name:8s} kept {r.kept:>10,} / {r.sent:,} flows, drops {r.drop_rate:6.2%} "
+                    f"  {r.name:11s} kept {r.kept:>10,} / {r.sent:,} flows, drops {r.drop_rate:6.2%} "
                     f"(kernel {r.kernel_drops:,} datagrams), CPU {r.cpu:6.2f} s "
                     f"(user {r.user:.2f}, sys {r.system:.2f}), {r.per_cpu:>12,.0f} flows/CPU-s, "
                     f"output {r.written / max(r.kept, 1):.1f} B/flow, sent in {r.send_seconds:.1f} s",
                     flush=True,
                 )
-    shoal = next((r for r in results if r.name == "shoal"), None)
+    shoal = next((r for r in results if r.name.startswith("shoal")), None)
     if shoal and shoal.per_cpu:
-        print("ratios to shoal (flows per CPU-second; drop rate):")
+        print(f"ratios to {shoal.name} (flows per CPU-second; drop rate):")
         for r in results:
-            print(f"  {r.name:8s} {r.per_cpu / shoal.per_cpu:5.2f}x   drops {r.drop_rate:6.2%}")
+            print(f"  {r.name:11s} {r.per_cpu / shoal.per_cpu:5.2f}x   drops {r.drop_rate:6.2%}")
     return 0
 
 
