@@ -338,7 +338,15 @@ def run_collector(
     if proc.returncode != 0:
         print(f"{name}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr)
     user, system = ru.ru_utime - base_user, ru.ru_stime - base_sys
-    return Result(name, args.pairs * per_pair, count(), drops, user, system, took, output_bytes(output))
+    result = Result(name, args.pairs * per_pair, count(), drops, user, system, took, output_bytes(output))
+    # Free the page cache the output holds before the next collector runs: on VMs that hand freed
+    # memory back to the host, pages not recently used cost several times more to write into, so
+    # output left behind would make later collectors pay for earlier ones (benchmarks/README.md).
+    if output.is_dir():
+        shutil.rmtree(output)
+    else:
+        output.unlink(missing_ok=True)
+    return result
 
 
 def bench_shoal(args, stream, work: Path, compression: str = "zstd") -> Result:
