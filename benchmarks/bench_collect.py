@@ -2,11 +2,11 @@
 ``shoal collect`` (Parquet), nfcapd (nfdump) and goflow2, one after the other in the same run.
 
 Reports, per collector: flows sent, flows kept, drop rate, CPU-seconds of the collector's whole
-process tree (user+sys, from wait4/rusage minus the start-up baseline from /proc, shown split) and
-flows kept per CPU-second, plus ratios to Shoal, and the bytes per flow it wrote: writing costs the
-writer sys time in the page cache, which on some VMs grows sharply once fresh memory is touched
-(benchmarks/README.md), so the split shows where each collector's CPU went. The sender uses pre-built packets and ``sendmmsg``, paced to
-``--rate`` flows/s so drops are measured at a known offered load.
+process tree (user+sys, from wait4/rusage minus the start-up baseline from /proc, shown split),
+flows kept per CPU-second and ratios to Shoal, and the bytes per flow each wrote: writing costs sys
+time in the page cache, which on some VMs grows sharply once fresh memory is touched
+(benchmarks/README.md). The sender uses pre-built packets and ``sendmmsg``, paced to ``--rate``
+flows/s so drops are measured at a known offered load.
 
     .venv/bin/python -m benchmarks.bench_collect [--flows 6000000] [--rate 1500000]
 
