@@ -19,7 +19,7 @@ def add_kafka_args(p: argparse.ArgumentParser) -> None:
 
 
 def streams_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
-    from pipeline.collector.config import ConfigError
+    from pipeline.config import ConfigError
     from pipeline.transport.config import load_streams_config
 
     try:

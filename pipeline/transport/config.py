@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.collector.config import ConfigError, load_tree
+from pipeline.config import ConfigError, load_tree
 from pipeline.transport.client import KafkaConnection
 
 ENV_PREFIX = "SHOAL_STREAMS__"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.collector.config import ConfigError
+from pipeline.config import ConfigError
 from pipeline.transport.client import KafkaConnection
 from pipeline.transport.config import load_streams_config
 
