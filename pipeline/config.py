@@ -66,6 +66,11 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}{key}: expected a table")
             kwargs[name] = _build(hint, value, f"{where}{key}.")
+        elif typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+                raise ConfigError(f"{where}{key}: expected an array of tables ([[{where}{key}]])")
+            item = typing.get_args(hint)[0]
+            kwargs[name] = tuple(_build(item, v, f"{where}{key}[{i}].") for i, v in enumerate(value))
         elif typing.get_origin(hint) is Mapping or hint is Mapping:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}{key}: expected a table")
