@@ -1,4 +1,5 @@
-"""``shoal topics create``: create the flows, alerts and indicators topics from configuration."""
+"""``shoal topics create``: create Shoal's topics (flows, alerts, indicators, partials, detections,
+feedback) from configuration."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("topics", help="manage Shoal's Kafka topics")
     sub = p.add_subparsers(dest="topics_command", metavar="SUBCOMMAND", required=True)
     create = sub.add_parser(
-        "create", help="create the flows, alerts and indicators topics (existing ones are kept)"
+        "create", help="create every Shoal topic (existing ones are kept)"
     )
     add_kafka_args(create)
     create.set_defaults(func=run_create)

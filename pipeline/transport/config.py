@@ -55,13 +55,42 @@ class IndicatorsTopic(TopicConfig):
 
 
 @dataclass(frozen=True)
+class PartialsTopic(TopicConfig):
+    name: str = "shoal.partials.v1"
+    partitions: int = 6
+    """Keyed by detection group (indicator id, or scanner and port): one group's evidence meets in one
+    partition, whichever worker saw it. The confirmation app's instances share these partitions."""
+    retention_ms: int = DAY_MS
+
+
+@dataclass(frozen=True)
+class DetectionsTopic(TopicConfig):
+    name: str = "shoal.detections.v1"
+    partitions: int = 3
+    retention_ms: int = 30 * DAY_MS
+    """With compaction: the latest version of each detection, kept for 30 days."""
+    compact: bool = True
+
+
+@dataclass(frozen=True)
+class FeedbackTopic(TopicConfig):
+    name: str = "shoal.feedback.v1"
+    partitions: int = 1
+    """Low volume, read whole by every confirmation instance (suppressions apply everywhere)."""
+    compact: bool = True
+
+
+@dataclass(frozen=True)
 class TopicsConfig:
     flows: FlowsTopic = field(default_factory=FlowsTopic)
     alerts: AlertsTopic = field(default_factory=AlertsTopic)
     indicators: IndicatorsTopic = field(default_factory=IndicatorsTopic)
+    partials: PartialsTopic = field(default_factory=PartialsTopic)
+    detections: DetectionsTopic = field(default_factory=DetectionsTopic)
+    feedback: FeedbackTopic = field(default_factory=FeedbackTopic)
 
     def all(self) -> list[TopicConfig]:
-        return [self.flows, self.alerts, self.indicators]
+        return [self.flows, self.alerts, self.indicators, self.partials, self.detections, self.feedback]
 
 
 @dataclass(frozen=True)

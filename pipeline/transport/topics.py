@@ -15,7 +15,8 @@ def new_topic(topic: TopicConfig) -> NewTopic:
         config["retention.ms"] = str(topic.retention_ms)
     if topic.compact:
         # Tombstones (revoked/expired indicators) must outlive a worker's full read of the topic.
-        config.update({"cleanup.policy": "compact", "delete.retention.ms": str(24 * 3600 * 1000)})
+        policy = "compact,delete" if topic.retention_ms else "compact"
+        config.update({"cleanup.policy": policy, "delete.retention.ms": str(24 * 3600 * 1000)})
     return NewTopic(topic.name, num_partitions=topic.partitions, replication_factor=topic.replication,
                     config=config)  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,20 +22,21 @@ from pipeline.decode import Datagram, FlowDecoder
 from pipeline.runtime.replay import read_capture
 from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
 from pipeline.schemas import bytes16_to_ip
+from pipeline.transport.config import TopicsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+TOPIC_KINDS = [f.name for f in dataclasses.fields(TopicsConfig)]
 
 
 def streams_config(tmp_path: Path, flows_partitions: int = 3) -> tuple[Path, dict[str, str]]:
     """A TOML file naming fresh topics for one test; returns (path, topic names)."""
     tag = uuid.uuid4().hex[:8]
-    names = {kind: f"t{tag}.{kind}" for kind in ("flows", "alerts", "indicators")}
+    names = {kind: f"t{tag}.{kind}" for kind in TOPIC_KINDS}
     path = tmp_path / f"streams-{tag}.toml"
     path.write_text(
         f'[topics.flows]\nname = "{names["flows"]}"\npartitions = {flows_partitions}\n'
-        f'[topics.alerts]\nname = "{names["alerts"]}"\n'
-        f'[topics.indicators]\nname = "{names["indicators"]}"\n'
-        f'[detect]\ngroup = "g{tag}"\n'
+        + "".join(f'[topics.{kind}]\nname = "{names[kind]}"\n' for kind in TOPIC_KINDS if kind != "flows")
+        + f'[detect]\ngroup = "g{tag}"\n'
     )
     return path, names
 
@@ -48,7 +50,7 @@ def shoal(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
 
 def setup_topics(bootstrap: str, config: Path, intel: Path = DEMO_INTEL) -> None:
     out = shoal("topics", "create", "--kafka", bootstrap, "--config", str(config))
-    assert out.count(": created") == 3, out
+    assert out.count(": created") == len(TOPIC_KINDS), out
     shoal("intel", "publish", "--kafka", bootstrap, "--config", str(config), str(intel))
 
 

@@ -12,7 +12,7 @@ import pytest
 import stix2
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
-from kafka_helpers import shoal, streams_config
+from kafka_helpers import TOPIC_KINDS, shoal, streams_config
 
 from pipeline.schemas import schemas_dir
 from pipeline.transport.indicators import assign_from_beginning, read_state, read_to_end
@@ -36,9 +36,9 @@ def raw_messages(bootstrap: str, topic: str) -> list[tuple[str, bytes | None]]:
 def test_topics_created_from_configuration(kafka, tmp_path: Path) -> None:
     config, names = streams_config(tmp_path, flows_partitions=4)
     out = shoal("topics", "create", "--kafka", kafka.bootstrap, "--config", str(config))
-    assert out.count(": created") == 3, out
+    assert out.count(": created") == len(TOPIC_KINDS), out
     again = shoal("topics", "create", "--kafka", kafka.bootstrap, "--config", str(config))
-    assert again.count(": exists") == 3, again
+    assert again.count(": exists") == len(TOPIC_KINDS), again
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     topics = admin.list_topics(timeout=10).topics
     assert len(topics[names["flows"]].partitions) == 4
@@ -46,6 +46,9 @@ def test_topics_created_from_configuration(kafka, tmp_path: Path) -> None:
     resource = ConfigResource(ConfigResource.Type.TOPIC, names["indicators"])
     configs = admin.describe_configs([resource])[resource].result(10)
     assert configs["cleanup.policy"].value == "compact"
+    resource = ConfigResource(ConfigResource.Type.TOPIC, names["detections"])
+    configs = admin.describe_configs([resource])[resource].result(10)
+    assert configs["cleanup.policy"].value == "compact,delete"  # latest version of each, for 30 days
 
 
 def stix_bundle(path: Path, revoked: bool) -> str:
