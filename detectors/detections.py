@@ -93,7 +93,8 @@ class DetectionConfig:
     emit_seconds: float = 10.0
     """A detection whose counts moved is re-emitted at most this often; state changes go out at once."""
     close_after_seconds: float = 60.0
-    """A window is closed (final message, state dropped) this long after its end: late flows count."""
+    """A window is closed (final message) this long after its end and after its last partial; a
+    partial arriving later still is counted as late and dropped (the final version stands)."""
     suppress_seconds: int = 7 * 86400
     """A false positive silences its (kind, key, host) for this long, across windows."""
     max_hosts: int = 1024
@@ -165,7 +166,7 @@ def merge(group: dict[str, Any] | None, partial: dict[str, Any], max_hosts: int)
         group = {
             "kind": partial["kind"], "key": partial["key"], "window_start": partial["window_start"],
             "window_seconds": partial["window_seconds"], "hosts": {}, "exporters": [], "sources": [],
-            "confidence": None, "tlp": None, "indicator": None, "scan": None, "feedback": {},
+            "confidence": None, "tlp": None, "indicator": None, "scan": None,
         }  # fmt: skip
     hosts = dict(group["hosts"])
     for part in partial["hosts"]:
@@ -189,11 +190,6 @@ def merge(group: dict[str, Any] | None, partial: dict[str, Any], max_hosts: int)
     return out
 
 
-def apply_feedback(group: dict[str, Any], host: str | None, feedback: dict[str, Any]) -> dict[str, Any]:
-    """Record an analyst's verdict on one detection of the group (its host; "" for scans)."""
-    return dict(group, feedback={**group["feedback"], host or "": feedback})
-
-
 # --- rendering and emission ------------------------------------------------------------------------
 
 
@@ -205,8 +201,10 @@ def host_count(group: dict[str, Any]) -> tuple[int, bool]:
     return len(group["hosts"]), OVERFLOW_HOST not in group["hosts"]
 
 
-Suppressed = Callable[[str, str, str | None], dict[str, Any] | None]
-"""(kind, key, host) -> the false-positive feedback silencing it, or None."""
+Verdicts = Callable[[str, str, str | None], dict[str, Any] | None]
+"""(kind, key, host) -> the analyst's feedback in force for it (``verdict``, ``reason``, ``analyst``,
+``at``), or None. A false positive silences its key across windows; a confirmation confirms it."""
+FEEDBACK_FIELDS = ("verdict", "reason", "analyst", "at")
 
 
 def render(
@@ -214,14 +212,14 @@ def render(
     config: DetectionConfig,
     now_ms: int,
     final: bool = False,
-    suppressed: Suppressed | None = None,
+    verdicts: Verdicts | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every detection of the group as (host entry name, detection record)."""
     hosts_total, _ = host_count(group)
     out = []
     for name, host in sorted(group["hosts"].items()):
         internal = None if name in ("", OVERFLOW_HOST) else name
-        feedback = group["feedback"].get(name) or (suppressed and suppressed(group["kind"], group["key"], internal))
+        feedback = verdicts(group["kind"], group["key"], internal) if verdicts else None
         state, rule = "observed", None
         if feedback and feedback["verdict"] == "false_positive":
             state, rule = "false_positive", "analyst"
@@ -253,7 +251,7 @@ def render(
             "probe_flows": host["probe_flows"], "exporters": group["exporters"],
             "confidence": group["confidence"], "tlp": group["tlp"], "sources": group["sources"],
             "indicator": indicator, "scan": scan,
-            "feedback": feedback if feedback else None,
+            "feedback": {k: feedback.get(k) for k in FEEDBACK_FIELDS} if feedback else None,
         }  # fmt: skip
         out.append((name, record))
     return out
@@ -264,7 +262,7 @@ def due(
     config: DetectionConfig,
     now_ms: int,
     final: bool = False,
-    suppressed: Suppressed | None = None,
+    verdicts: Verdicts | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The detections to emit now, and the group with their emission marks updated.
 
@@ -272,7 +270,7 @@ def due(
     the last emission is ``emit_seconds`` old, and once more, marked final, when its window closes.
     """
     emit, hosts = [], dict(group["hosts"])
-    for name, record in render(group, config, now_ms, final, suppressed):
+    for name, record in render(group, config, now_ms, final, verdicts):
         mark = hosts[name].get("emitted")
         changed = mark is None or mark["state"] != record["state"]
         moved = mark is not None and mark["flows"] != record["flows"]
@@ -283,8 +281,11 @@ def due(
 
 
 def closes_at(group: dict[str, Any], config: DetectionConfig) -> int:
-    """Wall-clock ms after which the group's window is closed."""
-    return group["window_start"] + 1000 * group["window_seconds"] + int(1000 * config.close_after_seconds)
+    """Wall-clock ms after which the group's window is closed: ``close_after_seconds`` after the later
+    of its end and the group's last update, so late flows still count and replayed old traffic is
+    not closed the moment it arrives."""
+    end = group["window_start"] + 1000 * group["window_seconds"]
+    return max(end, group.get("touched", 0)) + int(1000 * config.close_after_seconds)
 
 
 def window_start_ms(when_ms: Iterable[int] | int, window_seconds: int) -> Any:

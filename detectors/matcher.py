@@ -61,12 +61,12 @@ class Matcher:
 
     def match(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         """Alert rows for every hit in ``batch``."""
-        batch = _one_batch(batch)
+        batch = one_batch(batch)
         return self.alerts(batch, self.find(batch))
 
     def find(self, batch: pa.RecordBatch | pa.Table) -> Hits:
         """Every (flow, indicator, side) hit in ``batch``, all checks applied, counted in ``stats``."""
-        batch = _one_batch(batch)
+        batch = one_batch(batch)
         ix = self.index
         self.stats.flows += batch.num_rows
         addrs = {s: Addresses.from_column(batch.column(f"{s}_addr")) for s in ("src", "dst")}
@@ -220,7 +220,8 @@ def _at(batch: pa.RecordBatch, name: str, rows: np.ndarray | None) -> np.ndarray
     return column.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
 
 
-def _one_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+def one_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    """A table's rows as one record batch (the matcher's unit of work)."""
     if isinstance(batch, pa.RecordBatch):
         return batch
     if not batch.num_rows:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands._detection_args import add_detection_args, detection_settings
 from pipeline.commands._kafka_args import add_kafka_args, streams_config
 from pipeline.commands._signals import stop_event
 
@@ -26,6 +27,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("detect", help="Kafka matcher worker (consumer group, exactly-once alerts)",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_kafka_args(p)
+    add_detection_args(p)
     p.add_argument("--group", metavar="NAME", help="consumer group (default shoal-detect)")
     p.add_argument("--instance-id", metavar="ID",
                    help="stable worker identity (default: host name); distinct per worker on one host")  # fmt: skip
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.instance_id:
         detect["instance_id"] = args.instance_id
     config = streams_config(args, {"detect": detect} if detect else None)
+    settings = detection_settings(args.detections_config)
     allow = Allowlist()
     try:
         for path in args.allowlist:
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         follower = IntelFollower(kafka, config.topics.indicators.name, registry, allow, geoip,
                                  config.detect.intel_settle_seconds)  # fmt: skip
         handle = follower.start()
-        worker = DetectWorker(kafka, config, handle, registry)
+        worker = DetectWorker(kafka, config, handle, registry, settings)
     except (KafkaException, TimeoutError) as exc:
         print(f"shoal detect: {exc}", file=sys.stderr)
         return 1

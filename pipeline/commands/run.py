@@ -11,17 +11,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands._detection_args import add_detection_args, detection_settings
 from pipeline.commands._signals import stop_event
-from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
+from pipeline.samples import DEMO_DETECTIONS, DEMO_INTEL, DEMO_TRAFFIC
 
 log = logging.getLogger("shoal.run")
 
 HELP = """\
-Receive NetFlow v5/v9 and IPFIX, match every flow against intel and write alerts to the terminal and a
-JSON-lines file, all in one process (the same collector and matcher stages that `shoal collect` and the
-Kafka workers run). With no --intel it loads the bundled sample intel (documentation address ranges
-only). --demo also plays the bundled sample traffic into itself, so alerts appear within seconds.
-Point routers at the listen ports (see docs/collector.md). Ctrl-C stops cleanly.
+Receive NetFlow v5/v9 and IPFIX, match every flow against intel, write every alert to a JSON-lines
+file, aggregate them into detections (per indicator and internal host, and scanners probing the
+constituency, in tumbling windows, confirmed by rules: see docs/detections.md) and show the detections
+on the terminal and in a second JSON-lines file, all in one process: the same collector, matcher and
+confirmation code as `shoal collect`, the Kafka workers and `shoal confirm`. With no --intel it loads
+the bundled sample intel (documentation address ranges only). --demo also plays the bundled sample
+traffic into itself. Point routers at the listen ports (see docs/collector.md). Ctrl-C stops cleanly,
+closing the open windows (final versions of their detections).
 """
 
 
@@ -38,11 +42,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--geoip", action="append", default=[], metavar="MMDB", help="MaxMind-format database(s)")
     p.add_argument("--alerts", default="shoal-alerts.jsonl", metavar="FILE", help="JSON-lines alert file")
+    add_detection_args(p)
+    p.add_argument("--detections-out", default="shoal-detections.jsonl", metavar="FILE",
+                   help="JSON-lines file of detection versions (the last line of an id is its latest)")  # fmt: skip
+    p.add_argument("--alert-lines", action="store_true", help="also print every raw alert on the terminal")
     p.add_argument("--parquet", metavar="DIR", help="also archive flows as Parquet")
     p.add_argument(
         "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="Prometheus /metrics ('' = off)"
     )
-    p.add_argument("--quiet", action="store_true", help="no alert lines on the terminal")
+    p.add_argument("--quiet", action="store_true", help="no alert or detection lines on the terminal")
     p.add_argument("--demo", action="store_true", help="play the bundled sample traffic into the listeners")
     p.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop after this long (default: until Ctrl-C)"
@@ -57,11 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.collector.config import ConfigError, load_config
     from pipeline.collector.service import Collector
     from pipeline.commands.match import build_index
+    from pipeline.confirm.stage import InProcessConfirmation, PartialsStage
     from pipeline.metrics import new_registry, serve
-    from pipeline.runtime.alerts import ConsoleOutput, JsonLinesOutput
+    from pipeline.runtime.alerts import ConsoleOutput, DetectionConsole, JsonLinesOutput
     from pipeline.runtime.matching import MatchingSink
 
+    bundled = not args.intel
     args.intel = args.intel or [str(DEMO_INTEL)]
+    # The bundled sample traffic comes with a detection configuration naming its constituency.
+    settings = detection_settings(args.detections_config or (str(DEMO_DETECTIONS) if bundled else None))
     listens = args.listen or ["0.0.0.0:2055", "0.0.0.0:4739"]
     index, loads = build_index(args, now=datetime.now(UTC))
     geoip = None
@@ -71,9 +83,14 @@ def run(args: argparse.Namespace) -> int:
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
     outputs: list = [JsonLinesOutput(Path(args.alerts))]
-    if not args.quiet:
+    if args.alert_lines and not args.quiet:
         outputs.append(ConsoleOutput(sys.stdout))
-    sinks: list = [MatchingSink(MatcherHandle(Matcher(index, geoip)), outputs, registry)]
+    detection_outputs: list = [JsonLinesOutput(Path(args.detections_out))]
+    if not args.quiet:
+        detection_outputs.append(DetectionConsole(sys.stdout))
+    confirmation = InProcessConfirmation(settings, detection_outputs, registry)
+    partials = PartialsStage(settings, confirmation, registry)
+    sinks: list = [MatchingSink(MatcherHandle(Matcher(index, geoip)), outputs, registry, partials)]
     overrides: dict[str, Any] = {"receive": {"listen": listens}, "batch": {"max_seconds": 0.5}}
     if args.parquet:
         from pipeline.sinks.parquet import ParquetSink
@@ -85,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("configuration: %s", exc)
         return 2
     collector = Collector(config, sinks, registry)
+    confirmation.start()
     try:
         collector.start()
     except OSError as exc:
@@ -98,14 +116,19 @@ def run(args: argparse.Namespace) -> int:
     stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
     print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "
-          f"{', '.join(x.source for x in loads)}; alerts to {args.alerts}"
+          f"{', '.join(x.source for x in loads)}; alerts to {args.alerts}; detections to {args.detections_out} "
+          f"({settings.detections.window_seconds}s windows, scans {'on' if partials.scans else 'off'})"
           + (f"; metrics at http://{args.metrics}/metrics" if args.metrics else ""), flush=True)  # fmt: skip
     if args.demo:
         threading.Thread(target=_play_demo, args=(collector.addresses,), daemon=True).start()
     while not stop.wait(0.5):  # a timeout keeps signal handlers prompt in the main thread
         pass
     collector.stop()
-    print(f"shoal run: stopped; {collector.flows_out} flows matched, {sinks[0].alerts} alerts", flush=True)
+    confirmation.stop()
+    latest = list(confirmation.latest.values())
+    states = {state: sum(d["state"] == state for d in latest) for state in ("confirmed", "observed")}
+    print(f"shoal run: stopped; {collector.flows_out} flows matched, {sinks[0].alerts} alerts, "
+          f"{len(latest)} detections ({states['confirmed']} confirmed, {states['observed']} observed)", flush=True)  # fmt: skip
     return 0
 
 

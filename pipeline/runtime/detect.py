@@ -1,6 +1,6 @@
-"""The Kafka detection worker: consume flow batches, match them, and produce the alerts in one Kafka
-transaction together with the consumed offsets (consume-transform-produce, exactly once for readers
-with ``isolation.level=read_committed``).
+"""The Kafka detection worker: consume flow batches, match them, and produce the alerts and the
+batch's partial aggregates (for confirmation) in one Kafka transaction together with the consumed
+offsets (consume-transform-produce, exactly once for readers with ``isolation.level=read_committed``).
 
 Scaling is Kafka's: workers in one consumer group share the flows topic's partitions. Each worker has
 a stable identity (static group membership and transactional id), so a restarted worker takes its
@@ -19,12 +19,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from detectors.matcher import MatcherHandle
+from pipeline.confirm.settings import DetectionSettings
+from pipeline.confirm.stage import PartialsStage
 from pipeline.metrics import NAMESPACE
 from pipeline.runtime.matching import MatchingSink
 from pipeline.sinks.base import SinkError
 from pipeline.transport.alerts import ALERT_SCHEMA_VALUE, SCHEMA_HEADER, encode_alert
 from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.config import StreamsConfig
+from pipeline.transport.detections import PARTIAL_SCHEMA, encode_partial
 from pipeline.transport.flows import FlowMessageError, decode_message
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,24 @@ class KafkaAlertOutput:
         pass
 
 
+class KafkaPartialOutput:
+    """Partials into the producer's open transaction, keyed by detection group."""
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+        self.headers = [(SCHEMA_HEADER, PARTIAL_SCHEMA)]
+
+    def write(self, partials: list[dict[str, Any]]) -> None:
+        for partial in partials:
+            key, value = encode_partial(partial)
+            while True:
+                try:
+                    self.producer.produce(self.topic, value, key=key, headers=self.headers)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+
+
 class DetectWorker:
     def __init__(
         self,
@@ -59,6 +80,7 @@ class DetectWorker:
         config: StreamsConfig,
         handle: MatcherHandle,
         registry: CollectorRegistry,
+        detection_settings: DetectionSettings | None = None,
     ) -> None:
         d, topics = config.detect, config.topics
         self.config = config
@@ -73,7 +95,11 @@ class DetectWorker:
             "transactional.id": f"shoal-detect.{d.group}.{self.identity}",
             "transaction.timeout.ms": d.transaction_timeout_ms, "linger.ms": 5, "compression.type": "lz4",
         }))  # fmt: skip
-        self.sink = MatchingSink(handle, [KafkaAlertOutput(self.producer, topics.alerts.name)], registry)
+        partials = None
+        if d.partials:
+            output = KafkaPartialOutput(self.producer, topics.partials.name)
+            partials = PartialsStage(detection_settings or DetectionSettings(), output, registry)
+        self.sink = MatchingSink(handle, [KafkaAlertOutput(self.producer, topics.alerts.name)], registry, partials)
         kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
         self.messages = Counter("detect_messages", "Flow messages consumed", **kw)
         self.bad = Counter("detect_bad_messages", "Flow messages skipped, by reason", ["reason"], **kw)

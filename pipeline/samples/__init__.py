@@ -5,3 +5,4 @@ from pathlib import Path
 SAMPLES_DIR = Path(__file__).parent
 DEMO_INTEL = SAMPLES_DIR / "demo-intel.json"
 DEMO_TRAFFIC = SAMPLES_DIR / "demo-traffic.pcap"
+DEMO_DETECTIONS = SAMPLES_DIR / "demo-detections.toml"

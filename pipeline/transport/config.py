@@ -107,6 +107,24 @@ class DetectConfig:
     transaction_timeout_ms: int = 30_000
     intel_settle_seconds: float = 0.3
     """After an indicators-topic change, wait this long for more before rebuilding the index."""
+    partials: bool = True
+    """Send each batch's pre-aggregated evidence to the partials topic (for ``shoal confirm``), in the
+    same transaction as its alerts and offsets."""
+
+    def identity(self) -> str:
+        return self.instance_id or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    group: str = "shoal-confirm"
+    """The confirmation app's consumer group (and Faust app id: it names the changelog topic)."""
+    instance_id: str = ""
+    """Stable identity (static group membership: a restarted instance takes its partitions back in
+    seconds, not after a session timeout); default: the host name."""
+    tick_seconds: float = 1.0
+    """How often each partition's groups are checked for due emissions and closed windows."""
+    session_timeout_seconds: float = 10.0
 
     def identity(self) -> str:
         return self.instance_id or socket.gethostname()
@@ -116,6 +134,7 @@ class DetectConfig:
 class StreamsConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     client: Mapping[str, Any] = field(default_factory=dict)
     """librdkafka settings for every client (``security.protocol``, ``sasl.mechanism``,
     ``ssl.ca.location``...); ``SHOAL_KAFKA_<KEY>`` environment variables override them (secrets)."""
@@ -134,6 +153,9 @@ class StreamsConfig:
         d = self.detect
         if not d.group or d.max_messages < 1 or d.poll_seconds <= 0 or d.intel_settle_seconds < 0:
             raise ConfigError("detect: group must be set, max_messages >= 1, poll_seconds > 0")
+        c = self.confirm
+        if not c.group or c.tick_seconds <= 0 or c.session_timeout_seconds <= 0:
+            raise ConfigError("confirm: group must be set, tick_seconds > 0, session_timeout_seconds > 0")
         return self
 
 

@@ -36,7 +36,7 @@ def streams_config(tmp_path: Path, flows_partitions: int = 3) -> tuple[Path, dic
     path.write_text(
         f'[topics.flows]\nname = "{names["flows"]}"\npartitions = {flows_partitions}\n'
         + "".join(f'[topics.{kind}]\nname = "{names[kind]}"\n' for kind in TOPIC_KINDS if kind != "flows")
-        + f'[detect]\ngroup = "g{tag}"\n'
+        + f'[detect]\ngroup = "g{tag}"\n[confirm]\ngroup = "c{tag}"\n'
     )
     return path, names
 
@@ -55,8 +55,10 @@ def setup_topics(bootstrap: str, config: Path, intel: Path = DEMO_INTEL) -> None
 
 
 def start_worker(bootstrap: str, config: Path, instance: str, metrics: str = "",
-                 env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+                 env: dict[str, str] | None = None, detections: Path | None = None) -> subprocess.Popen:  # fmt: skip
     args = ["detect", "--kafka", bootstrap, "--config", str(config), "--instance-id", instance]
+    if detections is not None:
+        args += ["--detections", str(detections)]
     if metrics:
         args += ["--metrics", metrics]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,

@@ -1,0 +1,118 @@
+"""The matcher side of confirmation: each batch's evidence as partial aggregates, handed to an output
+(the worker's Kafka transaction, or the in-process confirmer of ``shoal run``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from detectors.constituency import Constituency
+from detectors.index import IndicatorIndex
+from detectors.matcher import Hits
+from detectors.partials import indicator_partials
+from detectors.scans import scan_partials
+from pipeline.confirm.engine import Confirmer
+from pipeline.confirm.settings import DetectionSettings
+from pipeline.metrics import NAMESPACE
+from pipeline.runtime.alerts import AlertOutput
+
+log = logging.getLogger(__name__)
+
+
+class PartialOutput(Protocol):
+    def write(self, partials: list[dict[str, Any]]) -> None: ...
+
+
+class PartialsStage:
+    def __init__(self, settings: DetectionSettings, output: PartialOutput, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.window = settings.detections.window_seconds
+        self.constituency = Constituency.from_config(settings.constituency)
+        self.scans = settings.scan.enabled and bool(self.constituency)
+        if settings.scan.enabled and not self.constituency:
+            log.warning("scan detection is off: no constituency configured (the [constituency] section)")
+        self.output = output
+        self.count = Counter(f"{NAMESPACE}_partials", "Partial aggregates sent to confirmation, by kind",
+                             ["kind"], registry=registry)  # fmt: skip
+
+    def of(self, batch: pa.RecordBatch, hits: Hits, index: IndicatorIndex) -> list[dict[str, Any]]:
+        partials = indicator_partials(batch, hits, index, self.window)
+        if self.scans:
+            partials += scan_partials(batch, self.constituency, self.window, self.settings.scan)
+        return partials
+
+    def write(self, partials: list[dict[str, Any]]) -> None:
+        if not partials:
+            return
+        self.output.write(partials)
+        scans = sum(p["kind"] == "scan" for p in partials)
+        self.count.labels("scan").inc(scans)
+        self.count.labels("indicator").inc(len(partials) - scans)
+
+
+class InProcessConfirmation:
+    """``shoal run``'s confirmation: partials merged at once, detections written to outputs, a timer
+    emitting what became due and closing windows."""
+
+    def __init__(
+        self,
+        settings: DetectionSettings,
+        outputs: Sequence[AlertOutput],
+        registry: CollectorRegistry,
+        tick_seconds: float = 1.0,
+    ) -> None:
+        self.confirmer = Confirmer(settings.detections)
+        self.outputs = list(outputs)
+        self.tick_seconds = tick_seconds
+        self.lock = threading.Lock()
+        self.latest: dict[str, dict[str, Any]] = {}
+        """The latest version of every detection emitted (what the detections topic would hold)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="confirm-timer", daemon=True)
+        self.emitted = Counter(f"{NAMESPACE}_detections", "Detection versions emitted, by kind and state",
+                               ["kind", "state"], registry=registry)  # fmt: skip
+        self.open_groups = Gauge(f"{NAMESPACE}_confirm_open_groups", "Detection groups held (open windows)",
+                                 registry=registry)  # fmt: skip
+        self.open_groups.set_function(lambda: len(self.confirmer.groups))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def write(self, partials: list[dict[str, Any]]) -> None:
+        with self.lock:
+            emit = [d for p in partials for d in self.confirmer.add(p)]
+        self._emit(emit)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_seconds):
+            with self.lock:
+                emit = self.confirmer.tick()
+            self._emit(emit)
+
+    def _emit(self, detections: list[dict[str, Any]]) -> None:
+        if not detections:
+            return
+        for d in detections:
+            self.latest[d["id"]] = d
+            self.emitted.labels(d["kind"], d["state"]).inc()
+        for output in self.outputs:
+            try:
+                output.write(detections)
+            except OSError:
+                log.exception("detection output failed")
+
+    def stop(self) -> None:
+        """Close every open window (final versions) and stop the timer."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        with self.lock:
+            emit = self.confirmer.close_all()
+        self._emit(emit)
+        for output in self.outputs:
+            output.close()
