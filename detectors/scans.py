@@ -14,6 +14,8 @@ their addresses checked against the constituency and are grouped exactly by a so
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +26,15 @@ import pyarrow.compute as pc
 from detectors.addresses import Addresses
 from detectors.constituency import Constituency
 from detectors.detections import TLP_ORDER
-from detectors.distinct import TargetSet
+from detectors.distinct import EXACT_LIMIT, TargetSet
 from pipeline.config import ConfigError
-from pipeline.schemas import bytes16_to_ip
+from pipeline.schemas import V4_MAPPED_PREFIX
 
 TCP = 6
 SYN, ACK = 0x02, 0x10
 DEFAULT_MAX_GROUPS = 20_000
+_V4_PREFIX = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
+_ZERO10 = bytes(10)
 
 
 @dataclass(frozen=True)
@@ -196,13 +200,13 @@ def scan_partials(
     starts = np.flatnonzero(new_group)
     group_of = np.cumsum(new_group) - 1
 
+    target_rows = np.flatnonzero(new_target)
+    targets_per_group = np.bincount(group_of[target_rows], minlength=len(starts))
     c_flags, c_proto = flags[cand], proto[cand]
     c_tcp = c_proto == TCP
     c_probe = probe[cand]
     probes = np.add.reduceat(c_probe.astype(np.int64), starts)
     keep = np.flatnonzero(probes > 0)
-    target_rows = np.flatnonzero(new_target)
-    targets_per_group = np.bincount(group_of[target_rows], minlength=len(starts))
     if len(keep) > max_groups:  # the most distinct targets first, then the most probes
         rank = np.lexsort((keep, -probes[keep], -targets_per_group[keep]))
         stats.groups_dropped += len(keep) - max_groups
@@ -210,58 +214,94 @@ def scan_partials(
     if not len(keep):
         return []
 
-    ends = np.append(starts[1:], len(cand))
-    flows = ends - starts
+    # Sums, extremes and distinct counts per group, then only the kept groups' values as Python lists.
+    flows = np.diff(np.append(starts, len(cand)))
     pkts = np.add.reduceat(packets[cand], starts)
     octets = np.add.reduceat(_ints(batch.column("octets"))[cand], starts)
     established = np.add.reduceat((c_tcp & (c_flags & ACK > 0)).astype(np.int64), starts)
     first, last = np.minimum.reduceat(ms, starts), np.maximum.reduceat(ms, starts)
-    target_start = np.concatenate(([0], np.cumsum(targets_per_group)))
+    heads = starts[keep]
+    stats.group_flows += int(flows[keep].sum())
 
     # Distinct exporters per group: exporter ids, then unique (group, exporter) pairs.
     exp_raw = _raw16(batch.column("exporter"))[cand]
     exp_values, exp_id = np.unique(np.ascontiguousarray(exp_raw).view("V16").ravel(), return_inverse=True)
-    exp_text = [str(bytes16_to_ip(v.tobytes())) for v in exp_values]
+    exp_text = address_texts(exp_values.view(np.uint8).reshape(-1, 16))
     pairs = np.unique(group_of * len(exp_values) + exp_id.ravel())
-    pair_group, pair_exp = pairs // len(exp_values), pairs % len(exp_values)
-    pair_start = np.searchsorted(pair_group, np.arange(len(starts) + 1))
+    pair_group, pair_exp = pairs // len(exp_values), (pairs % len(exp_values)).tolist()
+    pair_lo = np.searchsorted(pair_group, keep).tolist()
+    pair_hi = np.searchsorted(pair_group, keep + 1).tolist()
 
-    sorted_src = src_raw[cand]
+    # Targets: the texts of small groups' targets (already in byte order, as TargetSet sorts them),
+    # a TargetSet (HyperLogLog) for the groups beyond the exact limit.
     sorted_dst = dst_raw[cand]
+    small = np.zeros(len(starts), dtype=bool)
+    small[keep] = targets_per_group[keep] <= EXACT_LIMIT
+    small_rows = target_rows[small[group_of[target_rows]]]
+    target_text = address_texts(sorted_dst[small_rows])
+    small_start = np.concatenate(([0], np.cumsum(np.where(small, targets_per_group, 0))))[keep].tolist()
+    target_start = np.concatenate(([0], np.cumsum(targets_per_group)))
+
+    scanners = address_texts(src_raw[cand[heads]])
+    columns = zip(
+        keep.tolist(), small[keep].tolist(), small_start, targets_per_group[keep].tolist(), pair_lo, pair_hi,
+        scanners, (pp[heads] >> 8).tolist(), (pp[heads] & 0xFF).tolist(), window[heads].tolist(),
+        flows[keep].tolist(), pkts[keep].tolist(), octets[keep].tolist(), first[keep].tolist(),
+        last[keep].tolist(), established[keep].tolist(), probes[keep].tolist(), strict=True,
+    )  # fmt: skip
     out = []
-    for g in keep.tolist():
-        s = starts[g]
-        scanner = str(bytes16_to_ip(sorted_src[s].tobytes()))
-        p_port, p_proto = int(pp[s] >> 8), int(pp[s] & 0xFF)
-        targets = TargetSet()
-        targets.add_raw(sorted_dst[target_rows[target_start[g] : target_start[g + 1]]])
-        scan = {"scanner": scanner, "protocol": p_proto, "port": p_port, **targets.to_json()}
+    for (g, exact, at, n_targets, e_lo, e_hi, scanner, p_port, p_proto, w, n_flows, n_pkts, n_bytes, t_first,
+         t_last, n_est, n_probe) in columns:  # fmt: skip
+        if exact:
+            distinct: dict[str, Any] = {"targets": target_text[at : at + n_targets], "hll": None}
+        else:
+            targets = TargetSet()
+            targets.add_raw(sorted_dst[target_rows[target_start[g] : target_start[g + 1]]])
+            distinct = targets.to_json()
+        scan = {"scanner": scanner, "protocol": p_proto, "port": p_port, **distinct}
         if tlp is not None:
             scan["tlp"] = tlp
+        host = {
+            "host": None, "flows": n_flows, "packets": n_pkts, "bytes": n_bytes, "first_seen": t_first,
+            "last_seen": t_last, "established_flows": n_est, "probe_flows": n_probe, "sides": ["src"],
+        }  # fmt: skip
         out.append(
             {
                 "kind": "scan",
                 "key": f"scan|{scanner}|{p_proto}|{p_port}",
-                "window_start": int(window[s]),
+                "window_start": w,
                 "window_seconds": window_seconds,
-                "hosts": [
-                    {
-                        "host": None,
-                        "flows": int(flows[g]),
-                        "packets": int(pkts[g]),
-                        "bytes": int(octets[g]),
-                        "first_seen": int(first[g]),
-                        "last_seen": int(last[g]),
-                        "established_flows": int(established[g]),
-                        "probe_flows": int(probes[g]),
-                        "sides": ["src"],
-                    }
-                ],
-                "exporters": sorted(exp_text[e] for e in pair_exp[pair_start[g] : pair_start[g + 1]].tolist()),
+                "hosts": [host],
+                "exporters": sorted(exp_text[e] for e in pair_exp[e_lo:e_hi]),
                 "indicator": None,
                 "scan": scan,
             }
         )
-        stats.group_flows += int(flows[g])
     stats.partials += len(out)
     return out
+
+
+def address_texts(raw: np.ndarray) -> list[str]:
+    """Text of (n, 16) flow-schema addresses exactly as :func:`pipeline.schemas.bytes16_to_ip` writes
+    them, without an object per address: IPv4-mapped ones formatted by Arrow in one pass, IPv6 by the
+    C library (its RFC 5952 form is ``ipaddress``'s, except the embedded-IPv4 forms under ::/80,
+    which go through ``ipaddress``)."""
+    mapped = (raw[:, :12] == _V4_PREFIX).all(axis=1)
+    if mapped.all():
+        return _v4_texts(raw[:, 12:])
+    out = np.empty(len(raw), dtype=object)
+    if mapped.any():
+        out[mapped] = _v4_texts(raw[mapped, 12:])
+    out[~mapped] = [_v6_text(b) for b in np.ascontiguousarray(raw[~mapped]).view("V16").ravel().tolist()]
+    return out.tolist()
+
+
+def _v4_texts(octets: np.ndarray) -> list[str]:
+    parts = [pc.cast(pa.array(octets[:, i]), pa.string()) for i in range(4)]
+    return pc.binary_join_element_wise(*parts, ".").to_pylist()
+
+
+def _v6_text(value: bytes) -> str:
+    if value[:10] == _ZERO10:
+        return str(ipaddress.IPv6Address(value))
+    return socket.inet_ntop(socket.AF_INET6, value)

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from detectors.constituency import Constituency
 from detectors.detections import DetectionConfig, group_key, merge, render
 from detectors.distinct import EXACT_LIMIT, HLL_P, TargetSet, hash32
-from detectors.scans import ScanConfig, ScanStats, scan_partials
+from detectors.scans import ScanConfig, ScanStats, address_texts, scan_partials
 from pipeline.config import ConfigError, load_tree
-from pipeline.schemas import ip_to_bytes16
+from pipeline.schemas import bytes16_to_ip, ip_to_bytes16
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTIAL_SCHEMA = json.loads((ROOT / "schemas" / "partial" / "v1.json").read_text())
@@ -160,6 +160,11 @@ def mixed_traffic(rng: random.Random) -> list[dict[str, Any]]:
     for dst in inside4[:5]:
         flows.append({"src": "203.0.113.5", "dst": dst, "dport": 22, "flags": 0x1B, "packets": 12, "octets": 3000,
                       "time": at(260)})  # fmt: skip
+    # and in a third window only completed handshakes, seen by another exporter: no partial there, and
+    # nothing of it in the neighbouring windows' groups
+    for dst in inside4[:30]:
+        flows.append({"src": "203.0.113.5", "dst": dst, "dport": 22, "flags": 0x1B, "packets": 12, "octets": 3000,
+                      "time": at(700), "exporter": "192.0.2.252"})  # fmt: skip
     for dst in inside4[340:350]:
         flows.append({"src": "203.0.113.5", "dst": dst, "dport": 22, "flags": 0x06, "time": at(270)})
     # IPv6 UDP scanner, one-packet flows, 120 targets, sampled exporter (counts carried, not rescaled)
@@ -248,6 +253,7 @@ def test_mixed_traffic_merged_equals_reference(parts: int) -> None:
     assert {"192.0.2.66", "192.0.2.67", "203.0.113.77", "203.0.113.88", "203.0.113.50"}.isdisjoint(scanners)
     assert {"203.0.113.90", "203.0.113.91"}.isdisjoint(scanners)
     assert not any(s.startswith("2001:db8:f00d::") for s in scanners)
+    assert not any("192.0.2.252" in g["exporters"] for g in groups.values())
     ssh = [g for k, g in expected.items() if k[:3] == ("203.0.113.5", 6, 22)]
     assert len(ssh) == 2 and sum(len(g["targets"]) for g in ssh) > EXACT_LIMIT  # two windows, one beyond exact
 
@@ -335,3 +341,17 @@ def test_scan_config_validates(tmp_path: Path) -> None:
         ScanConfig(max_groups_per_batch=0).validate()
     with pytest.raises(ConfigError, match="scan"):
         load_tree(Tree, None, "SHOAL_TEST_", environ={"SHOAL_TEST_SCAN__ENABLED": "maybe"})
+
+
+zero_run_v6 = st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xABC]), min_size=8, max_size=8).map(
+    lambda h: ipaddress.IPv6Address(b"".join(x.to_bytes(2, "big") for x in h))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6), zero_run_v6), min_size=1, max_size=30))
+def test_address_texts_equal_ipaddress(addrs: list) -> None:
+    """The vectorised texts (Arrow for IPv4, inet_ntop for IPv6) are bytes16_to_ip's, zero runs,
+    IPv4-compatible and IPv4-mapped forms included."""
+    raw = np.frombuffer(b"".join(ip_to_bytes16(a) for a in addrs), np.uint8).reshape(-1, 16)
+    assert address_texts(raw) == [str(bytes16_to_ip(r.tobytes())) for r in raw]
