@@ -223,22 +223,28 @@ def scan_partials(
     heads = starts[keep]
     stats.group_flows += int(flows[keep].sum())
 
-    # Distinct exporters per group: exporter ids, then unique (group, exporter) pairs.
-    exp_raw = _raw16(batch.column("exporter"))[cand]
-    exp_values, exp_id = np.unique(np.ascontiguousarray(exp_raw).view("V16").ravel(), return_inverse=True)
-    exp_text = address_texts(exp_values.view(np.uint8).reshape(-1, 16))
-    pairs = np.unique(group_of * len(exp_values) + exp_id.ravel())
-    pair_group, pair_exp = pairs // len(exp_values), (pairs % len(exp_values)).tolist()
+    # Distinct exporters per group: exporter ids (numbered in text order), then unique (group, exporter)
+    # pairs; each kept group's exporter texts are one slice of the pairs' texts.
+    exporter = batch.column("exporter")
+    exporter = exporter.fill_null(bytes(16)) if exporter.null_count else exporter
+    encoded = pc.dictionary_encode(exporter.take(pa.array(cand, type=pa.int64())))
+    exp_text = address_texts(_raw16(encoded.dictionary))
+    by_text = sorted(range(len(exp_text)), key=exp_text.__getitem__)
+    text_rank = np.empty(len(exp_text), np.int64)
+    text_rank[by_text] = np.arange(len(exp_text))
+    exp_id = text_rank[_ints(encoded.indices)]
+    pairs = np.unique(group_of * len(exp_text) + exp_id)
+    pair_group = pairs // len(exp_text)
+    pair_text = [exp_text[by_text[e]] for e in (pairs % len(exp_text)).tolist()]
     pair_lo = np.searchsorted(pair_group, keep).tolist()
     pair_hi = np.searchsorted(pair_group, keep + 1).tolist()
 
     # Targets: the texts of small groups' targets (already in byte order, as TargetSet sorts them),
     # a TargetSet (HyperLogLog) for the groups beyond the exact limit.
-    sorted_dst = dst_raw[cand]
     small = np.zeros(len(starts), dtype=bool)
     small[keep] = targets_per_group[keep] <= EXACT_LIMIT
     small_rows = target_rows[small[group_of[target_rows]]]
-    target_text = address_texts(sorted_dst[small_rows])
+    target_text = address_texts(dst_raw[cand[small_rows]])
     small_start = np.concatenate(([0], np.cumsum(np.where(small, targets_per_group, 0))))[keep].tolist()
     target_start = np.concatenate(([0], np.cumsum(targets_per_group)))
 
@@ -256,11 +262,9 @@ def scan_partials(
             distinct: dict[str, Any] = {"targets": target_text[at : at + n_targets], "hll": None}
         else:
             targets = TargetSet()
-            targets.add_raw(sorted_dst[target_rows[target_start[g] : target_start[g + 1]]])
+            targets.add_raw(dst_raw[cand[target_rows[target_start[g] : target_start[g + 1]]]])
             distinct = targets.to_json()
-        scan = {"scanner": scanner, "protocol": p_proto, "port": p_port, **distinct}
-        if tlp is not None:
-            scan["tlp"] = tlp
+        scan = {"scanner": scanner, "protocol": p_proto, "port": p_port, **distinct, "tlp": tlp}
         host = {
             "host": None, "flows": n_flows, "packets": n_pkts, "bytes": n_bytes, "first_seen": t_first,
             "last_seen": t_last, "established_flows": n_est, "probe_flows": n_probe, "sides": ["src"],
@@ -272,7 +276,7 @@ def scan_partials(
                 "window_start": w,
                 "window_seconds": window_seconds,
                 "hosts": [host],
-                "exporters": sorted(exp_text[e] for e in pair_exp[e_lo:e_hi]),
+                "exporters": pair_text[e_lo:e_hi],
                 "indicator": None,
                 "scan": scan,
             }

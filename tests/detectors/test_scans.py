@@ -355,3 +355,49 @@ def test_address_texts_equal_ipaddress(addrs: list) -> None:
     IPv4-compatible and IPv4-mapped forms included."""
     raw = np.frombuffer(b"".join(ip_to_bytes16(a) for a in addrs), np.uint8).reshape(-1, 16)
     assert address_texts(raw) == [str(bytes16_to_ip(r.tobytes())) for r in raw]
+
+
+def test_demo_sample_has_one_scanner() -> None:
+    """The bundled traffic's scanner (scripts/make_samples.py), found in Shoal's decoding of the pcap with
+    the demo constituency; the merged groups equal the reference over the same flows."""
+    from pipeline.decode import Datagram, FlowDecoder
+    from pipeline.runtime.replay import read_capture
+    from pipeline.samples import DEMO_CONSTITUENCY, DEMO_TRAFFIC
+
+    batch = FlowDecoder().decode(
+        [Datagram(d.payload, d.exporter, 2055, 1.8e9) for d in read_capture(DEMO_TRAFFIC)]
+    )
+    constituency = Constituency([ipaddress.ip_network(c) for c in DEMO_CONSTITUENCY])
+    groups: dict[str, Any] = {}
+    for partial in scan_partials(batch, constituency, WINDOW):
+        groups[group_key(partial)] = merge(groups.get(group_key(partial)), partial, max_hosts=16)
+    rows = [
+        {"src": str(bytes16_to_ip(r["src_addr"])), "dst": str(bytes16_to_ip(r["dst_addr"])), "dport": r["dst_port"],
+         "proto": r["protocol"], "flags": r["tcp_flags"], "packets": r["packets"], "octets": r["octets"],
+         "exporter": str(bytes16_to_ip(r["exporter"])), "end": r["flow_end"], "received": r["time_received"]}
+        for r in batch.to_pylist()
+    ]  # fmt: skip
+    nets = [ipaddress.ip_network(c) for c in DEMO_CONSTITUENCY]
+    expected = {}
+    for f in rows:  # the reference, with the demo's constituency
+        src, dst = ipaddress.ip_address(f["src"]), ipaddress.ip_address(f["dst"])
+        if any(src in n for n in nets) or not any(dst in n for n in nets):
+            continue
+        probe = (f["proto"] == 6 and f["flags"] & 0x12 == 0x02) or (f["proto"] != 6 and f["packets"] <= 1)
+        g = expected.setdefault((f["src"], f["proto"], f["dport"]), {"flows": 0, "probe": 0, "targets": set()})
+        g["flows"] += 1
+        g["probe"] += probe
+        g["targets"].add(f["dst"])
+    expected = {k: g for k, g in expected.items() if g["probe"]}
+    got = {(g["scan"]["scanner"], g["scan"]["protocol"], g["scan"]["port"]): g for g in groups.values()}
+    assert set(got) == set(expected)
+    for key, want in expected.items():
+        assert got[key]["hosts"][""]["flows"] == want["flows"]
+        assert set(got[key]["scan"]["targets"]) == want["targets"]
+    scanner = got[("203.0.113.200", 6, 23)]
+    assert len(scanner["scan"]["targets"]) == 80 and scanner["hosts"][""]["probe_flows"] == 80
+    assert scanner["exporters"] == ["192.0.2.1", "192.0.2.2"]
+    confirmed = [
+        g["key"] for g in groups.values() for _, r in render(g, DetectionConfig(), 0) if r["state"] == "confirmed"
+    ]
+    assert confirmed == ["scan|203.0.113.200|6|23"]
