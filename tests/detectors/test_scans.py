@@ -401,3 +401,21 @@ def test_demo_sample_has_one_scanner() -> None:
         g["key"] for g in groups.values() for _, r in render(g, DetectionConfig(), 0) if r["state"] == "confirmed"
     ]
     assert confirmed == ["scan|203.0.113.200|6|23"]
+
+
+def test_bad_rows_are_counted_not_fatal() -> None:
+    """A flow with neither time is counted and left out; a null number counts as 0, a null exporter as ::."""
+    flows = [{"src": "203.0.113.5", "dst": f"192.0.2.{i}", "dport": 22, "flags": 0x02} for i in range(1, 11)]
+    batch = flow_batch(flows)
+    schema = pa.schema([f.with_nullable(True) for f in batch.schema])
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    rows = {"flow_end": (0, 1), "time_received": (0, 1), "exporter": (2, 3), "octets": (4,)}
+    for name, null_rows in rows.items():
+        mask = pa.array([i in null_rows for i in range(10)])
+        columns[name] = pa.compute.if_else(mask, pa.scalar(None, columns[name].type), columns[name])
+    bad = pa.RecordBatch.from_arrays([columns[n] for n in schema.names], schema=schema)
+    stats = ScanStats()
+    (partial,) = scan_partials(bad, CONSTITUENCY, WINDOW, stats=stats)
+    assert stats.untimed_flows == 2
+    assert partial["hosts"][0]["flows"] == 8 and partial["hosts"][0]["bytes"] == 700
+    assert len(partial["scan"]["targets"]) == 8 and partial["exporters"] == ["192.0.2.254", "::"]
