@@ -136,6 +136,8 @@ def scan_partials(
     stats: ScanStats | None = None,
 ) -> list[dict[str, Any]]:
     """The ``schemas/partial/v1.json`` scan partials of one flow batch (see the module docstring)."""
+    if window_seconds < 1:
+        raise ValueError("window_seconds must be >= 1")
     batch = _one_batch(batch)
     stats = stats if stats is not None else ScanStats()
     n = batch.num_rows
