@@ -187,6 +187,7 @@ def merge(group: dict[str, Any] | None, partial: dict[str, Any], max_hosts: int)
         targets.merge(TargetSet.from_json(scan))
         out["scan"] = {"scanner": scan["scanner"], "protocol": scan["protocol"], "port": scan["port"],
                        **targets.to_json()}  # fmt: skip
+        out["tlp"] = stricter_tlp(group["tlp"], scan.get("tlp"))
     return out
 
 

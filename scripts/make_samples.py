@@ -38,6 +38,14 @@ CAMPUS_V6 = ipaddress.ip_network("2001:db8:c0::/48")
 BENIGN_V4 = ipaddress.ip_network("198.51.100.128/25")
 BENIGN_V6 = ipaddress.ip_network("2001:db8:f00d::/48")
 
+# The campus ranges are the demo's constituency (pipeline.samples.DEMO_CONSTITUENCY).
+# An outside address no indicator names, probing 80 campus addresses on telnet with lone SYNs: only
+# behaviour can find it. Its flows ride in packets 5 and 6 of the v5 and v9 exporters (20 per packet,
+# sent within a few hundredths of a second, so a replay puts them all in one window).
+SCANNER, SCAN_PORT = "203.0.113.200", 23
+SCAN_TARGETS = [str(CAMPUS_V4[160 + k]) for k in range(80)]
+SCAN_PACKETS = (5, 6)
+
 # (address, dst_port) pairs the demo traffic visits besides benign hosts, and whether they should alert.
 HOT = [
     ("203.0.113.66", 443, "C2 server: alerts"),
@@ -122,8 +130,11 @@ def pick(rng: random.Random, net: ipaddress._BaseNetwork) -> str:
     return str(net[rng.randrange(1, min(net.num_addresses - 1, 2**20))])
 
 
-def flows(rng: random.Random, count: int, v6: bool) -> list[tuple[str, str, int, int, int, int, int]]:
-    """(src, dst, sport, dport, proto, packets, octets): campus clients talking to the world."""
+Flow = tuple[str, str, int, int, int, int, int, int]
+
+
+def flows(rng: random.Random, count: int, v6: bool) -> list[Flow]:
+    """(src, dst, sport, dport, proto, packets, octets, tcp flags): campus clients talking to the world."""
     out = []
     for _ in range(count):
         campus = pick(rng, CAMPUS_V6 if v6 else CAMPUS_V4)
@@ -134,10 +145,20 @@ def flows(rng: random.Random, count: int, v6: bool) -> list[tuple[str, str, int,
             remote, dport = pick(rng, BENIGN_V6 if v6 else BENIGN_V4), rng.choice([443, 80, 53, 123, 993])
         proto = 17 if dport in (53, 123) else 6
         sport, pkts = rng.randrange(1024, 65535), rng.randrange(1, 200)
-        fwd = (campus, remote, sport, dport, proto, pkts, pkts * rng.randrange(60, 1400))
-        rev = (remote, campus, dport, sport, proto, pkts, pkts * rng.randrange(60, 1400))
+        flags = 0x1B if proto == 6 else 0
+        fwd = (campus, remote, sport, dport, proto, pkts, pkts * rng.randrange(60, 1400), flags)
+        rev = (remote, campus, dport, sport, proto, pkts, pkts * rng.randrange(60, 1400), flags)
         out.append(fwd if rng.random() < 0.5 else rev)
     return out
+
+
+def scan_flows(stream: int, index: int) -> list[Flow]:
+    """The scanner's flows in packet ``index`` of exporter ``stream`` (0: v5, 1: v9): one SYN each."""
+    if stream > 1 or index not in SCAN_PACKETS:
+        return []
+    part = 2 * stream + SCAN_PACKETS.index(index)
+    targets = SCAN_TARGETS[20 * part : 20 * part + 20]
+    return [(SCANNER, t, 40_000 + 20 * part + k, SCAN_PORT, 6, 1, 44, 0x02) for k, t in enumerate(targets)]
 
 
 def v5_packets(rng: random.Random, n_packets: int) -> list:
@@ -157,9 +178,9 @@ def v5_packets(rng: random.Random, n_packets: int) -> list:
                 last=uptime - 100,
                 input=1,
                 output=2,
-                tcpFlags=0x1B,
+                tcpFlags=fl,
             )
-            for s, d, sp, dp, pr, pk, oc in flows(rng, 30, v6=False)
+            for s, d, sp, dp, pr, pk, oc, fl in flows(rng, 30 - len(scan_flows(0, seq)), v6=False) + scan_flows(0, seq)
         ]
         hdr = NetflowHeader() / NetflowHeaderV5(
             count=len(records),
@@ -220,12 +241,13 @@ def templated_packets(rng: random.Random, n_packets: int, version: int) -> list:
     for i in range(n_packets):
         uptime, export = 3_600_000 + i * 1000, EPOCH + i
         records = []
-        for s, d, sp, dp, pr, pk, oc in flows(rng, 30, v6=v6):
+        scan = scan_flows(1, i) if not v6 else []
+        for s, d, sp, dp, pr, pk, oc, fl in flows(rng, 30 - len(scan), v6=v6) + scan:
             if v6:  # IPFIX: microseconds before the export time (IEs 158/159)
                 start, end = 5_000_000, 100_000
             else:
                 start, end = uptime - 5000, uptime - 100
-            values = [s, d, sp, dp, pr, 0x1B if pr == 6 else 0, pk, oc, 3, 4, start, end]
+            values = [s, d, sp, dp, pr, fl, pk, oc, 3, 4, start, end]
             records.append(record_cls(**dict(zip(names, values, strict=True))))
         data = NetflowDataflowsetV9(templateID=tmpl.templates[0].templateID, records=records)
         body = (tmpl / data) if i % 10 == 0 else data

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 
 from detectors.constituency import Constituency
 from detectors.index import IndicatorIndex
 from detectors.matcher import Hits
 from detectors.partials import indicator_partials
-from detectors.scans import scan_partials
+from detectors.scans import ScanStats, scan_partials
 from pipeline.confirm.engine import Confirmer
 from pipeline.confirm.settings import DetectionSettings
 from pipeline.metrics import NAMESPACE
@@ -37,13 +38,17 @@ class PartialsStage:
         if settings.scan.enabled and not self.constituency:
             log.warning("scan detection is off: no constituency configured (the [constituency] section)")
         self.output = output
+        self.scan_stats = ScanStats()
         self.count = Counter(f"{NAMESPACE}_partials", "Partial aggregates sent to confirmation, by kind",
                              ["kind"], registry=registry)  # fmt: skip
+        registry.register(_ScanMetrics(self.scan_stats))
 
     def of(self, batch: pa.RecordBatch, hits: Hits, index: IndicatorIndex) -> list[dict[str, Any]]:
         partials = indicator_partials(batch, hits, index, self.window)
         if self.scans:
-            partials += scan_partials(batch, self.constituency, self.window, self.settings.scan)
+            scan = self.settings.scan
+            partials += scan_partials(batch, self.constituency, self.window, scan.tlp, scan.max_groups_per_batch,
+                                      self.scan_stats)  # fmt: skip
         return partials
 
     def write(self, partials: list[dict[str, Any]]) -> None:
@@ -116,3 +121,26 @@ class InProcessConfirmation:
         self._emit(emit)
         for output in self.outputs:
             output.close()
+
+
+class _ScanMetrics:
+    """The scan detector's counters, read at scrape time."""
+
+    def __init__(self, stats: ScanStats) -> None:
+        self.stats = stats
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self.stats
+        for name, value, doc in (
+            ("scan_probe_flows", s.probe_flows, "Inbound probe flows (outside to inside, unanswered-looking)"),
+            ("scan_partials", s.partials, "Scan partials produced"),
+            ("scan_groups_dropped", s.groups_dropped,
+             "Probing groups beyond scan.max_groups_per_batch in a batch (fewest targets dropped first)"),
+            ("scan_untimed_flows", s.untimed_flows, "Flows without any time: no window, not counted"),
+        ):  # fmt: skip
+            family = CounterMetricFamily(f"{NAMESPACE}_{name}", doc)
+            family.add_metric([], value)
+            yield family

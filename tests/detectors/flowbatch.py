@@ -12,20 +12,21 @@ WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 def flow_batch(flows: list[dict]) -> pa.RecordBatch:
-    """``flows``: dicts with src/dst (text) and optional ports, protocol, AS numbers, time (and end),
-    flags, packets, octets, exporter, sampling."""
+    """``flows``: dicts with src/dst (text) and optional ports, protocol, AS numbers, time (both times), or
+    ``end`` (None: no flow end) and ``received`` apart, ``flags``, ``packets``, ``octets``, ``exporter``,
+    ``sampling``."""
     rows = []
     for f in flows:
         src, dst = ip_to_bytes16(f["src"]), ip_to_bytes16(f["dst"])
         rows.append(
             {
-                "time_received": f.get("time", WHEN),
+                "time_received": f.get("received", f.get("time", WHEN)),
                 "exporter": ip_to_bytes16(f.get("exporter", "192.0.2.254")),
                 "exporter_port": 2055,
                 "observation_domain": 0,
                 "flow_version": 10,
                 "flow_start": f.get("time", WHEN),
-                "flow_end": f.get("end", f.get("time", WHEN)),
+                "flow_end": f["end"] if "end" in f else f.get("time", WHEN),
                 "src_addr": src,
                 "dst_addr": dst,
                 "next_hop": None,
