@@ -99,6 +99,9 @@ class DetectionConfig:
     """A false positive silences its (kind, key, host) for this long, across windows."""
     max_hosts: int = 1024
     """Internal hosts tracked per group (an indicator hit by more is summed beyond it)."""
+    observed_scans: bool = False
+    """Also emit scan detections no rule has confirmed. Off by default: on a backbone every unanswered
+    packet from outside starts one (Internet background radiation); they are still tracked."""
     rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
 
     def validate(self) -> DetectionConfig:
@@ -250,7 +253,8 @@ def render(
             "first_seen": iso_ms(host["first_seen"]), "last_seen": iso_ms(host["last_seen"]),
             "internal_hosts": hosts_total, "established_flows": host["established_flows"],
             "probe_flows": host["probe_flows"], "exporters": group["exporters"],
-            "confidence": group["confidence"], "tlp": group["tlp"], "sources": group["sources"],
+            "confidence": group["confidence"], "tlp": group["tlp"],
+            "sources": group["sources"] if group["kind"] == "indicator" else [config.network],
             "indicator": indicator, "scan": scan,
             "feedback": {k: feedback.get(k) for k in FEEDBACK_FIELDS} if feedback else None,
         }  # fmt: skip
@@ -272,6 +276,8 @@ def due(
     """
     emit, hosts = [], dict(group["hosts"])
     for name, record in render(group, config, now_ms, final, verdicts):
+        if record["kind"] == "scan" and record["state"] == "observed" and not config.observed_scans:
+            continue
         mark = hosts[name].get("emitted")
         changed = mark is None or mark["state"] != record["state"]
         moved = mark is not None and mark["flows"] != record["flows"]

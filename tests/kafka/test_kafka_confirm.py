@@ -38,6 +38,7 @@ from pipeline.schemas import schemas_dir
 from pipeline.transport.detections import PARTIAL_SCHEMA, SCHEMA_HEADER, encode_partial
 
 pytestmark = pytest.mark.kafka
+SCANNER, SCANNER_PROBES = "203.0.113.200", 80  # the demo traffic's scanner (scripts/make_samples.py)
 DETECTION_SCHEMA = jsonschema.Draft202012Validator(
     json.loads((schemas_dir() / "detection" / "v1.json").read_text()), format_checker=jsonschema.FormatChecker()
 )
@@ -134,27 +135,37 @@ def test_worker_partials_exactly_once_and_confirmed_detections_match_reference(k
         partials = read_partials(kafka.bootstrap, names["partials"], settle=4)
         got = collections.Counter()
         for p in partials:
-            assert p["kind"] == "indicator"
-            for h in p["hosts"]:
+            for h in p["hosts"] if p["kind"] == "indicator" else ():
                 got[h["host"]] += h["flows"]
         assert got == want  # every hit in exactly one committed partial
-        assert len(partials) < sum(want.values())  # aggregated: fewer messages than alerts
+        assert sum(p["kind"] == "indicator" for p in partials) < sum(want.values())  # fewer messages than alerts
+        scan_flows = sum(p["hosts"][0]["flows"] for p in partials if p["scan"] and p["scan"]["scanner"] == SCANNER)
+        assert scan_flows == SCANNER_PROBES * len(batches)
 
-        latest = latest_detections(kafka.bootstrap, names["detections"], lambda ls: _flows_by_host(ls) == want)
+        def complete(latest: dict) -> bool:
+            scans = [d for d in latest.values() if d["kind"] == "scan"]
+            return _flows_by_host(latest) == want and any(d["flows"] == SCANNER_PROBES * len(batches) for d in scans)
+
+        latest = latest_detections(kafka.bootstrap, names["detections"], complete)
     finally:
         stop(worker)
         stop(confirm)
     assert _flows_by_host(latest) == want
     for d in latest.values():
         DETECTION_SCHEMA.validate(d)
-        assert d["network"] == "demo-nren" and d["kind"] == "indicator"
-        assert d["state"] in ("observed", "confirmed")
+        assert d["network"] == "demo-nren" and d["state"] in ("observed", "confirmed")
+    (scan,) = [d for d in latest.values() if d["kind"] == "scan"]  # observed scans are not emitted
+    assert scan["scan"] == {"scanner": SCANNER, "protocol": 6, "port": 23, "targets": SCANNER_PROBES,
+                            "targets_exact": True}  # fmt: skip
+    assert (scan["state"], scan["rule"], scan["internal_host"]) == ("confirmed", "scanner", None)
+    assert scan["flows"] == scan["probe_flows"] == SCANNER_PROBES * len(batches)
 
 
 def _flows_by_host(latest: dict) -> collections.Counter:
     out: collections.Counter = collections.Counter()
     for d in latest.values():
-        out[d["internal_host"]] += d["flows"]
+        if d["kind"] == "indicator":
+            out[d["internal_host"]] += d["flows"]
     return out
 
 
