@@ -3,6 +3,7 @@ over UDP and raise exactly the alerts a naive reference finds in tshark's decodi
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -18,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.peers
 def test_run_demo_raises_exactly_the_expected_alerts(tmp_path: Path) -> None:
     alerts_file, metrics = tmp_path / "alerts.jsonl", f"127.0.0.1:{free_port()}"
+    detections_file = tmp_path / "detections.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "--demo", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
-         "--alerts", str(alerts_file), "--metrics", metrics, "--duration", "8", "--quiet"],
+         "--alerts", str(alerts_file), "--detections-out", str(detections_file), "--metrics", metrics,
+         "--duration", "8", "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -45,3 +48,22 @@ def test_run_demo_raises_exactly_the_expected_alerts(tmp_path: Path) -> None:
     assert got == expected_alerts()
     assert "shoal_matcher_flows_total 1800.0" in scrape
     assert f'shoal_matcher_alerts_total{{source="Demo NREN CERT hub"}} {float(len(alerts))}' in scrape
+
+    # Detections: the alerts aggregated per indicator and internal host, and the sample's one scanner.
+    latest: dict[str, dict] = {}
+    for line in detections_file.read_text().splitlines():
+        record = json.loads(line)
+        latest[record["id"]] = record  # a later version of an id replaces the earlier one
+    assert all(d["final"] for d in latest.values())  # the stop closed every window
+    by_host: collections.Counter = collections.Counter()
+    for src, dst, _sport, _dport, side in expected_alerts():
+        by_host[(dst if side == "src" else src)] += 1
+    got_by_host: collections.Counter = collections.Counter()
+    for d in latest.values():
+        if d["kind"] == "indicator":
+            got_by_host[d["internal_host"]] += d["flows"]
+    assert got_by_host == by_host
+    (scan,) = [d for d in latest.values() if d["kind"] == "scan"]
+    assert scan["scan"]["scanner"] == "203.0.113.200" and scan["scan"]["targets"] == 80
+    assert scan["state"] == "confirmed" and scan["internal_host"] is None
+    assert f"{len(latest)} detections" in out
