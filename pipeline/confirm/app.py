@@ -33,11 +33,14 @@ from pipeline.transport.detections import (
     SCHEMA_HEADER,
     MessageError,
     decode_json,
+    decode_partials,
     encode_detection,
 )
 
 log = logging.getLogger(__name__)
 TICK_HEADER = "shoal-tick"
+POSITIONS_PER_MESSAGE = 1 << 16
+"""A partial's position: its message's offset times this, plus its index in the message."""
 PARTIAL_FIELDS = ("kind", "key", "window_start", "window_seconds", "hosts", "exporters", "indicator", "scan")
 FEEDBACK_FIELDS = ("kind", "key", "internal_host", "window_start", "verdict", "at", "at_ms", "detection")
 
@@ -109,18 +112,32 @@ def build_app(
                 await emit(confirmer.tick(keys_of(message.partition)))
                 continue
             try:
-                partial = decode_json(message.value, PARTIAL_FIELDS)
-                before = (confirmer.duplicates, confirmer.late)
-                detections = confirmer.add(partial, offset=message.offset, extra={"p": message.partition})
-            except (MessageError, KeyError, TypeError, ValueError) as exc:
+                partials = decode_partials(message.value)
+            except MessageError as exc:
                 metrics.partials.labels("bad").inc()
-                log.warning("skipped partial %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+                log.warning("skipped message %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
                 continue
-            outcome = ("duplicate" if confirmer.duplicates > before[0]
-                       else "late" if confirmer.late > before[1] else "applied")  # fmt: skip
-            metrics.partials.labels(outcome).inc()
-            if outcome == "applied":
-                newest = max(h["last_seen"] for h in partial["hosts"])
+            detections: list[dict[str, Any]] = []
+            newest = 0
+            for i, partial in enumerate(partials):
+                # Positions within the message keep "one state write per partial, skipped when seen".
+                position = message.offset * POSITIONS_PER_MESSAGE + i
+                before = (confirmer.duplicates, confirmer.late)
+                try:
+                    if not isinstance(partial, dict) or any(k not in partial for k in PARTIAL_FIELDS):
+                        raise MessageError("not a partial object")
+                    detections += confirmer.add(partial, offset=position, extra={"p": message.partition})
+                except (MessageError, KeyError, TypeError, ValueError) as exc:
+                    metrics.partials.labels("bad").inc()
+                    log.warning("skipped partial %d of %s[%d]@%d: %s", i, message.topic, message.partition,
+                                message.offset, exc)  # fmt: skip
+                    continue
+                outcome = ("duplicate" if confirmer.duplicates > before[0]
+                           else "late" if confirmer.late > before[1] else "applied")  # fmt: skip
+                metrics.partials.labels(outcome).inc()
+                if outcome == "applied":
+                    newest = max(newest, *(h["last_seen"] for h in partial["hosts"]))
+            if newest:
                 metrics.lag.set(max(0.0, time.time() - newest / 1000))
             await emit(detections)
 

@@ -27,7 +27,7 @@ from pipeline.sinks.base import SinkError
 from pipeline.transport.alerts import ALERT_SCHEMA_VALUE, SCHEMA_HEADER, encode_alert
 from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.config import StreamsConfig
-from pipeline.transport.detections import PARTIAL_SCHEMA, encode_partial
+from pipeline.transport.detections import PARTIAL_SCHEMA, pack_partials
 from pipeline.transport.flows import FlowMessageError, decode_message
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,22 @@ class KafkaAlertOutput:
 
 
 class KafkaPartialOutput:
-    """Partials into the producer's open transaction, keyed by detection group."""
+    """Partials into the producer's open transaction, packed per partition of the partials topic."""
 
     def __init__(self, producer: Producer, topic: str) -> None:
         self.producer, self.topic = producer, topic
         self.headers = [(SCHEMA_HEADER, PARTIAL_SCHEMA)]
+        metadata = producer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise KafkaException(f"topic {topic}: {metadata.error if metadata else 'not found'} "
+                                 "(create the topics with `shoal topics create`)")  # fmt: skip
+        self.partitions = len(metadata.partitions)
 
     def write(self, partials: list[dict[str, Any]]) -> None:
-        for partial in partials:
-            key, value = encode_partial(partial)
+        for partition, key, value in pack_partials(partials, self.partitions):
             while True:
                 try:
-                    self.producer.produce(self.topic, value, key=key, headers=self.headers)
+                    self.producer.produce(self.topic, value, key=key, partition=partition, headers=self.headers)
                     break
                 except BufferError:
                     self.producer.poll(0.05)

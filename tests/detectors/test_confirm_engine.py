@@ -161,3 +161,19 @@ def test_configuration_file_and_its_errors(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_detection_settings(bad, environ={})
+
+
+def test_partials_packed_per_partition_by_a_stable_hash() -> None:
+    import json
+    import zlib
+
+    from pipeline.transport.detections import MAX_PARTIALS_PER_MESSAGE, pack_partials
+
+    many = [partial(key=f"indicator--{i % 40}", host=f"192.0.2.{i % 200}") for i in range(1200)]
+    messages = list(pack_partials(many, partitions=6))
+    unpacked = [(partition, p) for partition, _, value in messages for p in json.loads(value)]
+    assert sorted(json.dumps(p, sort_keys=True) for _, p in unpacked) == sorted(json.dumps(p, sort_keys=True) for p in many)
+    for partition, p in unpacked:  # one indicator's partials always meet in one partition
+        assert partition == zlib.crc32(p["key"].encode()) % 6
+    assert all(len(json.loads(v)) <= MAX_PARTIALS_PER_MESSAGE for _, _, v in messages)
+    assert len(messages) < 20

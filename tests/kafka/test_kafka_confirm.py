@@ -35,7 +35,8 @@ from test_kafka_detect import produce_batches
 
 from pipeline.samples import DEMO_DETECTIONS
 from pipeline.schemas import schemas_dir
-from pipeline.transport.detections import PARTIAL_SCHEMA, SCHEMA_HEADER, encode_partial
+from pipeline.transport.config import PartialsTopic
+from pipeline.transport.detections import PARTIAL_SCHEMA, SCHEMA_HEADER, pack_partials
 
 pytestmark = pytest.mark.kafka
 SCANNER, SCANNER_PROBES = "203.0.113.200", 80  # the demo traffic's scanner (scripts/make_samples.py)
@@ -95,7 +96,7 @@ def read_partials(bootstrap: str, topic: str, settle: float = 3.0, timeout: floa
             for msg in consumer.consume(num_messages=1000, timeout=0.3):
                 assert msg.error() is None, msg.error()
                 if dict(msg.headers() or []).get(SCHEMA_HEADER) == PARTIAL_SCHEMA:
-                    out.append(json.loads(msg.value()))
+                    out += json.loads(msg.value())  # the partials of one transaction for one partition
                     quiet_since = time.monotonic()
     finally:
         consumer.close()
@@ -191,9 +192,8 @@ def produce_partials(bootstrap: str, topic: str, partials: list[dict], abort_eve
     for n, start in enumerate(range(0, len(partials), 10)):
         chunk = partials[start : start + 10]
         producer.begin_transaction()
-        for p in chunk:
-            key, value = encode_partial(p)
-            producer.produce(topic, value, key=key, headers=[(SCHEMA_HEADER, PARTIAL_SCHEMA)])
+        for partition, key, value in pack_partials(chunk, PartialsTopic().partitions):
+            producer.produce(topic, value, key=key, partition=partition, headers=[(SCHEMA_HEADER, PARTIAL_SCHEMA)])
         if abort_every and n % abort_every == abort_every - 1:
             producer.abort_transaction(30)
         else:
