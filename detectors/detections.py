@@ -217,11 +217,14 @@ def render(
     now_ms: int,
     final: bool = False,
     verdicts: Verdicts | None = None,
+    names: Iterable[str] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Every detection of the group as (host entry name, detection record)."""
+    """The group's detections as (host entry name, detection record): all, or those of ``names``."""
     hosts_total, _ = host_count(group)
     out = []
-    for name, host in sorted(group["hosts"].items()):
+    chosen = sorted(group["hosts"]) if names is None else sorted(set(names) & group["hosts"].keys())
+    for name in chosen:
+        host = group["hosts"][name]
         internal = None if name in ("", OVERFLOW_HOST) else name
         feedback = verdicts(group["kind"], group["key"], internal) if verdicts else None
         state, rule = "observed", None
@@ -268,14 +271,18 @@ def due(
     now_ms: int,
     final: bool = False,
     verdicts: Verdicts | None = None,
+    names: Iterable[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The detections to emit now, and the group with their emission marks updated.
 
     A detection goes out when it is new or its state changed (at once), when its counts moved and
     the last emission is ``emit_seconds`` old, and once more, marked final, when its window closes.
+    ``names`` limits the check to those host entries (the ones a partial touched, or still pending);
+    the group's ``pending`` lists those whose moved counts wait for the emit step.
     """
     emit, hosts = [], dict(group["hosts"])
-    for name, record in render(group, config, now_ms, final, verdicts):
+    pending = set(group.get("pending", ())) - set(hosts if names is None else names)
+    for name, record in render(group, config, now_ms, final, verdicts, names):
         if record["kind"] == "scan" and record["state"] == "observed" and not config.observed_scans:
             continue
         mark = hosts[name].get("emitted")
@@ -284,7 +291,24 @@ def due(
         if final or changed or (moved and now_ms - mark["at"] >= 1000 * config.emit_seconds):
             emit.append(record)
             hosts[name] = dict(hosts[name], emitted={"state": record["state"], "flows": record["flows"], "at": now_ms})
-    return emit, (dict(group, hosts=hosts) if emit else group)
+        elif moved:
+            pending.add(name)
+    if not emit and sorted(pending) == group.get("pending", []):
+        return emit, group
+    return emit, dict(group, hosts=hosts, pending=sorted(pending))
+
+
+def needs_full_check(before: dict[str, Any] | None, after: dict[str, Any], config: DetectionConfig) -> bool:
+    """Whether a merge can have changed detections beyond the hosts it touched: a group-level input of
+    the rules moved (confidence, feeds) or the host count crossed a rule's ``min_hosts``."""
+    if before is None:
+        return True
+    if after["kind"] == "scan":  # one detection per group: the partial touched it
+        return False
+    if before["confidence"] != after["confidence"] or before["sources"] != after["sources"]:
+        return True
+    old, new = host_count(before)[0], host_count(after)[0]
+    return old != new and any(old < r.min_hosts <= new for r in config.rules)
 
 
 def closes_at(group: dict[str, Any], config: DetectionConfig) -> int:

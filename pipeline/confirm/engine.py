@@ -12,7 +12,15 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors.detections import DetectionConfig, closes_at, due, group_key, merge
+from detectors.detections import (
+    OVERFLOW_HOST,
+    DetectionConfig,
+    closes_at,
+    due,
+    group_key,
+    merge,
+    needs_full_check,
+)
 from pipeline.transport.detections import feedback_key
 
 
@@ -80,14 +88,23 @@ class Confirmer:
             merged["offset"] = offset
         if extra:
             merged.update(extra)
-        emit, merged = due(merged, self.config, now, verdicts=self.verdicts)
+        touched = None  # only the detections this partial can have changed are rendered
+        if not needs_full_check(group, merged, self.config):
+            touched = {h["host"] or "" for h in partial["hosts"]}
+            touched = {n if n in merged["hosts"] else OVERFLOW_HOST for n in touched}
+        emit, merged = due(merged, self.config, now, verdicts=self.verdicts, names=touched)
         self.groups[key] = merged
         self.partials += 1
         return emit
 
     def feedback(self, feedback: dict[str, Any]) -> None:
-        """An analyst's verdict: the key's detections take it at their next emission (``tick``)."""
+        """An analyst's verdict: the key's open detections take it at the next ``tick``."""
         self.verdicts.add(feedback)
+        prefix = f"{feedback['kind']}|{feedback['key']}|"
+        for key in [k for k in self.groups if k.startswith(prefix)]:
+            group = self.groups.get(key)
+            if group is not None and group.get("closed_at") is None:
+                self.groups[key] = dict(group, recheck=True)
 
     def tick(self, keys: Iterable[str] | None = None, now: int | None = None) -> list[dict[str, Any]]:
         """Emit what became due since the last call; close finished windows (final versions), leaving
@@ -103,7 +120,12 @@ class Confirmer:
                     del self.groups[key]
                 continue
             final = now >= closes_at(group, self.config)
-            emit, updated = due(group, self.config, now, final=final, verdicts=self.verdicts)
+            if not (final or group.get("recheck") or group.get("pending")):
+                continue  # nothing can be due: no render
+            names = None if final or group.get("recheck") else group["pending"]
+            emit, updated = due(group, self.config, now, final=final, verdicts=self.verdicts, names=names)
+            if updated.get("recheck"):
+                updated = {k: v for k, v in updated.items() if k != "recheck"}
             out += emit
             if final:
                 self.groups[key] = _marker(group, now)
