@@ -11,10 +11,11 @@ any number of workers and batches meet in one place.
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from detectors.distinct import TargetSet
@@ -122,14 +123,19 @@ class DetectionConfig:
 # --- ids and times ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
+def _namespace(network: str) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"shoal:{network}")
+
+
 def detection_id(network: str, kind: str, key: str, host: str | None, window_start_ms: int) -> str:
     """Deterministic: the same input re-processed anywhere yields the same id, so updates replace."""
-    namespace = uuid.uuid5(uuid.NAMESPACE_URL, f"shoal:{network}")
-    return str(uuid.uuid5(namespace, f"{kind}|{key}|{host or ''}|{window_start_ms}"))
+    return str(uuid.uuid5(_namespace(network), f"{kind}|{key}|{host or ''}|{window_start_ms}"))
 
 
 def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds (``2026-11-26T14:25:00.000Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def stricter_tlp(a: str | None, b: str | None) -> str | None:
@@ -211,6 +217,52 @@ Verdicts = Callable[[str, str, str | None], dict[str, Any] | None]
 FEEDBACK_FIELDS = ("verdict", "reason", "analyst", "at")
 
 
+def _state(
+    group: dict[str, Any], host: dict[str, Any], internal: str | None, hosts_total: int, config: DetectionConfig,
+    verdicts: Verdicts | None,
+) -> tuple[str, str | None, dict[str, Any] | None]:  # fmt: skip
+    """(state, rule, feedback) of one detection: an analyst's verdict first, then the rules in order."""
+    feedback = verdicts(group["kind"], group["key"], internal) if verdicts else None
+    if feedback and feedback["verdict"] == "false_positive":
+        return "false_positive", "analyst", feedback
+    if feedback and feedback["verdict"] == "confirm":
+        return "confirmed", "analyst", feedback
+    for r in config.rules:
+        if r.holds(group, host, hosts_total):
+            return "confirmed", r.name, feedback
+    return "observed", None, feedback
+
+
+def _record(
+    group: dict[str, Any], host: dict[str, Any], internal: str | None, state: tuple[str, str | None, Any],
+    hosts_total: int, config: DetectionConfig, now_ms: int, final: bool,
+) -> dict[str, Any]:  # fmt: skip
+    scan = None
+    if group["scan"]:
+        targets = TargetSet.from_json(group["scan"])
+        scan = {k: group["scan"][k] for k in ("scanner", "protocol", "port")}
+        scan |= {"targets": targets.count(), "targets_exact": targets.exact}
+    indicator = None
+    if group["indicator"]:
+        indicator = {k: group["indicator"][k] for k in ("id", "value", "name", "valid_until")}
+        indicator["sides"] = host["sides"]
+    start, (name, rule, feedback) = group["window_start"], state
+    return {
+        "id": detection_id(config.network, group["kind"], group["key"], internal, start),
+        "network": config.network, "kind": group["kind"], "key": group["key"], "internal_host": internal,
+        "window_start": iso_ms(start), "window_end": iso_ms(start + 1000 * group["window_seconds"]),
+        "state": name, "rule": rule, "final": final, "updated": iso_ms(now_ms),
+        "flows": host["flows"], "packets": host["packets"], "bytes": host["bytes"],
+        "first_seen": iso_ms(host["first_seen"]), "last_seen": iso_ms(host["last_seen"]),
+        "internal_hosts": hosts_total, "established_flows": host["established_flows"],
+        "probe_flows": host["probe_flows"], "exporters": group["exporters"],
+        "confidence": group["confidence"], "tlp": group["tlp"],
+        "sources": group["sources"] if group["kind"] == "indicator" else [config.network],
+        "indicator": indicator, "scan": scan,
+        "feedback": {k: feedback.get(k) for k in FEEDBACK_FIELDS} if feedback else None,
+    }  # fmt: skip
+
+
 def render(
     group: dict[str, Any],
     config: DetectionConfig,
@@ -221,47 +273,12 @@ def render(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The group's detections as (host entry name, detection record): all, or those of ``names``."""
     hosts_total, _ = host_count(group)
-    out = []
     chosen = sorted(group["hosts"]) if names is None else sorted(set(names) & group["hosts"].keys())
+    out = []
     for name in chosen:
-        host = group["hosts"][name]
-        internal = None if name in ("", OVERFLOW_HOST) else name
-        feedback = verdicts(group["kind"], group["key"], internal) if verdicts else None
-        state, rule = "observed", None
-        if feedback and feedback["verdict"] == "false_positive":
-            state, rule = "false_positive", "analyst"
-        elif feedback and feedback["verdict"] == "confirm":
-            state, rule = "confirmed", "analyst"
-        else:
-            for r in config.rules:
-                if r.holds(group, host, hosts_total):
-                    state, rule = "confirmed", r.name
-                    break
-        scan = None
-        if group["scan"]:
-            targets = TargetSet.from_json(group["scan"])
-            scan = {k: group["scan"][k] for k in ("scanner", "protocol", "port")}
-            scan |= {"targets": targets.count(), "targets_exact": targets.exact}
-        indicator = None
-        if group["indicator"]:
-            indicator = {k: group["indicator"][k] for k in ("id", "value", "name", "valid_until")}
-            indicator["sides"] = host["sides"]
-        start = group["window_start"]
-        record = {
-            "id": detection_id(config.network, group["kind"], group["key"], internal, start),
-            "network": config.network, "kind": group["kind"], "key": group["key"], "internal_host": internal,
-            "window_start": iso_ms(start), "window_end": iso_ms(start + 1000 * group["window_seconds"]),
-            "state": state, "rule": rule, "final": final, "updated": iso_ms(now_ms),
-            "flows": host["flows"], "packets": host["packets"], "bytes": host["bytes"],
-            "first_seen": iso_ms(host["first_seen"]), "last_seen": iso_ms(host["last_seen"]),
-            "internal_hosts": hosts_total, "established_flows": host["established_flows"],
-            "probe_flows": host["probe_flows"], "exporters": group["exporters"],
-            "confidence": group["confidence"], "tlp": group["tlp"],
-            "sources": group["sources"] if group["kind"] == "indicator" else [config.network],
-            "indicator": indicator, "scan": scan,
-            "feedback": {k: feedback.get(k) for k in FEEDBACK_FIELDS} if feedback else None,
-        }  # fmt: skip
-        out.append((name, record))
+        host, internal = group["hosts"][name], (None if name in ("", OVERFLOW_HOST) else name)
+        state = _state(group, host, internal, hosts_total, config, verdicts)
+        out.append((name, _record(group, host, internal, state, hosts_total, config, now_ms, final)))
     return out
 
 
@@ -278,19 +295,24 @@ def due(
     A detection goes out when it is new or its state changed (at once), when its counts moved and
     the last emission is ``emit_seconds`` old, and once more, marked final, when its window closes.
     ``names`` limits the check to those host entries (the ones a partial touched, or still pending);
-    the group's ``pending`` lists those whose moved counts wait for the emit step.
+    the group's ``pending`` lists those whose moved counts wait for the emit step. Only the records
+    that go out are built.
     """
     emit, hosts = [], dict(group["hosts"])
     pending = set(group.get("pending", ())) - set(hosts if names is None else names)
-    for name, record in render(group, config, now_ms, final, verdicts, names):
-        if record["kind"] == "scan" and record["state"] == "observed" and not config.observed_scans:
+    hosts_total, _ = host_count(group)
+    chosen = sorted(hosts) if names is None else sorted(set(names) & hosts.keys())
+    for name in chosen:
+        host, internal = hosts[name], (None if name in ("", OVERFLOW_HOST) else name)
+        state = _state(group, host, internal, hosts_total, config, verdicts)
+        if group["kind"] == "scan" and state[0] == "observed" and not config.observed_scans:
             continue
-        mark = hosts[name].get("emitted")
-        changed = mark is None or mark["state"] != record["state"]
-        moved = mark is not None and mark["flows"] != record["flows"]
+        mark = host.get("emitted")
+        changed = mark is None or mark["state"] != state[0]
+        moved = mark is not None and mark["flows"] != host["flows"]
         if final or changed or (moved and now_ms - mark["at"] >= 1000 * config.emit_seconds):
-            emit.append(record)
-            hosts[name] = dict(hosts[name], emitted={"state": record["state"], "flows": record["flows"], "at": now_ms})
+            emit.append(_record(group, host, internal, state, hosts_total, config, now_ms, final))
+            hosts[name] = dict(host, emitted={"state": state[0], "flows": host["flows"], "at": now_ms})
         elif moved:
             pending.add(name)
     if not emit and sorted(pending) == group.get("pending", []):
