@@ -213,7 +213,7 @@ def main() -> None:
                 f"{args.flows / cpu / 1e6:6.2f} M flows/s per core ({cpu:.3f} CPU-s)"
             )
         cons, pieces = constituency(), [batch.slice(i, rows) for i in range(0, batch.num_rows, rows)]
-        json_bytes = sum(len(json.dumps(p)) for piece in pieces for p in scan_partials(piece, cons, 300))
+        json_bytes = sum(len(json.dumps(p)) for piece in pieces for p in scan_partials(piece, cons, 300, max_groups=10**9))
         print(
             f"  per pass: {stats.partials:,} partials, {stats.probe_flows:,} inbound probes, {stats.group_flows:,} "
             f"flows in groups; partials {json_bytes / batch.num_rows:.1f} B JSON per flow "
