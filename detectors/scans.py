@@ -10,6 +10,7 @@ Cost follows the probes, not the traffic. The whole batch sees a few numpy passe
 (protocol, flags, packets) and a 64-bit hash of (source, port, protocol) looked up in a small bitmap of
 the probing keys. Only the rows that pass (the probing groups' flows and a few hash collisions) have
 their addresses checked against the constituency and are grouped exactly by a sort of the full keys.
+A flood of forged sources (one probing key each) is cut to the busiest keys before that work.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class ScanStats:
     """Flows counted in emitted partials."""
     partials: int = 0
     groups_dropped: int = 0
-    """Probing groups beyond ``max_groups_per_batch``."""
+    """Probing keys (or groups) beyond ``max_groups_per_batch``: evidence not reported."""
     untimed_flows: int = 0
     """Flows with neither an end time nor a receipt time: no window, not counted."""
 
