@@ -7,8 +7,9 @@ the flows are ordinary traffic (48% inbound, 48% outbound, 1% transit/internal; 
 completed handshakes, 22% UDP of which a twentieth is one-packet DNS-like queries, 3% ICMP; 80%
 IPv4), 3% are probes from 1,500 scanners (Zipf-distributed probe counts, 80% TCP SYN, 15% UDP, 5% ICMP
 echo; 90% IPv4) to random inside hosts on one or two ports each. Batches of 65,536 rows (the
-collector's) and of ``--flows`` rows are timed. The partials' JSON size is set beside the batch's
-Arrow size (the partials topic against the flows topic).
+collector's) and of ``--flows`` rows are timed, without the bound on partials per batch; then a
+flood of lone SYNs from forged sources with the default bound. The partials' JSON size is set beside
+the batch's Arrow size (the partials topic against the flows topic).
 
 The error table draws distinct random addresses (half IPv4, half IPv6) and compares TargetSet's
 count with the truth over 30 sets per size.
@@ -30,7 +31,7 @@ import pyarrow as pa
 from benchmarks.machine import machine_line
 from detectors.constituency import Constituency
 from detectors.distinct import HLL_P, TargetSet
-from detectors.scans import ScanStats, scan_partials
+from detectors.scans import DEFAULT_MAX_GROUPS, ScanStats, scan_partials
 from pipeline.allocator import tune_allocator
 from pipeline.schemas import FLOW_SCHEMA
 
@@ -137,7 +138,9 @@ def _binary(raw: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(16), len(raw), [None, pa.py_buffer(np.ascontiguousarray(raw))])
 
 
-def time_batches(batch: pa.RecordBatch, rows: int, repeat: int, frozen: bool) -> tuple[float, ScanStats]:
+def time_batches(
+    batch: pa.RecordBatch, rows: int, repeat: int, frozen: bool, max_groups: int = 10**9
+) -> tuple[float, ScanStats]:
     """CPU seconds per pass over the batch cut into ``rows``-row batches, amortised over ``repeat``
     passes (a worker's steady state: each batch's partials dropped once made, as once sent; the
     garbage collector's full collections, which the partials' dicts trigger, fall where they fall),
@@ -154,10 +157,22 @@ def time_batches(batch: pa.RecordBatch, rows: int, repeat: int, frozen: bool) ->
     for _ in range(repeat):
         stats = ScanStats()
         for piece in pieces:
-            scan_partials(piece, cons, 300, stats=stats)
+            scan_partials(piece, cons, 300, max_groups=max_groups, stats=stats)
     cpu = (time.process_time() - c0) / repeat
     gc.unfreeze()
     return cpu, stats
+
+
+def flood(n: int, rng: np.random.Generator) -> pa.RecordBatch:
+    """``n`` lone SYNs to port 80 of 16 inside hosts, each from a different forged source."""
+    batch = traffic(n, rng)
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    columns["src_addr"] = _binary(addresses(n, False, 1.0, rng, 2**31))
+    columns["dst_addr"] = _binary(addresses(n, True, 1.0, rng, 16))
+    columns["protocol"] = pa.array(np.full(n, 6, np.uint8))
+    columns["tcp_flags"] = pa.array(np.full(n, 0x02, np.uint16))
+    columns["dst_port"] = pa.array(np.full(n, 80, np.uint16))
+    return pa.RecordBatch.from_arrays([columns[name] for name in batch.schema.names], schema=batch.schema)
 
 
 def hll_errors(sizes: list[int], trials: int, rng: np.random.Generator) -> list[tuple[int, float, float, float]]:
@@ -198,11 +213,19 @@ def main() -> None:
                 f"{args.flows / cpu / 1e6:6.2f} M flows/s per core ({cpu:.3f} CPU-s)"
             )
         cons, pieces = constituency(), [batch.slice(i, rows) for i in range(0, batch.num_rows, rows)]
-        json_bytes = sum(len(json.dumps(p)) for piece in pieces for p in scan_partials(piece, cons, 300))
+        json_bytes = sum(len(json.dumps(p)) for piece in pieces for p in scan_partials(piece, cons, 300, max_groups=10**9))
         print(
             f"  per pass: {stats.partials:,} partials, {stats.probe_flows:,} inbound probes, {stats.group_flows:,} "
             f"flows in groups; partials {json_bytes / batch.num_rows:.1f} B JSON per flow "
             f"(the flows' Arrow form: {arrow_bytes / batch.num_rows:.0f} B per flow)"
+        )
+    forged = flood(args.flows, rng)
+    for rows in (65_536, args.flows):
+        cpu, stats = time_batches(forged, rows, 1, False, DEFAULT_MAX_GROUPS)
+        print(
+            f"spoofed SYN flood, batches of {rows:>9,} rows: {args.flows / cpu / 1e6:6.2f} M flows/s per core "
+            f"({cpu:.3f} CPU-s); {stats.partials:,} partials, {stats.groups_dropped:,} groups dropped "
+            f"(bound {DEFAULT_MAX_GROUPS:,} per batch)"
         )
     print(f"HyperLogLog p={HLL_P} (standard error {104 / np.sqrt(1 << HLL_P):.2f}%), {args.trials} sets per size:")
     print(f"{'distinct':>10} {'mean err':>9} {'RMS err':>9} {'max |err|':>9}")

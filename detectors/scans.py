@@ -10,6 +10,7 @@ Cost follows the probes, not the traffic. The whole batch sees a few numpy passe
 (protocol, flags, packets) and a 64-bit hash of (source, port, protocol) looked up in a small bitmap of
 the probing keys. Only the rows that pass (the probing groups' flows and a few hash collisions) have
 their addresses checked against the constituency and are grouped exactly by a sort of the full keys.
+A flood of forged sources (one probing key each) is cut to the busiest keys before that work.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipeline.schemas import V4_MAPPED_PREFIX
 
 TCP = 6
 SYN, ACK = 0x02, 0x10
-DEFAULT_MAX_GROUPS = 20_000
+DEFAULT_MAX_GROUPS = 5_000
 _V4_PREFIX = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
 _ZERO10 = bytes(10)
 
@@ -46,7 +47,9 @@ class ScanConfig:
     """TLP of scan detections: what this network decides about sharing what it saw."""
     max_groups_per_batch: int = DEFAULT_MAX_GROUPS
     """Partials per batch at most. A flood of spoofed SYNs makes one probing group per forged source;
-    beyond this bound the groups with the fewest distinct targets are dropped (and counted)."""
+    beyond this bound the (source, port, protocol) keys with the fewest probes, then the groups with
+    the fewest distinct targets, are dropped (and counted) before any more work is spent on them.
+    Ordinary traffic makes far fewer: ~1,000 per 65,536-flow batch with 3% probes (benchmarks)."""
 
     def validate(self) -> ScanConfig:
         if self.tlp not in TLP_ORDER:
@@ -67,7 +70,7 @@ class ScanStats:
     """Flows counted in emitted partials."""
     partials: int = 0
     groups_dropped: int = 0
-    """Probing groups beyond ``max_groups_per_batch``."""
+    """Probing keys (or groups) beyond ``max_groups_per_batch``: evidence not reported."""
     untimed_flows: int = 0
     """Flows with neither an end time nor a receipt time: no window, not counted."""
 
@@ -165,7 +168,11 @@ def scan_partials(
     port = _ints(batch.column("dst_port"))
     words = np.ascontiguousarray(src_raw).view(np.uint64).reshape(n, 2)
     hashes = _key_hash(words, port, proto)
-    probing = np.unique(hashes[rows])
+    probing, probes_per_key = np.unique(hashes[rows], return_counts=True)
+    if len(probing) > max_groups:  # a flood of forged sources: group only the busiest keys
+        busiest = np.argsort(-probes_per_key, kind="stable")[:max_groups]
+        stats.groups_dropped += len(probing) - max_groups
+        probing = np.sort(probing[busiest])
     bits = int(min(max((32 * len(probing)).bit_length(), 12), 24))
     bitmap = np.zeros(1 << bits, dtype=bool)
     shift = np.uint64(64 - bits)

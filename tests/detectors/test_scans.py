@@ -419,3 +419,18 @@ def test_bad_rows_are_counted_not_fatal() -> None:
     assert stats.untimed_flows == 2
     assert partial["hosts"][0]["flows"] == 8 and partial["hosts"][0]["bytes"] == 700
     assert len(partial["scan"]["targets"]) == 8 and partial["exporters"] == ["192.0.2.254", "::"]
+
+
+def test_bound_applies_to_groups_across_windows() -> None:
+    """Six probing keys in two windows each: twelve groups; with a bound of eight the four with the
+    fewest distinct targets go (the prefilter's bound on keys does not act: six keys fit)."""
+    flows = []
+    for k in range(6):
+        for w, targets in ((0, 2 + k), (1, 10 + k)):
+            flows += [{"src": f"203.0.113.{k}", "dst": f"192.0.2.{t + 1}", "dport": 22, "flags": 0x02,
+                       "time": T0 + timedelta(seconds=WINDOW * w)} for t in range(targets)]  # fmt: skip
+    stats = ScanStats()
+    partials = scan_partials(flow_batch(flows), CONSTITUENCY, WINDOW, max_groups=8, stats=stats)
+    assert stats.groups_dropped == 4
+    kept = sorted(len(p["scan"]["targets"]) for p in partials)
+    assert kept == [6, 7, 10, 11, 12, 13, 14, 15]
