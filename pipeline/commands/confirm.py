@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"confirm": {"instance_id": args.instance_id}} if args.instance_id else None
     streams = streams_config(args, overrides)
     settings = detection_settings(args.detections_config)
+    t = streams.topics
+    missing = _missing_topics(streams.connection(args.kafka), [t.partials.name, t.detections.name, t.feedback.name])
+    if missing:
+        print(f"shoal confirm: {missing}", file=sys.stderr)
+        return 1
     registry = new_registry()
     app = build_app(args.kafka, streams, settings, registry)
     if args.metrics:
@@ -51,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
         timer = threading.Timer(args.duration, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
-    t = streams.topics
     print(f"shoal confirm: instance {streams.confirm.identity()} of group {streams.confirm.group}; "
           f"{t.partials.name} -> {t.detections.name}; feedback from {t.feedback.name}; "
           f"network {settings.detections.network}, {settings.detections.window_seconds}s windows, "
@@ -66,3 +70,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"shoal confirm: stopped with status {code}", file=sys.stderr)
         return code
     return 0
+
+
+def _missing_topics(kafka: Any, names: list[str]) -> str:
+    """What is wrong with the topics the app needs ('' when all exist): Faust would idle silently."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        topics = AdminClient(kafka.config()).list_topics(timeout=15).topics
+    except KafkaException as exc:
+        return f"cannot reach Kafka: {exc}"
+    absent = [n for n in names if n not in topics]
+    return f"missing topics {', '.join(absent)} (create them with `shoal topics create`)" if absent else ""

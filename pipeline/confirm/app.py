@@ -179,11 +179,11 @@ def build_app(
                     for m in messages:
                         try:
                             feedback = decode_json(m.value, FEEDBACK_FIELDS)
-                        except MessageError as exc:
+                            confirmer.feedback(feedback)
+                        except (MessageError, KeyError, TypeError, ValueError) as exc:
                             log.warning("skipped feedback message @%d: %s", m.offset, exc)
                             continue
-                        confirmer.feedback(feedback)
-                        metrics.feedback.labels(feedback["verdict"]).inc()
+                        metrics.feedback.labels(str(feedback["verdict"])[:32]).inc()
         except asyncio.CancelledError:
             raise
         finally:

@@ -23,6 +23,8 @@ from detectors.detections import (
 )
 from pipeline.transport.detections import feedback_key
 
+RECHECK_MS = 5000
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -65,6 +67,8 @@ class Confirmer:
         self.duplicates = 0
         self.late = 0
         self.closed = 0
+        self.rechecks: dict[str, int] = {}
+        """Group-key prefixes with a new verdict -> until when (ms) ticks check them in full."""
 
     def add(
         self, partial: dict[str, Any], offset: int | None = None, now: int | None = None,
@@ -97,14 +101,15 @@ class Confirmer:
         self.partials += 1
         return emit
 
-    def feedback(self, feedback: dict[str, Any]) -> None:
-        """An analyst's verdict: the key's open detections take it at the next ``tick``."""
+    def feedback(self, feedback: dict[str, Any], now: int | None = None) -> None:
+        """An analyst's verdict: the key's open detections take it at the next ``tick``. Nothing is
+        written here (a Faust table may only be written while its partition's message is handled):
+        the key is re-checked in full by the ticks of the next few seconds."""
         self.verdicts.add(feedback)
-        prefix = f"{feedback['kind']}|{feedback['key']}|"
-        for key in [k for k in self.groups if k.startswith(prefix)]:
-            group = self.groups.get(key)
-            if group is not None and group.get("closed_at") is None:
-                self.groups[key] = dict(group, recheck=True)
+        now = now if now is not None else now_ms()
+        self.rechecks[f"{feedback['kind']}|{feedback['key']}|"] = now + RECHECK_MS
+        for prefix in [p for p, until in self.rechecks.items() if until < now]:
+            del self.rechecks[prefix]
 
     def tick(self, keys: Iterable[str] | None = None, now: int | None = None) -> list[dict[str, Any]]:
         """Emit what became due since the last call; close finished windows (final versions), leaving
@@ -120,12 +125,11 @@ class Confirmer:
                     del self.groups[key]
                 continue
             final = now >= closes_at(group, self.config)
-            if not (final or group.get("recheck") or group.get("pending")):
+            recheck = any(key.startswith(p) and now <= until for p, until in self.rechecks.items())
+            if not (final or recheck or group.get("pending")):
                 continue  # nothing can be due: no render
-            names = None if final or group.get("recheck") else group["pending"]
+            names = None if final or recheck else group["pending"]
             emit, updated = due(group, self.config, now, final=final, verdicts=self.verdicts, names=names)
-            if updated.get("recheck"):
-                updated = {k: v for k, v in updated.items() if k != "recheck"}
             out += emit
             if final:
                 self.groups[key] = _marker(group, now)

@@ -122,7 +122,7 @@ class ConfirmConfig:
     instance_id: str = ""
     """Stable identity (static group membership: a restarted instance takes its partitions back in
     seconds, not after a session timeout); default: the host name."""
-    tick_seconds: float = 1.0
+    tick_seconds: float = 0.5
     """How often each partition's groups are checked for due emissions and closed windows."""
     session_timeout_seconds: float = 10.0
 

@@ -253,3 +253,11 @@ def test_confirm_counts_exact_across_kill9_two_instances_and_feedback(kafka, tmp
         for proc in (first, second):
             if proc is not None:
                 stop(proc)
+
+
+def test_confirm_without_its_topics_says_so(kafka, tmp_path: Path) -> None:
+    config, _ = streams_config(tmp_path)  # topics not created
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "confirm", "--kafka", kafka.bootstrap, "--config",
+                          str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert res.returncode == 1
+    assert "missing topics" in res.stderr and "shoal topics create" in res.stderr and "Traceback" not in res.stderr
