@@ -31,6 +31,7 @@ from pipeline.transport.config import StreamsConfig
 from pipeline.transport.detections import (
     DETECTION_SCHEMA,
     SCHEMA_HEADER,
+    VERDICTS,
     MessageError,
     decode_json,
     decode_partials,
@@ -179,11 +180,13 @@ def build_app(
                     for m in messages:
                         try:
                             feedback = decode_json(m.value, FEEDBACK_FIELDS)
+                            if feedback["verdict"] not in VERDICTS:
+                                raise MessageError(f"unknown verdict {str(feedback['verdict'])[:40]!r}")
                             confirmer.feedback(feedback)
                         except (MessageError, KeyError, TypeError, ValueError) as exc:
                             log.warning("skipped feedback message @%d: %s", m.offset, exc)
                             continue
-                        metrics.feedback.labels(str(feedback["verdict"])[:32]).inc()
+                        metrics.feedback.labels(feedback["verdict"]).inc()
         except asyncio.CancelledError:
             raise
         finally:
