@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--alerts", default="shoal-alerts.jsonl", metavar="FILE", help="JSON-lines alert file")
     p.add_argument("--parquet", metavar="DIR", help="also archive flows as Parquet")
     p.add_argument(
-        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="Prometheus /metrics ('' = off)"
+        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="/metrics, /healthz, /readyz ('' = off; no host: 127.0.0.1)"
     )
     p.add_argument("--quiet", action="store_true", help="no alert lines on the terminal")
     p.add_argument("--demo", action="store_true", help="play the bundled sample traffic into the listeners")
@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.collector.config import ConfigError, load_config
     from pipeline.collector.service import Collector
     from pipeline.commands.match import build_index
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import Health, new_registry, serve
     from pipeline.runtime.alerts import ConsoleOutput, JsonLinesOutput
+    from pipeline.runtime.index_metrics import IndexMetrics
     from pipeline.runtime.matching import MatchingSink
 
     args.intel = args.intel or [str(DEMO_INTEL)]
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
+    IndexMetrics(registry).built(index)
     outputs: list = [JsonLinesOutput(Path(args.alerts))]
     if not args.quiet:
         outputs.append(ConsoleOutput(sys.stdout))
@@ -94,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     if args.metrics:
-        serve(registry, args.metrics)
+        health = Health()
+        health.add("listening", lambda: bool(collector.sockets))
+        serve(registry, args.metrics, health)
     stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
     print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "

@@ -4,18 +4,23 @@ same collector and matcher code as the Kafka deployment, with an in-process hand
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
-from prometheus_client import CollectorRegistry
+import pyarrow.compute as pc
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 from detectors.matcher import MatcherHandle, alerts_to_dicts
-from pipeline.metrics import NAMESPACE
+from pipeline.metrics import NAMESPACE, LabelCap, tlp_label
 from pipeline.runtime.alerts import AlertOutput
 from pipeline.sinks.base import SinkError
 
 log = logging.getLogger(__name__)
+MAX_FEEDS = 64
+"""Distinct ``feed`` label values on the alert metrics; later feeds are counted as ``other``."""
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 class MatchingSink:
@@ -24,11 +29,29 @@ class MatchingSink:
     name = "matcher"
 
     def __init__(
-        self, handle: MatcherHandle, outputs: Sequence[AlertOutput], registry: CollectorRegistry
+        self,
+        handle: MatcherHandle,
+        outputs: Sequence[AlertOutput],
+        registry: CollectorRegistry,
+        observe_latency: bool = True,
     ) -> None:
+        """``observe_latency``: the batch's alerts are final once written (embedded runtime); a Kafka
+        worker passes False and calls :meth:`observe_latency` after its transaction commits."""
         self.handle = handle
         self.outputs = list(outputs)
         self.alerts = 0
+        self._observe_on_write = observe_latency
+        self._feed = LabelCap(MAX_FEEDS)
+        kw = {"namespace": NAMESPACE, "registry": registry}
+        self.alerts_by_feed = Counter(
+            "alerts", "Alerts written, by intel feed and TLP level", ["feed", "tlp"], **kw
+        )  # fmt: skip
+        self.latency = Histogram(
+            "pipeline_latency_seconds",
+            "From a batch's oldest flow arriving at the collector to the batch's alerts being written "
+            "(embedded) or committed (Kafka workers)",
+            buckets=LATENCY_BUCKETS, **kw,
+        )  # fmt: skip
         registry.register(_MatcherMetrics(self))
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -43,6 +66,18 @@ class MatchingSink:
             except OSError as exc:
                 raise SinkError(f"alert output: {exc}") from exc
         self.alerts += len(alerts)
+        for alert in alerts:
+            self.alerts_by_feed.labels(self._feed(alert.get("source")), tlp_label(alert.get("tlp"))).inc()
+        if self._observe_on_write:
+            self.observe_latency(batch)
+
+    def observe_latency(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Age of the batch's oldest flow (``time_received``, µs since the epoch) now."""
+        if batch.num_rows == 0:
+            return
+        oldest = pc.min(batch.column("time_received").cast(pa.int64())).as_py()
+        if oldest is not None:
+            self.latency.observe(max(0.0, time.time() - oldest / 1e6))
 
     def flush(self) -> None:
         pass

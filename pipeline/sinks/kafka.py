@@ -44,6 +44,11 @@ class KafkaSink:
         self.failed = Counter("kafka_messages_failed", "Messages the producer gave up on", **kw)
         self.bytes = Counter("kafka_bytes_produced", "Payload bytes handed to the producer", **kw)
 
+    def reachable(self) -> bool:
+        """A broker answers a metadata request for the topic (readiness probe; raises if not)."""
+        self.producer.list_topics(self.topic, timeout=2)
+        return True
+
     def _report(self, err: Any, _msg: Any) -> None:
         (self.failed if err is not None else self.delivered).labels(self.topic).inc()
 
