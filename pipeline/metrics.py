@@ -132,7 +132,9 @@ def serve(registry: CollectorRegistry, listen: str, health: Health | None = None
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``listen`` in daemon threads; returns the
     bound (host, port) (port 0 picks a free one)."""
     host, port = parse_listen(listen)
-    server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+    server_class = type(
+        "Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET}
+    )
     server = make_server(host, port, _app(registry, health or Health()), server_class, _QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     bound = server.server_address

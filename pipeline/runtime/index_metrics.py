@@ -17,7 +17,9 @@ class IndexMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
         self.indicators = Gauge("intel_indicators", "Indicators in the index in use", **kw)
-        self.by_feed = Gauge("intel_feed_indicators", "Indicators in the index in use, by feed", ["feed"], **kw)
+        self.by_feed = Gauge(
+            "intel_feed_indicators", "Indicators in the index in use, by feed", ["feed"], **kw
+        )
         self.bytes = Gauge("intel_index_bytes", "Memory the index in use holds (arrays and tables)", **kw)
         self.updated = Gauge("intel_index_updated_timestamp_seconds", "When the index in use was built", **kw)
         self._feed = LabelCap(MAX_FEEDS)

@@ -16,7 +16,9 @@ class SyncMetrics:
 
     def __init__(self, registry: CollectorRegistry, sources: list[str]) -> None:
         kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
-        self.rounds = Counter("intel_sync_rounds", "Sync rounds per source, by outcome", ["source", "outcome"], **kw)
+        self.rounds = Counter(
+            "intel_sync_rounds", "Sync rounds per source, by outcome", ["source", "outcome"], **kw
+        )
         self.indicators = Gauge("intel_sync_indicators", "Indicators the source yielded in its last good round",
                                 ["source"], **kw)  # fmt: skip
         self.success = Gauge("intel_sync_last_success_timestamp_seconds",
