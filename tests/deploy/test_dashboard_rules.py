@@ -16,7 +16,9 @@ DASHBOARD = CHART / "dashboards" / "shoal-soc.json"
 def test_rules_check_and_unit_tests() -> None:
     promtool = tool("promtool")
     for args in (["check", "rules", "shoal.rules.yaml"], ["test", "rules", "shoal.rules.test.yaml"]):
-        res = subprocess.run([promtool, *args], cwd=RULES, capture_output=True, text=True, timeout=120, check=False)
+        res = subprocess.run(
+            [promtool, *args], cwd=RULES, capture_output=True, text=True, timeout=120, check=False
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         assert "SUCCESS" in res.stdout
 
