@@ -25,6 +25,7 @@ import pytest
 from demo_reference import free_port
 from kafka_helpers import ROOT, setup_topics, start_worker, stop, streams_config
 from metrics_doc import DOC, families, render
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.runtime.replay import read_capture, restamp
 from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
@@ -81,6 +82,11 @@ def _traffic(ports: dict[int, int], stop_event: threading.Event) -> None:
     finally:
         for sock in senders.values():
             sock.close()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}  # fmt: skip
 
 
 def _queries() -> list[tuple[str, str]]:
@@ -183,6 +189,18 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
             assert res.returncode == 0, f"{command}: {res.stdout}{res.stderr}"
         for job, a in addr.items():
             assert _get(f"http://{a}/healthz") == (200, "ok\n"), job
+        values = {job: _samples(scrapes[f"shoal {job.replace('-', ' ')}"]) for job in addr}
+        lag = {labels for name, labels in values["detect"] if name == "shoal_detect_consumer_lag_messages"}
+        assert lag == {
+            (("partition", "0"), ("topic", names["flows"])),
+            (("partition", "1"), ("topic", names["flows"])),
+        }
+        sync = values["intel-sync"]
+        assert sync["shoal_intel_sync_rounds_total", (("outcome", "ok"), ("source", str(DEMO_INTEL)))] >= 1
+        missing = str(tmp_path / "missing.json")
+        assert sync["shoal_intel_sync_rounds_total", (("outcome", "load_error"), ("source", missing))] >= 1
+        assert sync["shoal_intel_sync_rounds_total", (("outcome", "ok"), ("source", missing))] == 0
+        assert sync["shoal_intel_sync_indicators", (("source", str(DEMO_INTEL)),)] == 4
     finally:
         stop_traffic.set()
         for proc in reversed(procs):
