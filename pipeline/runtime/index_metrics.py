@@ -23,15 +23,16 @@ class IndexMetrics:
         self.bytes = Gauge("intel_index_bytes", "Memory the index in use holds (arrays and tables)", **kw)
         self.updated = Gauge("intel_index_updated_timestamp_seconds", "When the index in use was built", **kw)
         self._feed = LabelCap(MAX_FEEDS)
+        self._feeds: set[str] = set()
 
     def built(self, index: Any) -> None:
         """Record a freshly built (or swapped-in) ``IndicatorIndex``."""
         self.indicators.set(len(index.indicators))
         self.bytes.set(index.nbytes())
         counts: collections.Counter[str] = collections.Counter(self._feed(i.source) for i in index.indicators)
-        for labels in list(self.by_feed._metrics):  # a feed that disappeared reads 0, not its old count
-            if labels[0] not in counts:
-                self.by_feed.labels(*labels).set(0)
+        for feed in self._feeds - counts.keys():  # a feed that disappeared reads 0, not its old count
+            self.by_feed.labels(feed).set(0)
         for feed, n in counts.items():
             self.by_feed.labels(feed).set(n)
+        self._feeds |= counts.keys()
         self.updated.set_to_current_time()

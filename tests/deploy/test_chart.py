@@ -196,3 +196,37 @@ def test_shipped_dashboard_and_rules_are_the_repository_files() -> None:
     )
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     assert rule["spec"] == yaml.safe_load((CHART / "rules" / "shoal.rules.yaml").read_text())
+
+
+@pytest.mark.parametrize("options", ["default", "all"])
+def test_rendered_commands_and_configuration_are_what_shoal_accepts(options: str, tmp_path: Path) -> None:
+    """Every container's arguments parse with Shoal's own command line, and the ConfigMap's files load
+    with its configuration loaders (a renamed option or key breaks this test, not a deployment)."""
+    from pipeline.cli import build_parser
+    from pipeline.collector.config import load_config
+    from pipeline.transport.config import load_streams_config
+
+    docs = render(*(["-f", str(ALL_OPTIONS)] if options == "all" else []))
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    for name, text in config["data"].items():
+        (tmp_path / name).write_text(text)
+    values = yaml.safe_load(ALL_OPTIONS.read_text()) if options == "all" else {}
+    collector = load_config(str(tmp_path / "collector.toml"))
+    assert collector.metrics.listen.endswith(f":{values.get('metricsPort', 9108)}")
+    expected_exporters = values.get("collector", {}).get("allowExporters", [])
+    assert [str(n) for n in collector.receive.allow_exporters] == expected_exporters
+    streams = load_streams_config(str(tmp_path / "streams.toml"))
+    assert streams.topics.flows.partitions == values.get("topics", {}).get("flows", {}).get("partitions", 6)
+    assert streams.detect.group == values.get("detect", {}).get("group", "shoal-detect")
+    parser = build_parser()
+    commands = set()
+    for d in docs:
+        if d["kind"] not in ("Deployment", "DaemonSet", "Job"):
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            args = [a.replace("$(POD_NAME)", "pod-0") for a in c["args"]]
+            parsed = parser.parse_args(args)
+            commands.add(" ".join(args[:2]) if args[0] in ("intel", "topics") else args[0])
+            if hasattr(parsed, "metrics") and parsed.command != "collect":
+                assert parsed.metrics == f"0.0.0.0:{values.get('metricsPort', 9108)}"
+    assert commands == {"collect", "detect", "intel sync", "topics create"}
