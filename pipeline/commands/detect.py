@@ -32,7 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allowlist", action="append", default=[], metavar="FILE",
                    help="MISP warninglist or CIDR list whose ranges must not alert (repeatable)")  # fmt: skip
     p.add_argument("--geoip", action="append", default=[], metavar="MMDB", help="MaxMind-format database(s)")
-    p.add_argument("--metrics", default="", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz here (no host: 127.0.0.1)")
+    p.add_argument(
+        "--metrics", default="", metavar="HOST:PORT", help="/metrics /healthz /readyz (no host: loopback)"
+    )
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.set_defaults(func=run)
 

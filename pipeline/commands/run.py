@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--alerts", default="shoal-alerts.jsonl", metavar="FILE", help="JSON-lines alert file")
     p.add_argument("--parquet", metavar="DIR", help="also archive flows as Parquet")
     p.add_argument(
-        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="/metrics, /healthz, /readyz ('' = off; no host: 127.0.0.1)"
+        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="/metrics /healthz /readyz ('': off)"
     )
     p.add_argument("--quiet", action="store_true", help="no alert lines on the terminal")
     p.add_argument("--demo", action="store_true", help="play the bundled sample traffic into the listeners")
