@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
     kafka = config.connection(args.kafka)
+    from pipeline.transport.access import preflight
+
+    preflight(kafka)
     started: dict[str, Any] = {}
     if args.metrics:  # served from the start: liveness answers while the first index is built
         health = Health()

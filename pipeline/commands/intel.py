@@ -137,13 +137,19 @@ def _publish_once(args: argparse.Namespace, config: Any, metrics: Any = None) ->
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    return _publish_once(args, streams_config(args))
+    from pipeline.transport.access import preflight
+
+    config = streams_config(args)
+    preflight(config.connection(args.kafka))
+    return _publish_once(args, config)
 
 
 def run_sync(args: argparse.Namespace) -> int:
     from pipeline.commands._signals import stop_event
+    from pipeline.transport.access import preflight
 
     config = streams_config(args)
+    preflight(config.connection(args.kafka))
     metrics = None
     if args.metrics:
         from pipeline.metrics import Health, new_registry, serve

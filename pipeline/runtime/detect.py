@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
@@ -24,6 +24,7 @@ from detectors.matcher import MatcherHandle
 from pipeline.metrics import NAMESPACE
 from pipeline.runtime.matching import MatchingSink
 from pipeline.sinks.base import SinkError
+from pipeline.transport.access import denied, is_denied
 from pipeline.transport.alerts import ALERT_SCHEMA_VALUE, SCHEMA_HEADER, encode_alert
 from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.config import StreamsConfig
@@ -65,7 +66,7 @@ class DetectWorker:
         d, topics = config.detect, config.topics
         self.config = config
         self.identity = d.identity()
-        kafka = connection(kafka)
+        kafka = self.kafka = connection(kafka)
         self.consumer = Consumer(kafka.config(**{
             "group.id": d.group, "group.instance.id": self.identity, "enable.auto.commit": False,
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
@@ -93,7 +94,11 @@ class DetectWorker:
         """Until ``stop`` is set: consume, match, commit. Fatal client errors raise (the process
         exits and its supervisor restarts it; the transaction left open is fenced)."""
         d = self.config.detect
-        self.producer.init_transactions(60)
+        try:
+            self.producer.init_transactions(60)
+        except KafkaException as exc:
+            transactional_id = f"shoal-detect.{d.group}.{self.identity}"
+            raise denied(self.kafka, exc.args[0], transactional_id, "WRITE and DESCRIBE") or exc from exc
         self.consumer.subscribe([self.config.topics.flows.name])
         try:
             while not stop.is_set():
@@ -109,6 +114,14 @@ class DetectWorker:
         batches = []
         for msg in messages:
             if msg.error() is not None:
+                if is_denied(msg.error()):  # a missing ACL: retrying cannot help
+                    group = msg.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+                    resource = (
+                        self.config.detect.group if group else msg.topic() or self.config.topics.flows.name
+                    )
+                    raise denied(
+                        self.kafka, msg.error(), resource, "READ" + ("" if group else " and DESCRIBE")
+                    )
                 self._skip("consumer_error", str(msg.error()))
                 continue
             self.messages.inc()

@@ -41,7 +41,8 @@ class IntelFollower:
         self.settle_seconds = settle_seconds
         self.state = IndicatorState()
         self.handle: MatcherHandle | None = None
-        self._consumer = Consumer(connection(kafka).config(**{
+        self._kafka = connection(kafka)
+        self._consumer = Consumer(self._kafka.config(**{
             "group.id": f"shoal-intel-{uuid.uuid4().hex}", "enable.auto.commit": False,
         }))  # fmt: skip
         self._stop = threading.Event()
@@ -55,7 +56,7 @@ class IntelFollower:
 
     def start(self, timeout: float = 120.0) -> MatcherHandle:
         """Read the topic to its end, build the first index, then follow the topic in a thread."""
-        ends = assign_from_beginning(self._consumer, self.topic)
+        ends = assign_from_beginning(self._consumer, self.topic, kafka=self._kafka)
         read_to_end(self._consumer, ends, self._apply, timeout)
         self.handle = MatcherHandle(Matcher(self._build(), self.geoip))
         self._thread.start()
