@@ -17,8 +17,9 @@ done
 
 # Debian packages used as independent peers in tests (exporters and oracle decoders).
 if [ "$want_peers" = 1 ]; then
-  # prometheus: promtool and a real server for the dashboard and alert-rule tests.
-  peers=(nfdump softflowd tshark tcpreplay iproute2 pmacct prometheus)
+  # prometheus: promtool and a real server for the dashboard and alert-rule tests; openssl: the
+  # test CA of the SASL_SSL broker.
+  peers=(nfdump softflowd tshark tcpreplay iproute2 pmacct prometheus openssl)
   missing=()
   for p in "${peers[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then

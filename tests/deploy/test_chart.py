@@ -119,7 +119,14 @@ def _with(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess
             {"detect": {"autoscaling": {"enabled": True, "maxReplicas": 8}}},
             "detect.autoscaling.maxReplicas (8) exceeds topics.flows.partitions (6)",
         ),
-        ({"kafka": {"sasl": {"enabled": True}}}, "kafka.sasl.passwordSecret.name"),
+        (
+            {"kafka": {"sasl": {"enabled": True, "username": "u"}}},
+            "kafka.sasl.users.collector.passwordSecret.name",
+        ),
+        (
+            {"kafka": {"sasl": {"users": {"worker": {}}}}},
+            "at '/kafka/sasl/users': additional properties 'worker'",
+        ),
         ({"collector": {"allowExporters": ["not-a-cidr"]}}, "at '/collector/allowExporters/0': 'not-a-cidr'"),
     ],
     ids=[
@@ -130,6 +137,7 @@ def _with(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess
         "workers-above-partitions",
         "autoscaling-above-partitions",
         "secret-missing",
+        "unknown-role",
         "bad-cidr",
     ],
 )
@@ -171,7 +179,9 @@ def test_secrets_are_referenced_never_inlined() -> None:
             for d in docs if d["kind"] in ("Deployment", "DaemonSet", "Job")
             for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", []) if "valueFrom" in e
             and "secretKeyRef" in e["valueFrom"]}  # fmt: skip
-    assert ("SHOAL_KAFKA_SASL_PASSWORD", "shoal-kafka-user") in refs
+    # Each role its own Kafka user (so ACLs can give it only its topics); detect falls back to the default.
+    assert {("SHOAL_KAFKA_SASL_PASSWORD", s) for s in ("shoal-kafka-user", "shoal-collector", "shoal-intel",
+                                                        "shoal-admin")} <= refs  # fmt: skip
     assert ("SHOAL_MISP_KEY", "shoal-misp") in refs
     assert ("SHOAL_TAXII_PASSWORD", "shoal-taxii") in refs
 

@@ -29,16 +29,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.detect.autoscaling.enabled (gt (int .Values.detect.autoscaling.maxReplicas) $partitions) -}}
 {{- fail (printf "detect.autoscaling.maxReplicas (%d) exceeds topics.flows.partitions (%d)" (int .Values.detect.autoscaling.maxReplicas) $partitions) -}}
 {{- end -}}
-{{- if and .Values.kafka.sasl.enabled (not .Values.kafka.sasl.passwordSecret.name) -}}
-{{- fail "kafka.sasl.enabled needs kafka.sasl.passwordSecret.name (an existing Secret)" -}}
+{{- if .Values.kafka.sasl.enabled -}}
+{{- range $role := list "collector" "detect" "intelSync" "topics" -}}
+{{- $user := index $.Values.kafka.sasl.users $role | default dict -}}
+{{- $secret := $user.passwordSecret | default $.Values.kafka.sasl.passwordSecret -}}
+{{- if not ($user.username | default $.Values.kafka.sasl.username) -}}
+{{- fail (printf "kafka.sasl.enabled needs kafka.sasl.users.%s.username or kafka.sasl.username" $role) -}}
+{{- end -}}
+{{- if not $secret.name -}}
+{{- fail (printf "kafka.sasl.enabled needs kafka.sasl.users.%s.passwordSecret.name or kafka.sasl.passwordSecret.name (an existing Secret)" $role) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.kafka.tls.enabled (not .Values.kafka.tls.caSecret.name) -}}
 {{- fail "kafka.tls.enabled needs kafka.tls.caSecret.name (an existing Secret)" -}}
 {{- end -}}
 {{- end -}}
 
-{{/* librdkafka settings: plain ones from values, secrets only through secretKeyRef or mounted files. */}}
+{{/* librdkafka settings: plain ones from values, secrets only through secretKeyRef or mounted files.
+     Each role (collector, detect, intelSync, topics) may have a SASL user of its own (kafka.sasl.users),
+     so the cluster's ACLs can give it only its topics; otherwise kafka.sasl.username is used. */}}
 {{- define "shoal.kafkaEnv" -}}
+{{- $role := .role -}}
+{{- with .root -}}
+{{- $user := index .Values.kafka.sasl.users $role | default dict -}}
+{{- $username := $user.username | default .Values.kafka.sasl.username -}}
+{{- $secret := $user.passwordSecret | default .Values.kafka.sasl.passwordSecret -}}
 {{- range $key, $value := .Values.kafka.settings }}
 - name: {{ printf "SHOAL_KAFKA_%s" ($key | replace "." "_" | upper) }}
   value: {{ $value | quote }}
@@ -51,17 +67,18 @@ app.kubernetes.io/component: {{ .component }}
 - name: SHOAL_KAFKA_SASL_MECHANISM
   value: {{ .Values.kafka.sasl.mechanism | quote }}
 - name: SHOAL_KAFKA_SASL_USERNAME
-  value: {{ .Values.kafka.sasl.username | quote }}
+  value: {{ $username | quote }}
 - name: SHOAL_KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.kafka.sasl.passwordSecret.name }}
-      key: {{ .Values.kafka.sasl.passwordSecret.key }}
+      name: {{ $secret.name }}
+      key: {{ $secret.key }}
 {{- end }}
 {{- if .Values.kafka.tls.enabled }}
 - name: SHOAL_KAFKA_SSL_CA_LOCATION
   value: /etc/shoal/kafka-ca/{{ .Values.kafka.tls.caSecret.key }}
 {{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "shoal.kafkaVolumes" -}}
