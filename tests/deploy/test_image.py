@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 from deploy_tools import ROOT, tool
 
@@ -35,3 +36,18 @@ def test_final_stage_is_small_and_unprivileged() -> None:
     assert re.search(r"^USER 10001", final, re.MULTILINE)
     assert not re.search(r"\b(gcc|g\+\+|build-essential|clang|apt-get install|pip install)\b", final)
     assert "COPY --from=build /opt/shoal /opt/shoal" in final
+
+
+def test_chart_default_intel_is_in_the_image() -> None:
+    """Without intelSync.sources the chart syncs the sample intel from the path the image puts it at."""
+    from test_chart import render
+
+    sync = next(
+        d for d in render() if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-intel-sync")
+    )
+    path = sync["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    copied = re.search(r"cp (pipeline/samples/\S+) (pipeline/samples/\S+) (/opt/shoal/samples)/", text)
+    assert copied, "the builder no longer copies the samples"
+    assert path in {f"{copied.group(3)}/{Path(p).name}" for p in copied.group(1, 2)}
+    assert (ROOT / "pipeline" / "samples" / Path(path).name).exists()
