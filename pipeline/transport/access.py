@@ -54,7 +54,10 @@ def preflight(kafka: KafkaConnection | str, timeout: float = 15.0) -> None:
     retry: brokers come back)."""
     kafka = connection(kafka)
     errors: list[KafkaError] = []
-    producer = Producer(kafka.config(error_cb=errors.append, logger=_quiet, log_level=3))
+    try:
+        producer = Producer(kafka.config(error_cb=errors.append, logger=_quiet, log_level=3))
+    except KafkaException:
+        return  # a setting librdkafka rejects: the command's own client reports it, in its own words
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
