@@ -3,6 +3,7 @@ same collector and matcher code as the Kafka deployment, with an in-process hand
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -66,8 +67,9 @@ class MatchingSink:
             except OSError as exc:
                 raise SinkError(f"alert output: {exc}") from exc
         self.alerts += len(alerts)
-        for alert in alerts:
-            self.alerts_by_feed.labels(self._feed(alert.get("source")), tlp_label(alert.get("tlp"))).inc()
+        # One metric update per (feed, TLP) of the batch, not per alert: a hit storm stays cheap.
+        for (feed, tlp), n in collections.Counter((a.get("source"), a.get("tlp")) for a in alerts).items():
+            self.alerts_by_feed.labels(self._feed(feed), tlp_label(tlp)).inc(n)
         if self._observe_on_write:
             self.observe_latency(batch)
 
