@@ -50,17 +50,17 @@ def _spawn(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())  # fmt: skip
 
 
-def _wait_ready(address: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_ready(address: str, proc: subprocess.Popen, timeout: float = 60, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, stop(proc)
         try:
-            if _get(f"http://{address}/readyz", 2)[0] == 200:
+            if _get(f"http://{address}{path}", 2)[0] == 200:
                 return
         except OSError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"{address} never became ready: {_get(f'http://{address}/readyz')}")
+    pytest.fail(f"{address} never became ready: {_get(f'http://{address}{path}')}")
 
 
 def _traffic(ports: dict[int, int], stop_event: threading.Event) -> None:
@@ -169,6 +169,7 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
         for job, proc in zip(addr, procs, strict=False):
             _wait_ready(addr[job], proc)
+        _wait_ready(prometheus, procs[-1], path="/-/ready")
         threading.Thread(
             target=_traffic, args=({2055: netflow, 4739: ipfix}, stop_traffic), daemon=True
         ).start()
