@@ -28,6 +28,7 @@ def _crd_models() -> dict[str, Any]:
         "monitoring.coreos.com/v1/ServiceMonitor": monitoring.ServiceMonitor,
         "monitoring.coreos.com/v1/PrometheusRule": monitoring.PrometheusRule,
         "keda.sh/v1alpha1/ScaledObject": keda.ScaledObject,
+        "keda.sh/v1alpha1/TriggerAuthentication": keda.TriggerAuthentication,
     }
 
 
@@ -75,7 +76,13 @@ def test_every_rendered_manifest_is_validated(options: str) -> None:
     kinds = {d["kind"] for d in docs}
     base = {"ConfigMap", "Deployment", "Service", "Job", "PodDisruptionBudget", "NetworkPolicy"}
     if options == "all":
-        assert kinds == base | {"DaemonSet", "ServiceMonitor", "PrometheusRule", "ScaledObject"}
+        assert kinds == base | {
+            "DaemonSet",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "ScaledObject",
+            "TriggerAuthentication",
+        }
         assert set(validated.values()) == {"kubernetes", "crd-model"}
     else:
         assert kinds == base
@@ -88,7 +95,7 @@ def test_validators_reject_unknown_fields() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(deployment)
-    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject"):
+    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"):
         bad = copy.deepcopy(next(d for d in docs if d["kind"] == kind))
         bad["spec"]["replicaz"] = 3
         with pytest.raises(AssertionError, match="fields the CRD does not define"):
