@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -9,6 +10,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pipeline.metrics import NAMESPACE
 
 OUTCOMES = ("ok", "load_error", "publish_error")
+
+
+def source_label(source: str) -> str:
+    """The source as given, less any ``user:password@`` in a URL (labels end up on dashboards)."""
+    return re.sub(r"(://)[^/@\s]*@", r"\1", source)
 
 
 class SyncMetrics:
@@ -25,9 +31,10 @@ class SyncMetrics:
                              "When the source was last loaded and published", ["source"], **kw)  # fmt: skip
         for source in sources:  # every outcome exists from the start, so rates and alerts see zeros
             for outcome in OUTCOMES:
-                self.rounds.labels(source, outcome)
+                self.rounds.labels(source_label(source), outcome)
 
     def outcome(self, source: str, outcome: str, indicators: int | None = None) -> None:
+        source = source_label(source)
         self.rounds.labels(source, outcome).inc()
         if outcome == "ok":
             self.success.labels(source).set_to_current_time()

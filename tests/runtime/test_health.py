@@ -110,3 +110,17 @@ def test_collect_is_not_ready_while_kafka_is_unreachable(tmp_path: Path) -> None
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("source", "label"),
+    [("taxii:https://user:s3cret@taxii.example.org/api/collections/1/", "taxii:https://taxii.example.org/api/collections/1/"),
+     ("misp:https://misp.example.org", "misp:https://misp.example.org"), ("/srv/intel/feed.json", "/srv/intel/feed.json")],
+)  # fmt: skip
+def test_sync_source_labels_carry_no_credentials(source: str, label: str) -> None:
+    from pipeline.runtime.sync_metrics import SyncMetrics, source_label
+
+    assert source_label(source) == label
+    registry = new_registry()
+    SyncMetrics(registry, [source]).outcome(source, "ok", 3)
+    assert registry.get_sample_value("shoal_intel_sync_indicators", {"source": label}) == 3
