@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_allocator()
-    return int(args.func(args) or 0)
+    from pipeline.transport.access import KafkaAccessError
+
+    try:
+        return int(args.func(args) or 0)
+    except KafkaAccessError as exc:  # refused credentials or a missing ACL: one line, no traceback
+        print(f"shoal {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ done
 
 # Debian packages used as independent peers in tests (exporters and oracle decoders).
 if [ "$want_peers" = 1 ]; then
-  peers=(nfdump softflowd tshark tcpreplay iproute2 pmacct)
+  # prometheus: promtool and a real server for the dashboard and alert-rule tests; openssl: the
+  # test CA of the SASL_SSL broker.
+  peers=(nfdump softflowd tshark tcpreplay iproute2 pmacct prometheus openssl)
   missing=()
   for p in "${peers[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -39,6 +41,11 @@ if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
   echo "bootstrap: installing Python dependencies into .venv"
   .venv/bin/pip install -q -e '.[test]'
   cp pyproject.toml "$stamp"
+fi
+
+# Deployment tools (helm from the Go module proxy, @grafana/schema + tsc from npm), cached per user.
+if [ "$want_peers" = 1 ]; then
+  scripts/tools.sh
 fi
 
 if [ "$want_kafka" = 1 ]; then

@@ -81,7 +81,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics. Overrides metrics.listen.",
+        help="serve /metrics, /healthz and /readyz at http://HOST:PORT/ (no host: 127.0.0.1). "
+        "Overrides metrics.listen.",
     )
     p.add_argument(
         "--config",
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("configuration: %s", exc)
         return 2
     from pipeline.collector.service import Collector
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import Health, new_registry, serve
 
     registry = new_registry()
     args.registry = registry
@@ -165,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot listen: %s", exc)
         return 1
     if config.metrics.listen:
-        serve(registry, config.metrics.listen)
+        health = Health()
+        health.add("listening", lambda: bool(collector.sockets))
+        for sink in sinks:
+            if hasattr(sink, "reachable"):
+                health.add(f"{sink.name} reachable", sink.reachable)
+        serve(registry, config.metrics.listen, health)
     print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):
         pass

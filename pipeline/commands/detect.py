@@ -35,7 +35,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allowlist", action="append", default=[], metavar="FILE",
                    help="MISP warninglist or CIDR list whose ranges must not alert (repeatable)")  # fmt: skip
     p.add_argument("--geoip", action="append", default=[], metavar="MMDB", help="MaxMind-format database(s)")
-    p.add_argument("--metrics", default="", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument(
+        "--metrics", default="", metavar="HOST:PORT", help="/metrics /healthz /readyz (no host: loopback)"
+    )
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.set_defaults(func=run)
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.intel import IntelError
     from pipeline.intel.allowlists import Allowlist, load_allowlist
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import Health, new_registry, serve
     from pipeline.runtime.detect import DetectWorker
     from pipeline.runtime.intel_follower import IntelFollower
 
@@ -70,16 +72,24 @@ def run(args: argparse.Namespace) -> int:
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
     kafka = config.connection(args.kafka)
+    from pipeline.transport.access import preflight
+
+    preflight(kafka)
+    started: dict[str, Any] = {}
+    if args.metrics:  # served from the start: liveness answers while the first index is built
+        health = Health()
+        health.add("index loaded", lambda: "handle" in started)
+        health.add("kafka reachable", lambda: "worker" in started and started["worker"].reachable())
+        serve(registry, args.metrics, health)
     try:
         follower = IntelFollower(kafka, config.topics.indicators.name, registry, allow, geoip,
                                  config.detect.intel_settle_seconds)  # fmt: skip
         handle = follower.start()
         worker = DetectWorker(kafka, config, handle, registry, settings)
+        started.update(handle=handle, worker=worker)
     except (KafkaException, TimeoutError) as exc:
         print(f"shoal detect: {exc}", file=sys.stderr)
         return 1
-    if args.metrics:
-        serve(registry, args.metrics)
     # What exists now (intel, index, clients) lives as long as the worker: out of the collector's
     # reach, so the full collections that per-batch objects trigger do not walk it every time.
     gc.freeze()

@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
         q.add_argument("--all-attributes", action="store_true")
     publish.set_defaults(func=run_publish)
     sync.add_argument("--every", type=float, default=300.0, metavar="SECONDS", help="default %(default)s")
+    sync.add_argument("--metrics", default="", metavar="HOST:PORT",
+                      help="serve /metrics, /healthz, /readyz here (no host: 127.0.0.1)")  # fmt: skip
     sync.add_argument(
         "--rounds", type=int, metavar="N", help="stop after N rounds (default: run until stopped)"
     )
@@ -95,7 +97,7 @@ def _suppressed_by_allowlist(index: Any) -> int:
     return len(np.unique(hit))
 
 
-def _publish_once(args: argparse.Namespace, config: Any) -> int:
+def _publish_once(args: argparse.Namespace, config: Any, metrics: Any = None) -> int:
     """Load every source and publish its differences; a source that fails to load publishes nothing
     (its indicators stay as they were, rather than being withdrawn by a network error)."""
     from confluent_kafka import KafkaException
@@ -105,13 +107,16 @@ def _publish_once(args: argparse.Namespace, config: Any) -> int:
 
     topic = config.topics.indicators.name
     now = datetime.now(UTC)
-    loads, status = [], 0
+    loads, specs, status = [], [], 0
     for spec in args.sources:
         try:
             loads.append(load_source(spec, args.min_confidence, not args.all_attributes, now=now))
+            specs.append(spec)
         except IntelError as exc:
             print(f"{spec}: ERROR {exc} (nothing published for it)")
             status = 1
+            if metrics:
+                metrics.outcome(spec, "load_error")
     for load in loads:
         for error in load.errors:
             print(f"{load.source}: error: {error}")
@@ -119,7 +124,11 @@ def _publish_once(args: argparse.Namespace, config: Any) -> int:
         reports = publish(config.connection(args.kafka), topic, loads)
     except (KafkaException, TimeoutError) as exc:
         print(f"shoal intel: publishing to {topic} failed: {exc}")
+        for spec in specs if metrics else ():
+            metrics.outcome(spec, "publish_error")
         return 1
+    for spec, load in zip(specs, loads, strict=True) if metrics else ():
+        metrics.outcome(spec, "ok", len(load.indicators))
     for r in reports:
         print(
             f"{r.feed}: {r.new} new, {r.changed} changed, {r.withdrawn} withdrawn, {r.unchanged} unchanged -> {topic}"
@@ -128,18 +137,34 @@ def _publish_once(args: argparse.Namespace, config: Any) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    return _publish_once(args, streams_config(args))
+    from pipeline.transport.access import preflight
+
+    config = streams_config(args)
+    preflight(config.connection(args.kafka))
+    return _publish_once(args, config)
 
 
 def run_sync(args: argparse.Namespace) -> int:
     from pipeline.commands._signals import stop_event
+    from pipeline.transport.access import preflight
 
     config = streams_config(args)
+    preflight(config.connection(args.kafka))
+    metrics = None
+    if args.metrics:
+        from pipeline.metrics import Health, new_registry, serve
+        from pipeline.runtime.sync_metrics import SyncMetrics
+
+        registry = new_registry()
+        metrics = SyncMetrics(registry, args.sources)
+        health = Health()
+        health.add("first round done", lambda: rounds > 0)
+        serve(registry, args.metrics, health)
     stop = stop_event()
     rounds = 0
     status = 0
     while not stop.is_set():
-        status = _publish_once(args, config)
+        status = _publish_once(args, config, metrics)
         rounds += 1
         if args.rounds is not None and rounds >= args.rounds:
             break

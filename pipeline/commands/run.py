@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--alert-lines", action="store_true", help="also print every raw alert on the terminal")
     p.add_argument("--parquet", metavar="DIR", help="also archive flows as Parquet")
     p.add_argument(
-        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="Prometheus /metrics ('' = off)"
+        "--metrics", default="127.0.0.1:9109", metavar="HOST:PORT", help="/metrics /healthz /readyz ('': off)"
     )
     p.add_argument("--quiet", action="store_true", help="no alert or detection lines on the terminal")
     p.add_argument("--demo", action="store_true", help="play the bundled sample traffic into the listeners")
@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.collector.service import Collector
     from pipeline.commands.match import build_index
     from pipeline.confirm.stage import InProcessConfirmation, PartialsStage
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import Health, new_registry, serve
     from pipeline.runtime.alerts import ConsoleOutput, DetectionConsole, JsonLinesOutput
+    from pipeline.runtime.index_metrics import IndexMetrics
     from pipeline.runtime.matching import MatchingSink
 
     bundled = not args.intel
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
+    IndexMetrics(registry).built(index)
     outputs: list = [JsonLinesOutput(Path(args.alerts))]
     if args.alert_lines and not args.quiet:
         outputs.append(ConsoleOutput(sys.stdout))
@@ -112,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     if args.metrics:
-        serve(registry, args.metrics)
+        health = Health()
+        health.add("listening", lambda: bool(collector.sockets))
+        serve(registry, args.metrics, health)
     stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
     print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "

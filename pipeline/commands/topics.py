@@ -25,6 +25,10 @@ def run_create(args: argparse.Namespace) -> int:
     config = streams_config(args)
     from confluent_kafka import KafkaException
 
+    from pipeline.transport.access import preflight
+
+    preflight(config.connection(args.kafka))
+
     try:
         results = create_topics(config.connection(args.kafka), config.topics.all())
     except KafkaException as exc:

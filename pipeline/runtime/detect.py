@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 from detectors.matcher import MatcherHandle
 from pipeline.confirm.settings import DetectionSettings
@@ -24,6 +26,7 @@ from pipeline.confirm.stage import PartialsStage
 from pipeline.metrics import NAMESPACE
 from pipeline.runtime.matching import MatchingSink
 from pipeline.sinks.base import SinkError
+from pipeline.transport.access import denied, is_denied
 from pipeline.transport.alerts import ALERT_SCHEMA_VALUE, SCHEMA_HEADER, encode_alert
 from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.config import StreamsConfig
@@ -89,7 +92,7 @@ class DetectWorker:
         d, topics = config.detect, config.topics
         self.config = config
         self.identity = d.identity()
-        kafka = connection(kafka)
+        kafka = self.kafka = connection(kafka)
         self.consumer = Consumer(kafka.config(**{
             "group.id": d.group, "group.instance.id": self.identity, "enable.auto.commit": False,
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
@@ -103,29 +106,36 @@ class DetectWorker:
         if d.partials:
             output = KafkaPartialOutput(self.producer, topics.partials.name)
             partials = PartialsStage(detection_settings or DetectionSettings(), output, registry)
-        self.sink = MatchingSink(handle, [KafkaAlertOutput(self.producer, topics.alerts.name)], registry, partials)
+        self.sink = MatchingSink(handle, [KafkaAlertOutput(self.producer, topics.alerts.name)], registry, partials,
+                                 observe_latency=False)  # fmt: skip
         kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
         self.messages = Counter("detect_messages", "Flow messages consumed", **kw)
         self.bad = Counter("detect_bad_messages", "Flow messages skipped, by reason", ["reason"], **kw)
         self.transactions = Counter("detect_transactions", "Transactions by outcome", ["outcome"], **kw)
-        self.latency = Histogram(
-            "detect_latency_seconds",
-            "From the oldest flow's receipt by the collector to its batch's alerts being committed",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), **kw,
-        )  # fmt: skip
+        self.lag = ConsumerLag(self.consumer, registry)
         self._last_warning = 0.0
+
+    def reachable(self) -> bool:
+        """A broker answers a metadata request for the flows topic (readiness probe; raises if not)."""
+        self.consumer.list_topics(self.config.topics.flows.name, timeout=2)
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set: consume, match, commit. Fatal client errors raise (the process
         exits and its supervisor restarts it; the transaction left open is fenced)."""
         d = self.config.detect
-        self.producer.init_transactions(60)
+        try:
+            self.producer.init_transactions(60)
+        except KafkaException as exc:
+            transactional_id = f"shoal-detect.{d.group}.{self.identity}"
+            raise denied(self.kafka, exc.args[0], transactional_id, "WRITE and DESCRIBE") or exc from exc
         self.consumer.subscribe([self.config.topics.flows.name])
         try:
             while not stop.is_set():
                 messages = self.consumer.consume(num_messages=d.max_messages, timeout=d.poll_seconds)
                 if messages:
                     self._process(messages)
+                self.lag.update()
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -134,6 +144,14 @@ class DetectWorker:
         batches = []
         for msg in messages:
             if msg.error() is not None:
+                if is_denied(msg.error()):  # a missing ACL: retrying cannot help
+                    group = msg.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+                    resource = (
+                        self.config.detect.group if group else msg.topic() or self.config.topics.flows.name
+                    )
+                    raise denied(
+                        self.kafka, msg.error(), resource, "READ" + ("" if group else " and DESCRIBE")
+                    )
                 self._skip("consumer_error", str(msg.error()))
                 continue
             self.messages.inc()
@@ -161,8 +179,7 @@ class DetectWorker:
             self._rewind()
             return
         if batches:
-            received = min(b.column("time_received").cast(pa.int64()).to_numpy().min() for b in batches)
-            self.latency.observe(max(0.0, time.time() - int(received) / 1e6))
+            self.sink.observe_latency(pa.Table.from_batches(batches))
 
     def _commit(self) -> None:
         for attempt in range(10):
@@ -188,3 +205,35 @@ class DetectWorker:
         if now - self._last_warning > 10:  # one line per 10 s at most: a flood of garbage stays readable
             log.warning("skipped flow message (%s): %s", reason, detail)
             self._last_warning = now
+
+
+class ConsumerLag:
+    """Lag of this worker's assigned partitions (high watermark minus position), refreshed by the
+    worker loop from librdkafka's cached watermarks (no broker round trip) and exported at scrape
+    time. Labels are bounded by the flows topic's partition count; a revoked partition disappears."""
+
+    def __init__(self, consumer: Consumer, registry: CollectorRegistry) -> None:
+        self.consumer = consumer
+        self._lag: dict[tuple[str, int], int] = {}
+        registry.register(self)
+
+    def update(self) -> None:
+        lag = {}
+        for tp in self.consumer.position(self.consumer.assignment()):
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+            elif high >= 0:  # nothing consumed yet: the whole partition is behind
+                lag[(tp.topic, tp.partition)] = max(0, high - max(_low, 0))
+        self._lag = lag
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(f"{NAMESPACE}_detect_consumer_lag_messages",
+                                "Messages behind the partition's end, per assigned flows partition",
+                                labels=["topic", "partition"])  # fmt: skip
+        for (topic, partition), lag in sorted(self._lag.items()):
+            fam.add_metric([topic, str(partition)], lag)
+        yield fam

@@ -10,12 +10,13 @@ import uuid
 from typing import Any
 
 from confluent_kafka import Consumer
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from detectors.index import IndicatorIndex
 from detectors.matcher import Matcher, MatcherHandle
 from pipeline.intel.allowlists import Allowlist
 from pipeline.metrics import NAMESPACE
+from pipeline.runtime.index_metrics import IndexMetrics
 from pipeline.transport.client import KafkaConnection, connection
 from pipeline.transport.indicators import IndicatorState, assign_from_beginning, read_to_end
 
@@ -40,22 +41,22 @@ class IntelFollower:
         self.settle_seconds = settle_seconds
         self.state = IndicatorState()
         self.handle: MatcherHandle | None = None
-        self._consumer = Consumer(connection(kafka).config(**{
+        self._kafka = connection(kafka)
+        self._consumer = Consumer(self._kafka.config(**{
             "group.id": f"shoal-intel-{uuid.uuid4().hex}", "enable.auto.commit": False,
         }))  # fmt: skip
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="intel-follower", daemon=True)
         kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
-        self.indicators = Gauge("intel_indicators", "Indicators in the index in use", **kw)
+        self.index_metrics = IndexMetrics(registry)
         self.builds = Counter("intel_index_builds", "Index builds from the indicators topic", **kw)
         self.build_seconds = Histogram("intel_index_build_seconds", "Time to build an index",
                                        buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300), **kw)  # fmt: skip
         self.bad = Counter("intel_bad_messages", "Indicators-topic messages that could not be read", **kw)
-        self.updated = Gauge("intel_index_updated_timestamp_seconds", "When the index in use was built", **kw)
 
     def start(self, timeout: float = 120.0) -> MatcherHandle:
         """Read the topic to its end, build the first index, then follow the topic in a thread."""
-        ends = assign_from_beginning(self._consumer, self.topic)
+        ends = assign_from_beginning(self._consumer, self.topic, kafka=self._kafka)
         read_to_end(self._consumer, ends, self._apply, timeout)
         self.handle = MatcherHandle(Matcher(self._build(), self.geoip))
         self._thread.start()
@@ -72,8 +73,7 @@ class IntelFollower:
         index = IndicatorIndex.build(list(self.state.indicators.values()), self.allowlist)
         self.build_seconds.observe(time.monotonic() - started)
         self.builds.inc()
-        self.indicators.set(len(index.indicators))
-        self.updated.set_to_current_time()
+        self.index_metrics.built(index)
         return index
 
     def _apply(self, msg: Any) -> bool:

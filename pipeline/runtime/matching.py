@@ -3,16 +3,19 @@ same collector and matcher code as the Kafka deployment, with an in-process hand
 
 from __future__ import annotations
 
+import collections
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from prometheus_client import CollectorRegistry
+import pyarrow.compute as pc
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 from detectors.matcher import MatcherHandle, alerts_to_dicts, one_batch
-from pipeline.metrics import NAMESPACE
+from pipeline.metrics import NAMESPACE, LabelCap, tlp_label
 from pipeline.runtime.alerts import AlertOutput
 from pipeline.sinks.base import SinkError
 
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     from pipeline.confirm.stage import PartialsStage
 
 log = logging.getLogger(__name__)
+MAX_FEEDS = 64
+"""Distinct ``feed`` label values on the alert metrics; later feeds are counted as ``other``."""
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 class MatchingSink:
@@ -34,11 +40,26 @@ class MatchingSink:
         outputs: Sequence[AlertOutput],
         registry: CollectorRegistry,
         partials: PartialsStage | None = None,
+        observe_latency: bool = True,
     ) -> None:
+        """``observe_latency``: the batch's alerts are final once written (embedded runtime); a Kafka
+        worker passes False and calls :meth:`observe_latency` after its transaction commits."""
         self.handle = handle
         self.outputs = list(outputs)
         self.partials = partials
         self.alerts = 0
+        self._observe_on_write = observe_latency
+        self._feed = LabelCap(MAX_FEEDS)
+        kw = {"namespace": NAMESPACE, "registry": registry}
+        self.alerts_by_feed = Counter(
+            "alerts", "Alerts written, by intel feed and TLP level", ["feed", "tlp"], **kw
+        )  # fmt: skip
+        self.latency = Histogram(
+            "pipeline_latency_seconds",
+            "From a batch's oldest flow arriving at the collector to the batch's alerts being written "
+            "(embedded) or committed (Kafka workers)",
+            buckets=LATENCY_BUCKETS, **kw,
+        )  # fmt: skip
         registry.register(_MatcherMetrics(self))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -59,6 +80,19 @@ class MatchingSink:
         if self.partials is not None:
             self.partials.write(partials)
         self.alerts += len(alerts)
+        # One metric update per (feed, TLP) of the batch, not per alert: a hit storm stays cheap.
+        for (feed, tlp), n in collections.Counter((a.get("source"), a.get("tlp")) for a in alerts).items():
+            self.alerts_by_feed.labels(self._feed(feed), tlp_label(tlp)).inc(n)
+        if self._observe_on_write:
+            self.observe_latency(batch)
+
+    def observe_latency(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Age of the batch's oldest flow (``time_received``, µs since the epoch) now."""
+        if batch.num_rows == 0:
+            return
+        oldest = pc.min(batch.column("time_received").cast(pa.int64())).as_py()
+        if oldest is not None:
+            self.latency.observe(max(0.0, time.time() - oldest / 1e6))
 
     def flush(self) -> None:
         pass

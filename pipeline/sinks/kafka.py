@@ -7,6 +7,7 @@ the batch, then counts drops beyond its own bound. Delivery reports are counted 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pyarrow as pa
@@ -15,8 +16,11 @@ from prometheus_client import CollectorRegistry, Counter
 
 from pipeline.metrics import NAMESPACE
 from pipeline.sinks.base import SinkError
-from pipeline.transport.client import client_settings
+from pipeline.transport.access import denied, is_denied, preflight
+from pipeline.transport.client import KafkaConnection, client_settings
 from pipeline.transport.flows import SCHEMA_HEADER, SCHEMA_VALUE, by_exporter, encode_batch
+
+log = logging.getLogger(__name__)
 
 
 class KafkaSink:
@@ -38,13 +42,28 @@ class KafkaSink:
             **(settings or {}),
             **client_settings(),
         }
+        self.connection = KafkaConnection(
+            bootstrap, {k: v for k, v in config.items() if k != "bootstrap.servers"}
+        )
+        preflight(self.connection)
+        self.denial: str | None = None
+        """Set when the cluster refuses this producer the topic (a missing ACL): logged once, not ready."""
         self.producer = Producer(config)
         kw = {"namespace": NAMESPACE, "registry": registry, "labelnames": ["topic"]}
         self.delivered = Counter("kafka_messages_delivered", "Messages acknowledged by the brokers", **kw)
         self.failed = Counter("kafka_messages_failed", "Messages the producer gave up on", **kw)
         self.bytes = Counter("kafka_bytes_produced", "Payload bytes handed to the producer", **kw)
 
+    def reachable(self) -> bool | str:
+        """A broker answers a metadata request for the topic (readiness probe; raises if not), and
+        has not refused this producer the topic."""
+        self.producer.list_topics(self.topic, timeout=2)
+        return self.denial or True
+
     def _report(self, err: Any, _msg: Any) -> None:
+        if self.denial is None and is_denied(err):
+            self.denial = str(denied(self.connection, err, self.topic, "WRITE and DESCRIBE"))
+            log.error("%s; flow batches to it fail until then", self.denial)
         (self.failed if err is not None else self.delivered).labels(self.topic).inc()
 
     def write(self, batch: pa.RecordBatch) -> None:

@@ -3,12 +3,34 @@ a configuration file, and ``SHOAL_KAFKA_<KEY>`` environment variables on top (fo
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "SHOAL_KAFKA_"
+
+
+class _ReportedElsewhere(logging.Filter):
+    """Drops librdkafka's lines about refused credentials, certificates and ACLs: Shoal reports those
+    itself in one line (pipeline.transport.access), where librdkafka repeats them on every retry."""
+
+    MARKERS = (
+        "AUTHORIZATION_FAILED",
+        "authorization failed",
+        "SASL authentication error",
+        "certificate verify failed",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(marker in message for marker in self.MARKERS)
+
+
+LIBRDKAFKA_LOG = logging.getLogger("shoal.kafka.librdkafka")
+"""librdkafka's own log lines, through Python logging (served by the clients' poll and consume)."""
+LIBRDKAFKA_LOG.addFilter(_ReportedElsewhere())
 
 
 def client_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -27,8 +49,8 @@ class KafkaConnection:
 
     def config(self, **defaults: Any) -> dict[str, Any]:
         """Shoal's ``defaults`` for one client, then the file's settings, then the environment's."""
-        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **defaults, **self.settings,
-                **client_settings()}  # fmt: skip
+        return {"bootstrap.servers": self.bootstrap, "log_level": 3, "logger": LIBRDKAFKA_LOG, **defaults,
+                **self.settings, **client_settings()}  # fmt: skip
 
 
 def connection(kafka: KafkaConnection | str) -> KafkaConnection:

@@ -18,10 +18,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from pipeline.intel.load import IntelLoad
 from pipeline.intel.model import Indicator
+from pipeline.transport.access import denied, is_denied
 from pipeline.transport.client import KafkaConnection, connection
 
 log = logging.getLogger(__name__)
@@ -86,9 +95,14 @@ class IndicatorState:
         return True
 
 
-def assign_from_beginning(consumer: Consumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
-    """Assign every partition of ``topic`` at its first offset; returns them with their end offsets."""
+def assign_from_beginning(
+    consumer: Consumer, topic: str, timeout: float = 30.0, kafka: KafkaConnection | str = ""
+) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` at its first offset; returns them with their end offsets.
+    ``kafka`` names the principal when the cluster denies the topic."""
     metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is not None and is_denied(metadata.error):
+        raise denied(kafka, metadata.error, topic, "DESCRIBE and READ")
     if metadata is None or metadata.error is not None or not metadata.partitions:
         problem = metadata.error if metadata else "not found"
         raise KafkaException(f"topic {topic}: {problem} (create the topics with `shoal topics create`)")
@@ -115,7 +129,10 @@ def read_to_end(
             raise TimeoutError(f"indicators topic: not read to its end within {timeout}s")
         for msg in consumer.consume(num_messages=10_000, timeout=0.5):
             if msg.error() is not None:
-                log.warning("indicators topic: %s", msg.error())
+                # Readers are assigned partitions and never commit: their group is librdkafka's
+                # formality, so a cluster that grants no group to this user is no reason to warn.
+                quiet = msg.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+                (log.debug if quiet else log.warning)("indicators topic: %s", msg.error())
                 continue
             on_message(msg)
             if msg.partition() in remaining and msg.offset() + 1 >= remaining[msg.partition()]:
@@ -129,7 +146,9 @@ def read_state(kafka: KafkaConnection | str, topic: str) -> IndicatorState:
     state = IndicatorState()
     try:
         read_to_end(
-            consumer, assign_from_beginning(consumer, topic), lambda m: state.apply(m.key(), m.value())
+            consumer,
+            assign_from_beginning(consumer, topic, kafka=kafka),
+            lambda m: state.apply(m.key(), m.value()),
         )
     finally:
         consumer.close()

@@ -48,6 +48,10 @@ def test_run_demo_raises_exactly_the_expected_alerts(tmp_path: Path) -> None:
     assert got == expected_alerts()
     assert "shoal_matcher_flows_total 1800.0" in scrape
     assert f'shoal_matcher_alerts_total{{source="Demo NREN CERT hub"}} {float(len(alerts))}' in scrape
+    # The demo intel is marked TLP:GREEN by the STIX 2.1 standard marking definition's id.
+    assert f'shoal_alerts_total{{feed="Demo NREN CERT hub",tlp="green"}} {float(len(alerts))}' in scrape
+    assert "shoal_pipeline_latency_seconds_count 0.0" not in scrape
+    assert "shoal_intel_indicators 4.0" in scrape
 
     # Detections: the alerts aggregated per indicator and internal host, and the sample's one scanner.
     latest: dict[str, dict] = {}

@@ -1,0 +1,126 @@
+"""The metrics port of every long-running command: /metrics, /healthz, /readyz, loopback by default,
+and the bounded labels the SOC metrics use."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from demo_reference import free_port
+from prometheus_client import Counter
+
+from pipeline.metrics import OTHER, Health, LabelCap, new_registry, parse_listen, serve, tlp_label
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as res:
+            return res.status, res.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_endpoints_and_readiness_checks() -> None:
+    registry = new_registry()
+    Counter("probe_hits", "test counter", registry=registry).inc(3)
+    health = Health()
+    state = {"index": False}
+    health.add("index loaded", lambda: state["index"])
+    health.add("kafka reachable", lambda: (_ for _ in ()).throw(RuntimeError("broker down")))
+    host, port = serve(registry, ":0", health)
+    assert host == "127.0.0.1"  # no host given: loopback only
+    base = f"http://{host}:{port}"
+    assert _get(f"{base}/healthz") == (200, "ok\n")
+    status, body = _get(f"{base}/readyz")
+    assert status == 503
+    assert body == "not ready: index loaded\nnot ready: kafka reachable: RuntimeError: broker down\n"
+    state["index"] = True
+    health.add("kafka reachable", lambda: True)
+    assert _get(f"{base}/readyz") == (200, "ready\n")
+    assert "probe_hits_total 3.0" in _get(f"{base}/metrics")[1]
+    assert _get(f"{base}/nothing")[0] == 404
+
+
+def test_loopback_default_is_not_reachable_on_other_addresses() -> None:
+    host, port = serve(new_registry(), str(free_port()))
+    assert host == "127.0.0.1"
+    with socket.socket() as s:  # the wildcard would also answer on 127.0.0.2; loopback-bound does not
+        s.settimeout(2)
+        assert s.connect_ex(("127.0.0.2", port)) != 0
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [(":9108", ("127.0.0.1", 9108)), ("9108", ("127.0.0.1", 9108)), ("0.0.0.0:9108", ("0.0.0.0", 9108)),
+     ("[::1]:9108", ("::1", 9108)), ("[::]:0", ("::", 0))],
+)  # fmt: skip
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+def test_parse_listen_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_listen("localhost:http")
+
+
+def test_label_cap_bounds_values() -> None:
+    cap = LabelCap(3)
+    assert [cap(f"feed-{i}") for i in range(5)] == ["feed-0", "feed-1", "feed-2", OTHER, OTHER]
+    assert cap("feed-1") == "feed-1"  # known values keep their name
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [("TLP:GREEN", "green"), ("amber+strict", "amber+strict"), ("white", "clear"), ("tlp:red", "red"),
+     (None, "none"), ("TLP:PURPLE", "none"), ("x" * 1000, "none")],
+)  # fmt: skip
+def test_tlp_label_is_bounded(value: object, label: str) -> None:
+    assert tlp_label(value) == label
+
+
+def test_collect_is_not_ready_while_kafka_is_unreachable(tmp_path: Path) -> None:
+    """A collector whose Kafka sink has no broker stays alive but not ready, and says why."""
+    closed = free_port()  # nothing listens there
+    metrics = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0", "--kafka", f"127.0.0.1:{closed}",
+         "--metrics", metrics], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        banner = proc.stdout.readline()
+        assert banner.startswith("shoal collect: listening on"), banner + proc.stderr.read()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                status, body = _get(f"http://{metrics}/readyz")
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 503
+        assert body.startswith("not ready: kafka reachable: KafkaException"), body
+        assert _get(f"http://{metrics}/healthz") == (200, "ok\n")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("source", "label"),
+    [("taxii:https://user:s3cret@taxii.example.org/api/collections/1/", "taxii:https://taxii.example.org/api/collections/1/"),
+     ("misp:https://misp.example.org", "misp:https://misp.example.org"), ("/srv/intel/feed.json", "/srv/intel/feed.json")],
+)  # fmt: skip
+def test_sync_source_labels_carry_no_credentials(source: str, label: str) -> None:
+    from pipeline.runtime.sync_metrics import SyncMetrics, source_label
+
+    assert source_label(source) == label
+    registry = new_registry()
+    SyncMetrics(registry, [source]).outcome(source, "ok", 3)
+    assert registry.get_sample_value("shoal_intel_sync_indicators", {"source": label}) == 3
