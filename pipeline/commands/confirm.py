@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from pipeline.confirm.app import build_app
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import Health, new_registry, serve
 
     overrides = {"confirm": {"instance_id": args.instance_id}} if args.instance_id else None
     streams = streams_config(args, overrides)
@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     registry = new_registry()
     app = build_app(args.kafka, streams, settings, registry)
     if args.metrics:
-        serve(registry, args.metrics)
+        health = Health()
+        health.add("app running", lambda: app.shoal_running)
+        serve(registry, args.metrics, health)
     if args.duration:
         timer = threading.Timer(args.duration, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True

@@ -26,6 +26,7 @@ from detectors.detections import iso_ms
 from pipeline.confirm import kafka_transport
 from pipeline.confirm.engine import Confirmer, Verdicts, now_ms
 from pipeline.confirm.settings import DetectionSettings
+from pipeline.confirm.stage import DetectionMetrics
 from pipeline.metrics import NAMESPACE
 from pipeline.transport.config import StreamsConfig
 from pipeline.transport.detections import (
@@ -51,10 +52,7 @@ class ConfirmMetrics:
         kw: dict[str, Any] = {"namespace": NAMESPACE, "registry": registry}
         self.partials = Counter("confirm_partials", "Partials read, by outcome (applied, duplicate: a "
                                 "redelivery skipped by offset, late: its window had closed, bad)", ["outcome"], **kw)  # fmt: skip
-        self.detections = Counter("detections", "Detection versions emitted, by kind and state",
-                                  ["kind", "state"], **kw)  # fmt: skip
         self.feedback = Counter("confirm_feedback", "Analyst verdicts applied, by verdict", ["verdict"], **kw)
-        self.groups = Gauge("confirm_open_groups", "Detection groups held by this instance (all partitions)", **kw)
         self.lag = Gauge("confirm_event_lag_seconds",
                          "Wall clock minus the newest flow time merged (how far confirmation trails the flows)", **kw)  # fmt: skip
 
@@ -94,13 +92,13 @@ def build_app(
     verdicts = Verdicts(settings.detections.suppress_seconds)
     confirmer = Confirmer(settings.detections, table, verdicts)
     headers = [(SCHEMA_HEADER, DETECTION_SCHEMA)]
-    metrics.groups.set_function(lambda: len(table))
+    detection_metrics = DetectionMetrics(registry, lambda: len(table))
 
     async def emit(detections: list[dict[str, Any]]) -> None:
         for d in detections:
             key, value = encode_detection(d)
             await detections_topic.send(key=key, value=value, headers=headers)
-            metrics.detections.labels(d["kind"], d["state"]).inc()
+        detection_metrics.emitted(detections)
 
     def keys_of(partition: int) -> list[str]:
         return [k for k, v in table.items() if v is not None and v.get("p") == partition]
@@ -170,6 +168,7 @@ def build_app(
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                     isolation_level="read_committed", **(client_config or {}))  # fmt: skip
         await consumer.start()
+        app.shoal_running = True  # type: ignore[attr-defined]
         try:
             partitions = consumer.partitions_for_topic(topics.feedback.name) or {0}
             consumer.assign([TopicPartition(topics.feedback.name, p) for p in partitions])
@@ -193,6 +192,7 @@ def build_app(
             await consumer.stop()
 
     app.shoal_confirmer = confirmer  # type: ignore[attr-defined]
+    app.shoal_running = False  # type: ignore[attr-defined]
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -19,8 +19,9 @@ from detectors.partials import indicator_partials
 from detectors.scans import ScanStats, scan_partials
 from pipeline.confirm.engine import Confirmer
 from pipeline.confirm.settings import DetectionSettings
-from pipeline.metrics import NAMESPACE
+from pipeline.metrics import NAMESPACE, LabelCap, tlp_label
 from pipeline.runtime.alerts import AlertOutput
+from pipeline.runtime.matching import MAX_FEEDS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,25 @@ class PartialsStage:
         self.count.labels("indicator").inc(len(partials) - scans)
 
 
+class DetectionMetrics:
+    """What both confirmation runtimes export: detection versions by kind, state, feed and TLP (feeds
+    capped like the alert metrics), and the groups held."""
+
+    def __init__(self, registry: CollectorRegistry, open_groups: Callable[[], int]) -> None:
+        self._feed = LabelCap(MAX_FEEDS)
+        self.versions = Counter(f"{NAMESPACE}_detections", "Detection versions emitted, by kind, state, first "
+                                "source feed (scans: this network) and TLP", ["kind", "state", "feed", "tlp"],
+                                registry=registry)  # fmt: skip
+        gauge = Gauge(f"{NAMESPACE}_confirm_open_groups", "Detection groups held: open windows and closed ones' "
+                      "markers", registry=registry)  # fmt: skip
+        gauge.set_function(open_groups)
+
+    def emitted(self, detections: list[dict[str, Any]]) -> None:
+        for d in detections:
+            feed = self._feed(d["sources"][0] if d["sources"] else "none")
+            self.versions.labels(d["kind"], d["state"], feed, tlp_label(d["tlp"])).inc()
+
+
 class InProcessConfirmation:
     """``shoal run``'s confirmation: partials merged at once, detections written to outputs, a timer
     emitting what became due and closing windows."""
@@ -79,11 +99,7 @@ class InProcessConfirmation:
         """The latest version of every detection emitted (what the detections topic would hold)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="confirm-timer", daemon=True)
-        self.emitted = Counter(f"{NAMESPACE}_detections", "Detection versions emitted, by kind and state",
-                               ["kind", "state"], registry=registry)  # fmt: skip
-        self.open_groups = Gauge(f"{NAMESPACE}_confirm_open_groups", "Detection groups held (open windows)",
-                                 registry=registry)  # fmt: skip
-        self.open_groups.set_function(lambda: len(self.confirmer.groups))
+        self.metrics = DetectionMetrics(registry, lambda: len(self.confirmer.groups))
 
     def start(self) -> None:
         self._thread.start()
@@ -102,9 +118,9 @@ class InProcessConfirmation:
     def _emit(self, detections: list[dict[str, Any]]) -> None:
         if not detections:
             return
+        self.metrics.emitted(detections)
         for d in detections:
             self.latest[d["id"]] = d
-            self.emitted.labels(d["kind"], d["state"]).inc()
         for output in self.outputs:
             try:
                 output.write(detections)

@@ -118,7 +118,7 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
     )
     config, names = streams_config(tmp_path, flows_partitions=2)
     setup_topics(kafka.bootstrap, config)
-    addr = {job: f"127.0.0.1:{free_port()}" for job in ("intel-sync", "detect", "collect", "run")}
+    addr = {job: f"127.0.0.1:{free_port()}" for job in ("intel-sync", "detect", "collect", "run", "confirm")}
     netflow, ipfix = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     stop_traffic = threading.Event()
@@ -156,7 +156,10 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
             )
         )
         procs.append(_spawn("run", "--demo", "--quiet", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
-                            "--alerts", str(tmp_path / "alerts.jsonl"), "--metrics", addr["run"]))  # fmt: skip
+                            "--alerts", str(tmp_path / "alerts.jsonl"), "--detections-out",
+                            str(tmp_path / "detections.jsonl"), "--metrics", addr["run"]))  # fmt: skip
+        procs.append(_spawn("confirm", "--kafka", kafka.bootstrap, "--config", str(config), "--metrics",
+                            addr["confirm"]))  # fmt: skip
         prom_port = free_port()
         prometheus = f"127.0.0.1:{prom_port}"
         scrape = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
