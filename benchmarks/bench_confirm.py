@@ -2,13 +2,15 @@
 detection is readable.
 
     .venv/bin/python -m benchmarks.bench_confirm [--workers 2] [--partitions 4] [--drain-flows 4000000]
-        [--hit-share 0.01] [--indicators 1000] [--hosts 500] [--rate 200000] [--seconds 40] [--emit-seconds 10]
+        [--hit-share 0.01] [--indicators 1000] [--hosts 500] [--pairs 200] [--rate 200000] [--seconds 40]
+        [--emit-seconds 10]
 
 One fresh broker (scripts/kafka.sh), then in one run:
 
 1. Capacity, confirmation off and on: the flows topic is pre-loaded with ``--drain-flows`` flows
-   (16,384-row batches, ``--hit-share`` of flows from one of ``--hosts`` campus hosts to one of
-   ``--indicators`` indicators, the rest random), then ``--workers`` ``shoal detect`` workers drain it,
+   (16,384-row batches, ``--hit-share`` of flows from campus hosts to indicators: from ``--pairs``
+   (indicator, host) pairs, or with ``--pairs 0`` any of ``--hosts`` hosts to any of ``--indicators``
+   indicators, aggregation's worst case; the rest random), then ``--workers`` ``shoal detect`` workers drain it,
    once with ``detect.partials = false`` and once with partials on and ``shoal confirm`` running.
    Reported: flows/s end to end, the partials' volume against the flows topic's (messages and bytes),
    and the confirmation app's CPU per second of wall time while it keeps up.
@@ -54,14 +56,22 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMPUS = (0x64400000, 0x647FFFFF)  # 100.64.0.0/10
 
 
-def make_batches(n: int, targets: np.ndarray, hosts: np.ndarray, share: float, rng: np.random.Generator):
-    """Flow batches without times, and per batch the hits as {(indicator index, host index): flows}."""
+def make_batches(n: int, targets: np.ndarray, hosts: np.ndarray, share: float, pairs: int, rng: np.random.Generator):
+    """Flow batches without times, and per batch the hits as {(indicator index, host index): flows}.
+    ``pairs`` > 0: hits come from that many (indicator, host) pairs (infected hosts beaconing to their
+    C2s); 0: every hit picks an indicator and a host at random (aggregation's worst case)."""
     batches, hit_keys = [], []
+    pair_ind = rng.integers(0, len(targets), pairs)
+    pair_host = rng.integers(0, len(hosts), pairs)
     for b in range(n):
         src = rng.integers(*CAMPUS, ROWS, dtype=np.uint64)
         dst = rng.integers(0x01000000, 0xDF000000, ROWS, dtype=np.uint64)
         hit = np.flatnonzero(rng.random(ROWS) < share)
-        ind, host = rng.integers(0, len(targets), len(hit)), rng.integers(0, len(hosts), len(hit))
+        if pairs:
+            chosen = rng.integers(0, pairs, len(hit))
+            ind, host = pair_ind[chosen], pair_host[chosen]
+        else:
+            ind, host = rng.integers(0, len(targets), len(hit)), rng.integers(0, len(hosts), len(hit))
         dst[hit], src[hit] = targets[ind], hosts[host]
         hit_keys.append(collections.Counter(zip(ind.tolist(), host.tolist(), strict=True)))
         cols: dict[str, pa.Array] = {}
@@ -311,6 +321,8 @@ def main() -> int:
     ap.add_argument("--hit-share", type=float, default=0.01)
     ap.add_argument("--indicators", type=int, default=1000)
     ap.add_argument("--hosts", type=int, default=500)
+    ap.add_argument("--pairs", type=int, default=200,
+                    help="(indicator, host) pairs the hits come from; 0: every hit picks both at random")
     ap.add_argument("--rate", type=float, default=200_000)
     ap.add_argument("--seconds", type=float, default=40)
     ap.add_argument("--emit-seconds", type=float, default=10)
@@ -328,15 +340,16 @@ def main() -> int:
         net = ipaddress.IPv4Network(t)
         load.indicators.append(Indicator(f"bench-{n}", str(net.network_address), "bench", (Condition(network=net),),
                                          confidence=80))  # fmt: skip
-    batches, hit_keys = make_batches(64, targets, hosts, args.hit_share, rng)
+    batches, hit_keys = make_batches(64, targets, hosts, args.hit_share, args.pairs, rng)
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-confirm-"))
     env = {k: v for k, v in os.environ.items() if k != "SHOAL_KAFKA_DIR"}
     env |= {"SHOAL_KAFKA_DIR": str(work / "broker"), "PYTHON": sys.executable}
     bootstrap = subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "start"], env=env, capture_output=True, text=True,
                                check=True).stdout.strip().splitlines()[-1]  # fmt: skip
     try:
+        spread = f"{args.pairs} (indicator, host) pairs" if args.pairs else f"any of {args.hosts} hosts to any indicator"
         print(f"broker at {bootstrap}; {args.workers} workers, {args.partitions} partitions, {args.indicators:,} "
-              f"indicators, {args.hit_share:.1%} of flows hit from {args.hosts} hosts")  # fmt: skip
+              f"indicators, {args.hit_share:.1%} of flows hit, from {spread}")  # fmt: skip
         if not args.skip_capacity:
             print(f"capacity ({args.drain_flows:,} flows pre-loaded, drained by the workers):")
             capacity(bootstrap, work, args, load, batches, confirm=False)
