@@ -273,13 +273,17 @@ def render(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The group's detections as (host entry name, detection record): all, or those of ``names``."""
     hosts_total, _ = host_count(group)
-    chosen = sorted(group["hosts"]) if names is None else sorted(set(names) & group["hosts"].keys())
     out = []
-    for name in chosen:
-        host, internal = group["hosts"][name], (None if name in ("", OVERFLOW_HOST) else name)
+    for name, host, internal in _entries(group, names):
         state = _state(group, host, internal, hosts_total, config, verdicts)
         out.append((name, _record(group, host, internal, state, hosts_total, config, now_ms, final)))
     return out
+
+
+def _entries(group: dict[str, Any], names: Iterable[str] | None) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(entry name, host entry, internal host address or None) of all entries, or of ``names``."""
+    chosen = sorted(group["hosts"]) if names is None else sorted(set(names) & group["hosts"].keys())
+    return [(n, group["hosts"][n], None if n in ("", OVERFLOW_HOST) else n) for n in chosen]
 
 
 def due(
@@ -301,9 +305,7 @@ def due(
     emit, hosts = [], dict(group["hosts"])
     pending = set(group.get("pending", ())) - set(hosts if names is None else names)
     hosts_total, _ = host_count(group)
-    chosen = sorted(hosts) if names is None else sorted(set(names) & hosts.keys())
-    for name in chosen:
-        host, internal = hosts[name], (None if name in ("", OVERFLOW_HOST) else name)
+    for name, host, internal in _entries(group, names):
         state = _state(group, host, internal, hosts_total, config, verdicts)
         if group["kind"] == "scan" and state[0] == "observed" and not config.observed_scans:
             continue

@@ -52,13 +52,17 @@ def pack_partials(partials: list[dict[str, Any]], partitions: int) -> Iterator[t
             yield partition, routing_key(chunk[0]), json.dumps(chunk, separators=(",", ":")).encode()
 
 
-def decode_partials(value: bytes | None) -> list[Any]:
+def _loads(value: bytes | None) -> Any:
     if not value:
         raise MessageError("empty message")
     try:
-        data = json.loads(value)
+        return json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"not JSON: {exc}") from None
+
+
+def decode_partials(value: bytes | None) -> list[Any]:
+    data = _loads(value)
     if not isinstance(data, list):
         raise MessageError("not an array of partials")
     return data
@@ -81,12 +85,7 @@ class MessageError(ValueError):
 
 
 def decode_json(value: bytes | None, required: tuple[str, ...]) -> dict[str, Any]:
-    if not value:
-        raise MessageError("empty message")
-    try:
-        data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"not JSON: {exc}") from None
+    data = _loads(value)
     if not isinstance(data, dict) or any(k not in data for k in required):
         raise MessageError(f"not an object with {', '.join(required)}")
     return data
