@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.decode.ies import ADDRESS_IES, MAPPED_IES
+from pipeline.decode.ies import ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SRC_V4, SRC_V6
 
 VARIABLE = 65535  # RFC 7011 §7: variable-length field marker
 V9_SCOPE = 0xFFFFFFFF
@@ -50,13 +50,22 @@ class Template:
     """Options templates: how many leading fields are scope fields (0 for data templates)."""
     options: bool = False
     last_seen: float = 0.0
+    last_used: float = field(default=0.0, compare=False)
+    """When data last came for it (the global cap evicts the least recently used first)."""
     dtype: np.dtype | None = field(init=False, default=None, repr=False)
     record_length: int = field(init=False, default=0)
     names: dict[int, str] = field(init=False, default_factory=dict)
     """IE -> field name in ``dtype`` (first occurrence of each mapped IE)."""
+    usable: bool = field(init=False, default=False)
+    """Its records can give a flow: it has a source or destination address of a known family.
+    Data for a data template without one is rejected unread."""
 
     def __post_init__(self) -> None:
         self.names = {}
+        self.usable = not self.options and any(
+            f.mapped and ((f.ie in (SRC_V4, DST_V4) and f.length == 4) or (f.ie in (SRC_V6, DST_V6) and f.length == 16))
+            for f in self.fields
+        )
         if any(f.length == VARIABLE for f in self.fields):
             self.dtype = None
             self.record_length = 0
@@ -93,10 +102,20 @@ class Template:
 
     @classmethod
     def from_json(cls, data: dict) -> Template:
+        """A saved template, checked as a template set's would be (ValueError if it cannot be one)."""
         fields = tuple(Field(int(ie), int(n), int(pen)) for ie, n, pen in data["fields"])
-        return cls(
+        template = cls(
             int(data["id"]), fields, int(data["scope_count"]), bool(data["options"]), float(data["last_seen"])
         )
+        if not (
+            256 <= template.template_id <= 65535
+            and 1 <= len(fields) <= 65535
+            and 0 <= template.scope_count <= len(fields)
+            and all(0 <= f.ie <= 0xFFFF and 1 <= f.length <= VARIABLE and 0 <= f.enterprise <= V9_SCOPE for f in fields)
+            and template.last_seen == template.last_seen  # not NaN
+        ):
+            raise ValueError(f"invalid saved template {data.get('id')!r}")
+        return template
 
 
 def field_dtype(ie: int, length: int) -> object:
@@ -169,17 +188,20 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
     return out
 
 
-def variable_offsets(template: Template, data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+def variable_offsets(
+    template: Template, data: bytes, limit: int = -1
+) -> tuple[np.ndarray, np.ndarray, int]:
     """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
     starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
-    fixed-width fields it needs with numpy fancy indexing."""
+    fixed-width fields it needs with numpy fancy indexing. ``limit`` >= 0: walk at most that many
+    records (an exporter's budget)."""
     nf = len(template.fields)
     lengths = [f.length for f in template.fields]
     rows: list[list[int]] = []
     ends: list[int] = []
     pos, end = 0, len(data)
     min_len = sum(1 if n == VARIABLE else n for n in lengths)
-    while end - pos >= min_len > 0:
+    while end - pos >= min_len > 0 and len(rows) != limit:
         starts = [0] * nf
         p = pos
         ok = True
