@@ -57,7 +57,10 @@ class DecoderConfig:
         """Raise ``ValueError`` naming the first setting that cannot work."""
         checks = [
             (self.template_ttl_seconds > 0, "template_ttl_seconds must be > 0"),
-            (1 <= self.max_templates_per_exporter <= 65_280, "max_templates_per_exporter must be in 1..65280"),
+            (
+                1 <= self.max_templates_per_exporter <= 65_280,
+                "max_templates_per_exporter must be in 1..65280",
+            ),
             (1 <= self.max_templates <= 10_000_000, "max_templates must be in 1..10000000"),
             (1 <= self.max_fields_per_template <= 65_535, "max_fields_per_template must be in 1..65535"),
             (self.pending_max_sets_per_exporter >= 0, "pending_max_sets_per_exporter must be >= 0"),
@@ -67,7 +70,10 @@ class DecoderConfig:
             (1 <= self.max_streams <= 10_000_000, "max_streams must be in 1..10000000"),
             (1 <= self.max_stat_exporters <= 1_000_000, "max_stat_exporters must be in 1..1000000"),
             (self.variable_records_per_second >= 0, "variable_records_per_second must be >= 0"),
-            (0 <= self.max_time_ahead_seconds <= 10 * 366 * 86_400, "max_time_ahead_seconds must be in 0..10 years"),
+            (
+                0 <= self.max_time_ahead_seconds <= 10 * 366 * 86_400,
+                "max_time_ahead_seconds must be in 0..10 years",
+            ),
         ]
         for ok, message in checks:
             if not ok:

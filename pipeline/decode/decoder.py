@@ -758,19 +758,23 @@ class FlowDecoder:
             self._template_total += 1
             active = self.stats.templates_active
             active[exporter] = active.get(exporter, 0) + 1
-        template.last_used = max(template.last_used, template.last_seen)
         self._templates.setdefault(tkey, {})[template.template_id] = template
         return True
 
     def _evict_templates(self) -> None:
-        """Make room under ``max_templates``: drop the least recently used sixteenth (refreshed or
-        used by data), so a flood costs one sort per many templates, not a scan per template."""
+        """Make room under ``max_templates``: drop a sixteenth, templates no data ever used first
+        (what a spoofed template flood leaves), then the least recently used by data, so a router
+        whose data keeps coming keeps its templates; one sort per many templates, not a scan each."""
         every = sorted(
-            ((t.last_used, tkey, tid) for tkey, table in self._templates.items() for tid, t in table.items()),
-            key=lambda item: item[0],
+            (
+                (t.last_used, t.last_seen, tkey, tid)
+                for tkey, table in self._templates.items()
+                for tid, t in table.items()
+            ),
+            key=lambda item: (item[0], item[1]),
         )
         target = max(1, self.config.max_templates // 16)
-        for _, tkey, tid in every[: max(target, self._template_total - self.config.max_templates + 1)]:
+        for _, _, tkey, tid in every[: max(target, self._template_total - self.config.max_templates + 1)]:
             self._remove_template(tkey, tid)
             self.stats.evictions["templates"] += 1
 

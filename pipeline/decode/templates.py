@@ -51,7 +51,8 @@ class Template:
     options: bool = False
     last_seen: float = 0.0
     last_used: float = field(default=0.0, compare=False)
-    """When data last came for it (the global cap evicts the least recently used first)."""
+    """When data last came for it, 0 if none yet (the global cap evicts unused templates first, then
+    the least recently used)."""
     dtype: np.dtype | None = field(init=False, default=None, repr=False)
     record_length: int = field(init=False, default=0)
     names: dict[int, str] = field(init=False, default_factory=dict)
@@ -63,7 +64,10 @@ class Template:
     def __post_init__(self) -> None:
         self.names = {}
         self.usable = not self.options and any(
-            f.mapped and ((f.ie in (SRC_V4, DST_V4) and f.length == 4) or (f.ie in (SRC_V6, DST_V6) and f.length == 16))
+            f.mapped
+            and (
+                (f.ie in (SRC_V4, DST_V4) and f.length == 4) or (f.ie in (SRC_V6, DST_V6) and f.length == 16)
+            )
             for f in self.fields
         )
         if any(f.length == VARIABLE for f in self.fields):
@@ -111,7 +115,10 @@ class Template:
             256 <= template.template_id <= 65535
             and 1 <= len(fields) <= 65535
             and 0 <= template.scope_count <= len(fields)
-            and all(0 <= f.ie <= 0xFFFF and 1 <= f.length <= VARIABLE and 0 <= f.enterprise <= V9_SCOPE for f in fields)
+            and all(
+                0 <= f.ie <= 0xFFFF and 1 <= f.length <= VARIABLE and 0 <= f.enterprise <= V9_SCOPE
+                for f in fields
+            )
             and template.last_seen == template.last_seen  # not NaN
         ):
             raise ValueError(f"invalid saved template {data.get('id')!r}")
@@ -188,9 +195,7 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
     return out
 
 
-def variable_offsets(
-    template: Template, data: bytes, limit: int = -1
-) -> tuple[np.ndarray, np.ndarray, int]:
+def variable_offsets(template: Template, data: bytes, limit: int = -1) -> tuple[np.ndarray, np.ndarray, int]:
     """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
     starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
     fixed-width fields it needs with numpy fancy indexing. ``limit`` >= 0: walk at most that many
