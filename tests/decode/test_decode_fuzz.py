@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.decode import Datagram, DecoderConfig, FlowDecoder
-from pipeline.decode.columns import EARLIEST_US
+
+EARLIEST_US = 631_152_000 * 1_000_000  # 1990-01-01
 from pipeline.runtime.replay import read_capture
 from pipeline.samples import DEMO_TRAFFIC
 from pipeline.schemas import FLOW_SCHEMA
