@@ -23,12 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.decode import Datagram, DecoderConfig, FlowDecoder
-
-EARLIEST_US = 631_152_000 * 1_000_000  # 1990-01-01
 from pipeline.runtime.replay import read_capture
 from pipeline.samples import DEMO_TRAFFIC
 from pipeline.schemas import FLOW_SCHEMA
 
+EARLIEST_US = 631_152_000 * 1_000_000  # 1990-01-01
 _T4 = template_set(256, V4, ipfix=False)
 _I4 = template_set(300, V4[:5], ipfix=True)
 _OPT, _OPT_DATA = v9_sampling_options(257, 100)
