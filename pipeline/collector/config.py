@@ -88,6 +88,9 @@ class MetricsConfig:
     listen: str = ""
     max_exporters: int = 64
     """Distinct exporter label values per metric; the rest are folded into ``other``."""
+    max_label_values: int = 256
+    """Distinct values of any other label (observation domain, reason...) per metric; the rest are
+    folded into ``other``."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class CollectorConfig:
             (p.compression in {"zstd", "snappy", "gzip", "lz4", "none"}, "parquet.compression unknown"),
             (buf.max_rows >= 0 and buf.max_bytes >= 0, "buffer limits must be >= 0"),
             (buf.retry_seconds > 0, "buffer.retry_seconds must be > 0"),
-            (m.max_exporters >= 1, "metrics.max_exporters must be >= 1"),
+            (1 <= m.max_exporters <= 100_000, "metrics.max_exporters must be in 1..100000"),
+            (1 <= m.max_label_values <= 100_000, "metrics.max_label_values must be in 1..100000"),
         ]
         for ok, message in checks:
             if not ok:

@@ -140,7 +140,9 @@ class Collector:
         self.allowlist = Allowlist(config.receive.allow_exporters)
         self.batcher = Batcher(FLOW_SCHEMA, config.batch.max_rows, config.batch.max_seconds)
         self.sockets: list[BatchSocket] = []
-        self.metrics = CollectorMetrics(self.registry, config.metrics.max_exporters)
+        self.metrics = CollectorMetrics(
+            self.registry, config.metrics.max_exporters, config.metrics.max_label_values
+        )
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._stopping = threading.Event()
         self._receiver: threading.Thread | None = None
