@@ -57,6 +57,9 @@ class ReceiveConfig:
     """Receive buffer per datagram; larger datagrams are truncated and counted, never decoded."""
     allow_exporters: tuple[str, ...] = ()
     """Exporter CIDRs accepted; empty accepts everyone. Others are dropped and counted."""
+    reuse_port: bool = False
+    """SO_REUSEPORT on the listeners, for the collector's own worker processes sharing a port (the
+    kernel lets only processes of the same user join). Off: no other socket can bind the port."""
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,7 @@ class Collector:
             except Exception as exc:  # a corrupt state file must not prevent collecting
                 log.error("cannot restore decoder state from %s: %s", state, exc)
         rc = self.config.receive
+        v4_ports = {ep.port for ep in self.endpoints if not ep.family_v6}
         try:
             for ep in self.endpoints:
                 self.sockets.append(
@@ -170,6 +171,10 @@ class Collector:
                         rc.max_datagram,
                         self.config.metrics.max_exporters,
                         _BLOCK_CALLS,
+                        reuse_port=rc.reuse_port,
+                        # [::]:PORT alone takes IPv4 exporters too; next to an IPv4 listener on
+                        # the same port (or bound to one address) it is IPv6 only.
+                        v6only=ep.host != "::" or ep.port in v4_ports,
                     )
                 )
         except OSError:
