@@ -74,27 +74,6 @@ class Allowlist:
         return verdict
 
 
-def build_decoder_config(settings: dict) -> Any:
-    """``[decoder]`` table -> ``DecoderConfig``, converting env-provided strings to the field types."""
-    if not settings:
-        return None
-    import dataclasses
-    import typing
-
-    from pipeline.decode import DecoderConfig
-
-    values = dict(settings)
-    if dataclasses.is_dataclass(DecoderConfig):
-        hints = typing.get_type_hints(DecoderConfig)
-        for key, value in list(values.items()):
-            hint = hints.get(key)
-            if isinstance(value, str) and hint in (int, float):
-                values[key] = hint(value)
-            elif isinstance(value, str) and hint is bool:
-                values[key] = value.lower() in {"1", "true", "yes"}
-    return DecoderConfig(**values)
-
-
 class Collector:
     """Build without I/O; :meth:`start` binds and runs; :meth:`stop` drains and persists."""
 
@@ -126,7 +105,7 @@ class Collector:
         if decoder is None:
             from pipeline.decode import FlowDecoder
 
-            decoder = FlowDecoder(build_decoder_config(dict(config.decoder)))
+            decoder = FlowDecoder(config.decoder)
         self.decoder = decoder
         if datagram_type is None:
             from pipeline.decode import Datagram
@@ -152,6 +131,10 @@ class Collector:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Check every sink (:class:`SinkError` if one cannot work: nothing is accepted only to be
+        lost), restore the decoder's state, bind (``OSError``) and start the threads."""
+        for sink in self.sinks:
+            sink.check()
         state = self.config.state_path()
         if state is not None and state.exists():
             try:

@@ -78,10 +78,22 @@ class ParquetSink:
         self.files_written = 0
         self.rows_lost = 0
         """Rows already accepted into a file that could not be completed (e.g. disk full at close)."""
+        self.confirmed_rows = 0
+        """Rows in completed files (renamed into place with their footer)."""
         self._open: dict[int, _OpenFile] = {}
         self._closed = False
 
     # -- Sink interface -------------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail at start, not after accepting data, if the directory cannot take files."""
+        probe = self.directory / f".shoal-probe-{uuid.uuid4().hex}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SinkError(f"{self.name}: cannot write under {self.directory}: {exc.strerror or exc}") from exc
+
     def write(self, batch: pa.RecordBatch) -> None:
         if self._closed:
             raise SinkError(f"{self.name}: sink is closed")
@@ -183,6 +195,7 @@ class ParquetSink:
             log.error("%s: could not complete %s, %d rows lost: %s", self.name, f.final, f.rows, exc)
             raise SinkError(f"{self.name}: could not complete {f.final}: {exc}") from exc
         self.files_written += 1
+        self.confirmed_rows += f.rows
 
     def _abandon(self, hour: int) -> None:
         f = self._open.pop(hour)
@@ -193,6 +206,7 @@ class ParquetSink:
                 raise OSError("row count mismatch after failed write")
             os.replace(f.tmp, f.final)
             self.files_written += 1
+            self.confirmed_rows += f.rows
         except (OSError, pa.ArrowException):
             self.rows_lost += f.rows
             _unlink_quietly(f.tmp)
