@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from pipeline.collector.config import CollectorConfig, ConfigError, load_config
-from pipeline.sinks.base import Sink
+from pipeline.sinks.base import Sink, SinkError
 
 log = logging.getLogger("shoal.collect")
 
@@ -128,6 +129,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def serve_metrics(registry: Any, listen: str, command: str) -> bool:
+    """Start the metrics endpoint; False (said why on stderr) if it cannot be, e.g. port in use."""
+    from pipeline.metrics import serve
+
+    try:
+        serve(registry, listen)
+    except (OSError, ValueError) as exc:
+        print(f"{command}: cannot serve metrics on {listen}: {exc} (choose another with --metrics)",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=_overrides(args))
@@ -135,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("configuration: %s", exc)
         return 2
     from pipeline.collector.service import Collector
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import new_registry
 
     registry = new_registry()
     args.registry = registry
@@ -159,13 +173,16 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    if config.metrics.listen and not serve_metrics(registry, config.metrics.listen, "shoal collect"):
+        return 1
     try:
         collector.start()
+    except SinkError as exc:  # fail now rather than accept flows only to lose them
+        log.error("sink cannot work: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
-    if config.metrics.listen:
-        serve(registry, config.metrics.listen)
     print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):
         pass

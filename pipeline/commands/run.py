@@ -21,7 +21,9 @@ Receive NetFlow v5/v9 and IPFIX, match every flow against intel and write alerts
 JSON-lines file, all in one process (the same collector and matcher stages that `shoal collect` and the
 Kafka workers run). With no --intel it loads the bundled sample intel (documentation address ranges
 only). --demo also plays the bundled sample traffic into itself, so alerts appear within seconds.
-Point routers at the listen ports (see docs/collector.md). Ctrl-C stops cleanly.
+Point routers at the listen ports (see docs/collector.md). Ctrl-C stops cleanly. Collector settings
+also come from SHOAL_COLLECT__<SECTION>__<KEY> environment variables, as for `shoal collect`
+(e.g. SHOAL_COLLECT__DECODER__TEMPLATE_KEY_INCLUDES_PORT=false); options win over them.
 """
 
 
@@ -29,7 +31,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="embedded collector + matcher (no Kafka)", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
-                   help="UDP listeners (default 0.0.0.0:2055 for NetFlow and 0.0.0.0:4739 for IPFIX)")  # fmt: skip
+                   help="UDP listeners (default 0.0.0.0:2055 for NetFlow and 0.0.0.0:4739 for IPFIX); "
+                        "[::]:PORT alone also receives IPv4")  # fmt: skip
+    p.add_argument("--allow-exporter", action="append", metavar="CIDR",
+                   help="accept export packets only from these source networks (repeatable); others are "
+                        "dropped and counted (default: from anyone)")  # fmt: skip
     p.add_argument(
         "--intel", action="append", metavar="SOURCE", help="intel source (default: bundled sample intel)"
     )
@@ -56,13 +62,25 @@ def run(args: argparse.Namespace) -> int:
     from detectors.matcher import Matcher, MatcherHandle
     from pipeline.collector.config import ConfigError, load_config
     from pipeline.collector.service import Collector
+    from pipeline.commands.collect import serve_metrics
     from pipeline.commands.match import build_index
-    from pipeline.metrics import new_registry, serve
+    from pipeline.metrics import new_registry
     from pipeline.runtime.alerts import ConsoleOutput, JsonLinesOutput
     from pipeline.runtime.matching import MatchingSink
+    from pipeline.sinks.base import SinkError
 
     args.intel = args.intel or [str(DEMO_INTEL)]
     listens = args.listen or ["0.0.0.0:2055", "0.0.0.0:4739"]
+    overrides: dict[str, Any] = {"receive": {"listen": listens}, "batch": {"max_seconds": 0.5}}
+    if args.allow_exporter:
+        overrides["receive"]["allow_exporters"] = list(args.allow_exporter)
+    if args.parquet:
+        overrides["parquet"] = {"dir": args.parquet}
+    try:  # settings first: a typo fails before intel takes its time to load
+        config = load_config(None, overrides=overrides)
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
     index, loads = build_index(args, now=datetime.now(UTC))
     geoip = None
     if args.geoip:
@@ -70,31 +88,32 @@ def run(args: argparse.Namespace) -> int:
 
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
-    outputs: list = [JsonLinesOutput(Path(args.alerts))]
+    try:
+        outputs: list = [JsonLinesOutput(Path(args.alerts))]
+    except OSError as exc:
+        print(f"shoal run: cannot write alerts to {args.alerts}: {exc}", file=sys.stderr)
+        return 1
     if not args.quiet:
         outputs.append(ConsoleOutput(sys.stdout))
     sinks: list = [MatchingSink(MatcherHandle(Matcher(index, geoip)), outputs, registry)]
-    overrides: dict[str, Any] = {"receive": {"listen": listens}, "batch": {"max_seconds": 0.5}}
-    if args.parquet:
+    if config.parquet.dir:
         from pipeline.sinks.parquet import ParquetSink
 
-        sinks.append(ParquetSink(args.parquet))
-    try:
-        config = load_config(None, overrides=overrides)
-    except ConfigError as exc:
-        log.error("configuration: %s", exc)
-        return 2
+        sinks.append(ParquetSink(config.parquet.dir))
+    if args.metrics and not serve_metrics(registry, args.metrics, "shoal run"):
+        return 1
     collector = Collector(config, sinks, registry)
     try:
         collector.start()
+    except SinkError as exc:
+        print(f"shoal run: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"shoal run: cannot listen on {', '.join(listens)}: {exc} (choose others with --listen)",
             file=sys.stderr,
         )
         return 1
-    if args.metrics:
-        serve(registry, args.metrics)
     stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
     print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "
