@@ -107,3 +107,33 @@ def test_disk_full_raises_sink_error_and_keeps_completed_files(tmp_path: Path):
         assert kept + sink.rows_lost == written
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_disk_full_every_row_is_written_or_counted_as_dropped(tmp_path: Path):
+    """Issue 15, item 6: as the collector wraps it, a sink on a filling disk reports as written only
+    the rows that are in completed files, and every other row as dropped (none silently vanish)."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.sinks.buffered import BufferedSink
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], check=True)
+    try:
+        registry = CollectorRegistry()
+        sink = BufferedSink(ParquetSink(mnt, compression="none", roll_bytes=1 << 30), registry,
+                            max_rows=1000, retry_seconds=0.0)  # fmt: skip
+        sink.check()
+        offered = 0
+        for i in range(60):
+            sink.write(flow_batch(300, T0, step_s=0.001, first_port=i))
+            offered += 300
+        sink.close()
+        on_disk = len(read_flows(mnt))
+        assert 0 < on_disk < offered
+        assert sink.written_rows == on_disk
+        assert sink.written_rows + sink.dropped_rows == offered
+        assert registry.get_sample_value("shoal_sink_dropped_rows_total", {"sink": "parquet"}) == offered - on_disk
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
