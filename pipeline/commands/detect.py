@@ -40,11 +40,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
-    from pipeline.intel import IntelError
-    from pipeline.intel.allowlists import Allowlist, load_allowlist
-    from pipeline.metrics import new_registry, serve
+    from pipeline.commands.collect import serve_metrics
+    from pipeline.commands.match import load_allowlists
+    from pipeline.metrics import new_registry
     from pipeline.runtime.detect import DetectWorker
     from pipeline.runtime.intel_follower import IntelFollower
+    from pipeline.transport.client import KafkaUnreachable, check_reachable
 
     detect: dict[str, Any] = {}
     if args.group:
@@ -52,13 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.instance_id:
         detect["instance_id"] = args.instance_id
     config = streams_config(args, {"detect": detect} if detect else None)
-    allow = Allowlist()
-    try:
-        for path in args.allowlist:
-            load_allowlist(Path(path), into=allow)
-    except IntelError as exc:
-        print(f"shoal detect: allowlist: {exc}", file=sys.stderr)
-        return 2
+    allow = load_allowlists(args.allowlist)
     geoip = None
     if args.geoip:
         from detectors.geoip import GeoIP
@@ -66,16 +61,17 @@ def run(args: argparse.Namespace) -> int:
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
     kafka = config.connection(args.kafka)
+    if args.metrics and not serve_metrics(registry, args.metrics, "shoal detect"):
+        return 1
     try:
+        check_reachable(kafka)
         follower = IntelFollower(kafka, config.topics.indicators.name, registry, allow, geoip,
                                  config.detect.intel_settle_seconds)  # fmt: skip
         handle = follower.start()
         worker = DetectWorker(kafka, config, handle, registry)
-    except (KafkaException, TimeoutError) as exc:
+    except (KafkaException, TimeoutError, KafkaUnreachable) as exc:
         print(f"shoal detect: {exc}", file=sys.stderr)
         return 1
-    if args.metrics:
-        serve(registry, args.metrics)
     stop = stop_event(args.duration)
     t = config.topics
     print(f"shoal detect: worker {worker.identity} of group {config.detect.group}; "

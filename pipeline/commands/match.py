@@ -48,7 +48,6 @@ def build_index(args: argparse.Namespace, now: datetime | None = None) -> tuple[
     pass None and judge validity at each flow's time."""
     from detectors.index import IndicatorIndex
     from pipeline.intel import IntelError, load_source
-    from pipeline.intel.allowlists import Allowlist, load_allowlist
 
     loads = []
     for spec in args.intel:
@@ -59,8 +58,19 @@ def build_index(args: argparse.Namespace, now: datetime | None = None) -> tuple[
     for load in loads:
         for error in load.errors:
             print(f"shoal: intel: {error}", file=sys.stderr)
+    return IndicatorIndex.build(
+        [i for load in loads for i in load.indicators], load_allowlists(args.allowlist)
+    ), loads
+
+
+def load_allowlists(paths: list[str]) -> Any:
+    """Every ``--allowlist`` file into one allowlist; exits with a message naming a file that cannot
+    be read or holds no network (a garbage file must not silently allow nothing)."""
+    from pipeline.intel import IntelError
+    from pipeline.intel.allowlists import Allowlist, load_allowlist
+
     allow = Allowlist()
-    for path in args.allowlist:
+    for path in paths:
         before, ignored = len(allow.entries), allow.ignored
         try:
             load_allowlist(Path(path), into=allow)
@@ -73,7 +83,7 @@ def build_index(args: argparse.Namespace, now: datetime | None = None) -> tuple[
                 f"shoal: allowlist: {path}: no network in it ({allow.ignored - ignored} lines that are "
                 "not addresses); a warninglist or one CIDR per line is expected"
             )
-    return IndicatorIndex.build([i for load in loads for i in load.indicators], allow), loads
+    return allow
 
 
 def flow_files(pattern: str) -> list[str]:

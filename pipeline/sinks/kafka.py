@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from pipeline.metrics import NAMESPACE
 from pipeline.sinks.base import SinkError
-from pipeline.transport.client import client_settings
+from pipeline.transport.client import LIBRDKAFKA_LOG, client_settings
 from pipeline.transport.flows import SCHEMA_HEADER, SCHEMA_VALUE, by_exporter, encode_batch
 
 
@@ -38,6 +38,7 @@ class KafkaSink:
             "message.max.bytes": 1_000_000,
             "queue.buffering.max.kbytes": 262_144,
             "log_level": 3,
+            "logger": LIBRDKAFKA_LOG,
             **(settings or {}),
             **client_settings(),
         }
@@ -56,11 +57,15 @@ class KafkaSink:
         try:
             topics = self.producer.list_topics(self.topic, timeout=timeout).topics
         except KafkaException as exc:
-            raise SinkError(f"kafka: no broker at {self.bootstrap} answered within {timeout:g}s: {exc}") from exc
+            raise SinkError(
+                f"kafka: no broker at {self.bootstrap} answered within {timeout:g}s ({exc.args[0].str()})"
+            ) from None
         found = topics.get(self.topic)
         if found is None or found.error is not None:
             reason = found.error if found is not None else "not found"
-            raise SinkError(f"kafka: topic {self.topic!r} at {self.bootstrap}: {reason} (shoal topics create)")
+            raise SinkError(
+                f"kafka: topic {self.topic!r} at {self.bootstrap}: {reason} (shoal topics create)"
+            )
 
     def _report(self, rows: int, err: Any, _msg: Any) -> None:
         (self.failed if err is not None else self.delivered).labels(self.topic).inc()
