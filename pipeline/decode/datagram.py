@@ -29,14 +29,18 @@ class DecoderConfig:
     max_templates_per_exporter: int = 2_048
     """Templates per export stream (address, source port unless ``template_key_includes_port`` is
     off, observation domain): one stream's flood never refuses another stream's templates."""
-    max_templates: int = 65_536
+    max_templates: int = 16_384
     """Templates in all: beyond it the least recently used are evicted (counted), so spoofed sources
     cost bounded memory and a bounded state file."""
     max_fields_per_template: int = 512
     pending_max_sets_per_exporter: int = 1_024
     pending_max_bytes_per_exporter: int = 4 * 1024 * 1024
-    pending_max_bytes: int = 64 * 1024 * 1024
-    """Data sets waiting for their template, all exporters together (beyond: refused, counted)."""
+    pending_max_bytes: int = 32 * 1024 * 1024
+    """Bytes of data sets waiting for their template, all exporters together (beyond: refused,
+    counted)."""
+    pending_max_sets: int = 32_768
+    """Data sets waiting for their template, all exporters together (each costs ~1 KB beyond its
+    bytes)."""
     pending_ttl_seconds: float = 600.0
     """Data sets that arrive before their template are kept this long at most."""
     max_streams: int = 65_536
@@ -66,6 +70,7 @@ class DecoderConfig:
             (self.pending_max_sets_per_exporter >= 0, "pending_max_sets_per_exporter must be >= 0"),
             (self.pending_max_bytes_per_exporter >= 0, "pending_max_bytes_per_exporter must be >= 0"),
             (0 <= self.pending_max_bytes <= 1 << 40, "pending_max_bytes must be in 0..2^40"),
+            (0 <= self.pending_max_sets <= 10_000_000, "pending_max_sets must be in 0..10000000"),
             (self.pending_ttl_seconds >= 0, "pending_ttl_seconds must be >= 0"),
             (1 <= self.max_streams <= 10_000_000, "max_streams must be in 1..10000000"),
             (1 <= self.max_stat_exporters <= 1_000_000, "max_stat_exporters must be in 1..1000000"),

@@ -144,6 +144,8 @@ _ROW_HEADER = 24
 _SLOW, _FAST_V5, _FAST_V9 = 0, 5, 9  # block row kinds: the per-packet walk, or the version
 _REFRESH = 100  # added to the version: a template set, then the data set
 _MISSES_BEFORE_WALK, _WALK_AFTER_MISSES = 4, 64
+_UNUSED_SAVED = 1_024
+"""Templates no data has used yet that :meth:`FlowDecoder.save_state` keeps (the most recent)."""
 _MAX_SAMPLERS = 256
 """Sampler ids remembered per observation domain."""
 
@@ -230,6 +232,7 @@ class FlowDecoder:
         self._pending: dict[tuple[TemplateKey, int], deque[_Pending]] = {}
         self._pending_load: dict[str, list[int]] = {}  # exporter -> [sets, bytes]; only while > 0
         self._pending_bytes = 0
+        self._pending_sets = 0
         self._budget: dict[str, list[float]] = {}  # exporter -> [variable-length records left, at]
         self._exporter16: dict[str, bytes] = {}
         self._exporter_names: dict[bytes, str] = {}
@@ -534,14 +537,17 @@ class FlowDecoder:
                 del self._pending[pkey]
 
     def save_state(self, path: str | Path) -> None:
-        """Persist templates, sampling rates and system init times (JSON, written atomically)."""
+        """Persist templates, sampling rates and system init times (JSON, written atomically).
+        Templates data used are all kept; of those no data used yet (a template-only capture file, or
+        a spoofed flood) only the ``_UNUSED_SAVED`` last seen, so a flood does not slow a restart."""
+        every = [(k, t) for k, table in self._templates.items() for t in table.values()]
+        unused = sorted(
+            (item for item in every if not item[1].last_used), key=lambda item: -item[1].last_seen
+        )
+        kept = [item for item in every if item[1].last_used] + unused[:_UNUSED_SAVED]
         state = {
             "format": 1,
-            "templates": [
-                {"key": list(k), "template": t.to_json()}
-                for k, table in self._templates.items()
-                for t in table.values()
-            ],
+            "templates": [{"key": list(k), "template": t.to_json()} for k, t in kept],
             "sampling": [
                 [*k, sid, rate] for k, table in self._sampling.items() for sid, rate in table.items()
             ],
@@ -1001,6 +1007,7 @@ class FlowDecoder:
             load[0] >= cfg.pending_max_sets_per_exporter
             or load[1] + len(data) > cfg.pending_max_bytes_per_exporter
             or self._pending_bytes + len(data) > cfg.pending_max_bytes
+            or self._pending_sets >= cfg.pending_max_sets
         ):
             self.stats.error(exporter, "pending_limit")
             self.stats.pending_expired[exporter] += 1
@@ -1018,6 +1025,7 @@ class FlowDecoder:
         load[0] += sets
         load[1] += size
         self._pending_bytes += size
+        self._pending_sets += sets
         if load[0] <= 0:
             del self._pending_load[exporter]
 

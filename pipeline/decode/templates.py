@@ -8,6 +8,7 @@ an opaque ``V<n>`` gap that numpy skips by length.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -77,15 +78,18 @@ class Template:
                 if f.mapped and f.length != VARIABLE:
                     self.names.setdefault(f.ie, f"f{f.ie}")
             return
-        spec: list[tuple[str, object]] = []
-        for i, f in enumerate(self.fields):
+        # Fields Shoal does not map are skipped by offset (``np.dtype`` with offsets and itemsize):
+        # a named gap per field would cost ~400 bytes each, ~25 KB for a 60-field template, which
+        # a flood of spoofed templates multiplies.
+        names, formats, offsets, at = [], [], [], 0
+        for f in self.fields:
             if f.mapped and f.ie not in self.names:
-                name = f"f{f.ie}"
-                self.names[f.ie] = name
-                spec.append((name, field_dtype(f.ie, f.length)))
-            else:
-                spec.append((f"_{i}", f"V{f.length}"))
-        self.dtype = np.dtype(spec)
+                self.names[f.ie] = f"f{f.ie}"
+                names.append(f"f{f.ie}")
+                formats.append(field_dtype(f.ie, f.length))
+                offsets.append(at)
+            at += f.length
+        self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": at})
         self.record_length = self.dtype.itemsize
 
     @property
@@ -102,14 +106,20 @@ class Template:
             "scope_count": self.scope_count,
             "options": self.options,
             "last_seen": self.last_seen,
+            "last_used": self.last_used,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Template:
         """A saved template, checked as a template set's would be (ValueError if it cannot be one)."""
-        fields = tuple(Field(int(ie), int(n), int(pen)) for ie, n, pen in data["fields"])
+        fields = tuple(_field(int(ie), int(n), int(pen)) for ie, n, pen in data["fields"])
         template = cls(
-            int(data["id"]), fields, int(data["scope_count"]), bool(data["options"]), float(data["last_seen"])
+            int(data["id"]),
+            fields,
+            int(data["scope_count"]),
+            bool(data["options"]),
+            float(data["last_seen"]),
+            float(data.get("last_used", 0.0)),
         )
         if not (
             256 <= template.template_id <= 65535
@@ -131,6 +141,12 @@ def field_dtype(ie: int, length: int) -> object:
     if ie in ADDRESS_IES:
         return ("u1", (length,))
     return {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}.get(length, ("u1", (length,)))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _field(ie: int, length: int, enterprise: int) -> Field:
+    """Fields are immutable: templates share them (a 60-field template then costs 60 references)."""
+    return Field(ie, length, enterprise)
 
 
 def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int) -> list[Template | int]:
@@ -188,7 +204,7 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
                 raise TemplateError("template_bad_field_length")
             if not ipfix and options and len(fields) < scope:
                 pen = V9_SCOPE
-            fields.append(Field(ie, length, pen))
+            fields.append(_field(ie, length, pen))
         out.append(Template(tid, tuple(fields), scope, options))
         if not ipfix and options:
             break  # v9 options flowsets carry one template, then padding
