@@ -35,10 +35,10 @@ class DecoderConfig:
     max_fields_per_template: int = 512
     pending_max_sets_per_exporter: int = 1_024
     pending_max_bytes_per_exporter: int = 4 * 1024 * 1024
-    pending_max_bytes: int = 32 * 1024 * 1024
+    pending_max_bytes: int = 16 * 1024 * 1024
     """Bytes of data sets waiting for their template, all exporters together (beyond: refused,
     counted)."""
-    pending_max_sets: int = 32_768
+    pending_max_sets: int = 16_384
     """Data sets waiting for their template, all exporters together (each costs ~1 KB beyond its
     bytes)."""
     pending_ttl_seconds: float = 600.0

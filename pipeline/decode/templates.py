@@ -211,44 +211,22 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
     return out
 
 
-def variable_offsets(template: Template, data: bytes, limit: int = -1) -> tuple[np.ndarray, np.ndarray, int]:
+def variable_offsets(
+    template: Template, data: bytes, limit: int = -1
+) -> tuple[np.ndarray, np.ndarray, int]:
     """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
     starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
     fixed-width fields it needs with numpy fancy indexing. ``limit`` >= 0: walk at most that many
-    records (an exporter's budget)."""
-    nf = len(template.fields)
-    lengths = [f.length for f in template.fields]
-    rows: list[list[int]] = []
-    ends: list[int] = []
-    pos, end = 0, len(data)
-    min_len = sum(1 if n == VARIABLE else n for n in lengths)
-    while end - pos >= min_len > 0 and len(rows) != limit:
-        starts = [0] * nf
-        p = pos
-        ok = True
-        for j, declared in enumerate(lengths):
-            n = declared
-            if n == VARIABLE:
-                if p >= end:
-                    ok = False
-                    break
-                n = data[p]
-                p += 1
-                if n == 255:
-                    if p + 2 > end:
-                        ok = False
-                        break
-                    n = (data[p] << 8) | data[p + 1]
-                    p += 2
-            starts[j] = p
-            p += n
-            if p > end:
-                ok = False
-                break
-        if not ok:
-            break
-        rows.append(starts)
-        ends.append(p)
-        pos = p
-    arr = np.array(rows, dtype=np.int64).reshape(len(rows), nf)
-    return arr, np.array(ends, dtype=np.int64), pos
+    records (an exporter's budget). The walk is compiled (:mod:`pipeline.decode.walk`), imported on
+    first use so that exporters without variable-length fields never load the compiler."""
+    from pipeline.decode.walk import walk
+
+    lengths = np.array([f.length for f in template.fields], dtype=np.int64)
+    min_len = int(np.where(lengths == VARIABLE, 1, lengths).sum())
+    room = len(data) // min_len if min_len else 0
+    if limit >= 0:
+        room = min(room, limit)
+    starts = np.empty((room, len(lengths)), dtype=np.int64)
+    ends = np.empty(room, dtype=np.int64)
+    n, used = walk(np.frombuffer(data, dtype=np.uint8), lengths, -1, starts, ends)
+    return starts[:n], ends[:n], int(used)

@@ -211,3 +211,39 @@ def test_global_caps_hold_for_any_mix_of_senders(packets: list[tuple[str, int, i
     with tempfile.TemporaryDirectory() as tmp:
         decoder.save_state(Path(tmp) / "state")
         assert len(json.loads((Path(tmp) / "state").read_text())["templates"]) <= 20
+
+
+def _reference_offsets(lengths: list[int], data: bytes) -> tuple[list[list[int]], int]:
+    """RFC 7011 §7 read literally, one record at a time (the walk before it was compiled)."""
+    rows, pos = [], 0
+    while True:
+        p, starts = pos, []
+        for declared in lengths:
+            n = declared
+            if n == 65535:
+                if p >= len(data):
+                    return rows, pos
+                n, p = data[p], p + 1
+                if n == 255:
+                    if p + 2 > len(data):
+                        return rows, pos
+                    n, p = int.from_bytes(data[p : p + 2], "big"), p + 2
+            starts.append(p)
+            p += n
+            if p > len(data):
+                return rows, pos
+        if p == pos:
+            return rows, pos
+        rows.append(starts)
+        pos = p
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([1, 2, 4, 16, 65535]), min_size=1, max_size=6), st.binary(max_size=700))
+def test_compiled_variable_length_walk_matches_the_rfc(lengths: list[int], data: bytes) -> None:
+    from pipeline.decode.templates import Field, Template, variable_offsets
+
+    template = Template(300, tuple(Field(200 + i, n) for i, n in enumerate(lengths)))
+    starts, _, used = variable_offsets(template, data)
+    want, want_used = _reference_offsets(lengths, data)
+    assert starts.tolist() == want and used == want_used
