@@ -254,21 +254,28 @@ def has_address(fields: FieldArrays) -> np.ndarray | None:
     """Per record, whether it carries a non-zero source or destination address (None: all do as far
     as a cheap check tells, i.e. the template has no address field to check, never the case for
     templates the decoder keeps)."""
-    found = None
+    bits = None  # OR of every address word: zero exactly where a record has no address
     for ie, width in ((ies.SRC_V4, 4), (ies.DST_V4, 4), (ies.SRC_V6, 16), (ies.DST_V6, 16)):
         a = fields.get(ie)
         if a is None or a.ndim != 2 or a.shape[1] != width:
             continue
-        nonzero = a.view(np.uint32).any(axis=1) if a.strides[1] == 1 else a.any(axis=1)
-        found = nonzero if found is None else found | nonzero
-    return found
+        if a.strides[1] == 1:  # a view of the records: read the address as words, no copy
+            words = a.view(np.uint32)
+            word = words[:, 0] if width == 4 else words[:, 0] | words[:, 1] | words[:, 2] | words[:, 3]
+        else:
+            word = a.any(axis=1).astype(np.uint32)
+        bits = word if bits is None else bits | word
+    return None if bits is None else bits != 0
 
 
-def _in_bounds(times: np.ndarray, ok: np.ndarray, ctx: Context, bounds: TimeBounds) -> np.ndarray:
-    """Rows whose valid time is out of bounds (their validity is cleared in ``ok``)."""
+def _in_bounds(times: np.ndarray, ok: np.ndarray, ctx: Context, bounds: TimeBounds) -> np.ndarray | None:
+    """Rows whose valid time is out of bounds (their validity is cleared in ``ok``), None if none.
+    Two reductions decide the usual case (every time in range) without a mask."""
+    if not len(times) or (times.min() >= bounds[0] and times.max() <= ctx.received_us.min() + bounds[1]):
+        return None
     bad = ok & ((times < bounds[0]) | (times > ctx.received_us + bounds[1]))
     ok &= ~bad
-    return bad
+    return bad if bad.any() else None
 
 
 def fill(
@@ -293,7 +300,8 @@ def fill(
         v["ip_version"][rows] = np.where(family, 6, 4) if family is not None else 4
     start, start_ok, end, end_ok = _times(fields, ctx)
     b = bounds or (EARLIEST_US, 7 * 86_400 * 1_000_000)
-    bad = _in_bounds(start, start_ok, ctx, b) | _in_bounds(end, end_ok, ctx, b)
+    bad_start, bad_end = _in_bounds(start, start_ok, ctx, b), _in_bounds(end, end_ok, ctx, b)
+    bad = bad_end if bad_start is None else bad_start if bad_end is None else bad_start | bad_end
     v["flow_start"][rows], ok["flow_start"][rows] = start, start_ok
     v["flow_end"][rows], ok["flow_end"][rows] = end, end_ok
     v["time_received"][rows] = ctx.received_us
@@ -316,7 +324,7 @@ def fill(
     if icmp is not None:
         dst_port = v["dst_port"][rows]
         np.copyto(dst_port, icmp, casting="unsafe", where=dst_port == 0)
-    return bad if bad.any() else None
+    return bad
 
 
 def _both_families(fields: FieldArrays) -> bool:

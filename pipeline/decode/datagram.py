@@ -48,7 +48,7 @@ class DecoderConfig:
     stream's is evicted (counted)."""
     max_stat_exporters: int = 4_096
     """Distinct exporters the decoder's counters keep apart; later ones are counted as ``other``."""
-    variable_records_per_second: int = 200_000
+    variable_records_per_second: int = 500_000
     """Budget of each exporter for variable-length records (the one per-record walk): beyond it in a
     second, its variable-length data sets are rejected (counted) so it cannot starve the others."""
     max_time_ahead_seconds: float = 7 * 86_400.0
@@ -74,7 +74,7 @@ class DecoderConfig:
             (self.pending_ttl_seconds >= 0, "pending_ttl_seconds must be >= 0"),
             (1 <= self.max_streams <= 10_000_000, "max_streams must be in 1..10000000"),
             (1 <= self.max_stat_exporters <= 1_000_000, "max_stat_exporters must be in 1..1000000"),
-            (self.variable_records_per_second >= 0, "variable_records_per_second must be >= 0"),
+            (0 <= self.variable_records_per_second <= 1 << 40, "variable_records_per_second must be in 0..2^40"),
             (
                 0 <= self.max_time_ahead_seconds <= 10 * 366 * 86_400,
                 "max_time_ahead_seconds must be in 0..10 years",
