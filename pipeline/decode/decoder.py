@@ -560,8 +560,8 @@ class FlowDecoder:
 
     def load_state(self, path: str | Path) -> None:
         state = json.loads(Path(path).read_text())
-        if state.get("format") != 1:
-            raise ValueError(f"unknown decoder state format {state.get('format')!r}")
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise ValueError("not a decoder state file (format 1)")
         # Saved by an older version or edited by hand: every entry passes the checks a packet's
         # would, one bad entry is skipped (logged) and the rest restored, within the same caps.
         now, skipped = time.time(), 0

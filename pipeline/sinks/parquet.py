@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.schemas import FLOW_SCHEMA
-from pipeline.sinks.base import SinkError
+from pipeline.sinks.base import BatchRejected, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class ParquetSink:
         if batch.schema != self.schema:
             try:
                 batch = batch.cast(self.schema)
-            except (pa.ArrowInvalid, ValueError) as exc:
-                raise SinkError(f"{self.name}: batch does not match the flow schema: {exc}") from exc
+            except (pa.ArrowInvalid, ValueError) as exc:  # retrying would fail the same way
+                raise BatchRejected(f"{self.name}: batch does not match the flow schema: {exc}") from exc
         for hour, part in self._split_by_hour(batch):
             self._write_part(hour, part)
         self._roll_due()
