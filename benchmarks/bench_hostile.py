@@ -57,7 +57,9 @@ def case_templates(sources: int) -> dict:
     packet = _ipfix(_template(300, 60))
     base = _rss_mb()
     for start in range(0, sources, 1000):
-        decoder.decode([Datagram(packet, _spoofed(i), 4739, EXPORT + i / 1000) for i in range(start, start + 1000)])
+        decoder.decode(
+            [Datagram(packet, _spoofed(i), 4739, EXPORT + i / 1000) for i in range(start, start + 1000)]
+        )
     held = _rss_mb() - base
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
@@ -80,7 +82,10 @@ def case_pending(sources: int) -> dict:
     body = struct.pack("!HH", 999, 4 + 1400) + os.urandom(1400)
     for start in range(0, sources, 1000):
         decoder.decode(
-            [Datagram(_ipfix(body, seq=i), _spoofed(i), 4739, EXPORT + i / 1000) for i in range(start, start + 1000)]
+            [
+                Datagram(_ipfix(body, seq=i), _spoofed(i), 4739, EXPORT + i / 1000)
+                for i in range(start, start + 1000)
+            ]
         )
     return {"rss_mb": _rss_mb() - base, "buffered_sets": sum(decoder.stats.pending_buffered.values())}
 
@@ -124,7 +129,11 @@ def case_junk(datagrams: int, with_addresses: bool) -> dict:
     for i in range(datagrams):
         rows += decoder.decode([Datagram(packet, "10.9.9.9", 4739, EXPORT + i * 0.1)]).num_rows
     cpu = time.process_time() - t0
-    return {"cpu_ms_per_datagram": 1000 * cpu / datagrams, "rows": rows, "records_sent": datagrams * (room // len(record))}
+    return {
+        "cpu_ms_per_datagram": 1000 * cpu / datagrams,
+        "rows": rows,
+        "records_sent": datagrams * (room // len(record)),
+    }
 
 
 CASES = {
@@ -138,7 +147,9 @@ CASES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", help="directory holding the pipeline package to measure (default: this one)")
+    parser.add_argument(
+        "--tree", help="directory holding the pipeline package to measure (default: this one)"
+    )
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:

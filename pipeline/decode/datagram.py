@@ -74,7 +74,10 @@ class DecoderConfig:
             (self.pending_ttl_seconds >= 0, "pending_ttl_seconds must be >= 0"),
             (1 <= self.max_streams <= 10_000_000, "max_streams must be in 1..10000000"),
             (1 <= self.max_stat_exporters <= 1_000_000, "max_stat_exporters must be in 1..1000000"),
-            (0 <= self.variable_records_per_second <= 1 << 40, "variable_records_per_second must be in 0..2^40"),
+            (
+                0 <= self.variable_records_per_second <= 1 << 40,
+                "variable_records_per_second must be in 0..2^40",
+            ),
             (
                 0 <= self.max_time_ahead_seconds <= 10 * 366 * 86_400,
                 "max_time_ahead_seconds must be in 0..10 years",

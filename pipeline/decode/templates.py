@@ -211,9 +211,7 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
     return out
 
 
-def variable_offsets(
-    template: Template, data: bytes, limit: int = -1
-) -> tuple[np.ndarray, np.ndarray, int]:
+def variable_offsets(template: Template, data: bytes, limit: int = -1) -> tuple[np.ndarray, np.ndarray, int]:
     """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
     starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
     fixed-width fields it needs with numpy fancy indexing. ``limit`` >= 0: walk at most that many

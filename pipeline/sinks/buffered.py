@@ -37,8 +37,10 @@ class SinkMetrics:
         self.bytes = Counter("sink_bytes_written", "Arrow bytes of the batches accepted by the sink", **kw)
         self.errors = Counter("sink_errors", "Writes or flushes the sink refused (SinkError)", **kw)
         self.dropped_rows = Counter(
-            "sink_dropped_rows", "Flow rows lost: failure buffer full or closed, batch rejected by the sink, or lost by the sink "
-            "after it took them (file not completed, delivery failed)", **kw
+            "sink_dropped_rows",
+            "Flow rows lost: failure buffer full or closed, batch rejected by the sink, or lost by the sink "
+            "after it took them (file not completed, delivery failed)",
+            **kw,
         )
         self.dropped_batches = Counter("sink_dropped_batches", "Batches dropped (see dropped rows)", **kw)
         self.buffered_rows = Gauge("sink_buffered_rows", "Flow rows waiting for a failed sink", **kw)

@@ -92,7 +92,9 @@ class ParquetSink:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise SinkError(f"{self.name}: cannot write under {self.directory}: {exc.strerror or exc}") from exc
+            raise SinkError(
+                f"{self.name}: cannot write under {self.directory}: {exc.strerror or exc}"
+            ) from exc
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._closed:

@@ -30,7 +30,9 @@ def test_collect_metrics_port_in_use_is_a_message(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        res = shoal("collect", "--listen", "127.0.0.1:0", "--parquet", str(tmp_path), "--metrics", f"127.0.0.1:{port}")
+        res = shoal(
+            "collect", "--listen", "127.0.0.1:0", "--parquet", str(tmp_path), "--metrics", f"127.0.0.1:{port}"
+        )
     clean_failure(res, 1, f"cannot serve metrics on 127.0.0.1:{port}")
 
 

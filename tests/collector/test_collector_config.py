@@ -67,11 +67,22 @@ template_ttl_seconds = 3600
         ({"receive": {"listen": ["1.2.3.4:1"]}, "parquet": {"compression": "rar"}}, "compression"),
         ({"receive": {"listen": ["1.2.3.4:1"]}, "batch": 3}, "expected a table"),
         # issue 15, items 16 and 17: values that used to traceback later or silently break decoding
-        ({"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"bogus": 1}}, r"unknown setting decoder\.'bogus'"),
-        ({"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"max_templates_per_exporter": -1}},
-         r"decoder: max_templates_per_exporter"),
-        ({"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"max_templates_per_exporter": [1]}}, "expected int"),
-        ({"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"template_key_includes_port": "maybe"}}, "boolean"),
+        (
+            {"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"bogus": 1}},
+            r"unknown setting decoder\.'bogus'",
+        ),
+        (
+            {"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"max_templates_per_exporter": -1}},
+            r"decoder: max_templates_per_exporter",
+        ),
+        (
+            {"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"max_templates_per_exporter": [1]}},
+            "expected int",
+        ),
+        (
+            {"receive": {"listen": ["1.2.3.4:1"]}, "decoder": {"template_key_includes_port": "maybe"}},
+            "boolean",
+        ),
         ({"receive": {"listen": ["1.2.3.4:1"]}, "batch": {"max_rows": 1e10}}, "max_rows"),
         ({"receive": {"listen": ["1.2.3.4:1"]}, "metrics": {"max_label_values": 0}}, "max_label_values"),
     ],

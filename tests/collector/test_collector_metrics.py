@@ -61,5 +61,10 @@ def test_every_label_is_capped_not_only_the_exporter():
     samples = [s for fam in reg.collect() if fam.name == "shoal_decoder_sequence_gaps" for s in fam.samples]
     assert len(samples) == 9
     assert sum(s.value for s in samples) == 10_000
-    assert reg.get_sample_value("shoal_decoder_sequence_gaps_total", {"exporter": "192.0.2.1", "domain": "other"}) == 9_992
+    assert (
+        reg.get_sample_value(
+            "shoal_decoder_sequence_gaps_total", {"exporter": "192.0.2.1", "domain": "other"}
+        )
+        == 9_992
+    )
     assert reg.get_sample_value("shoal_decoder_evictions_total", {"state": "templates"}) == 5

@@ -140,7 +140,10 @@ def test_disk_full_every_row_is_written_or_counted_as_dropped(tmp_path: Path):
         assert 0 < on_disk < offered
         assert sink.written_rows == on_disk
         assert sink.written_rows + sink.dropped_rows == offered
-        assert registry.get_sample_value("shoal_sink_dropped_rows_total", {"sink": "parquet"}) == offered - on_disk
+        assert (
+            registry.get_sample_value("shoal_sink_dropped_rows_total", {"sink": "parquet"})
+            == offered - on_disk
+        )
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
         mnt.rmdir()

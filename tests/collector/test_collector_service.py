@@ -143,7 +143,9 @@ def test_ipv6_wildcard_listener_alone_receives_ipv4_exporters(tmp_path: Path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("0.0.0.0", 0))
         free = probe.getsockname()[1]
-    both = _collector(tmp_path / "both", CollectorRegistry(), real=True, listen=[f"0.0.0.0:{free}", f"[::]:{free}"])
+    both = _collector(
+        tmp_path / "both", CollectorRegistry(), real=True, listen=[f"0.0.0.0:{free}", f"[::]:{free}"]
+    )
     both.start()
     try:
         assert [s.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) for s in both.sockets[1:]] == [1]

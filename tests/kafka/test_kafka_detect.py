@@ -230,7 +230,9 @@ def test_a_row_that_cannot_alert_loses_nothing_else_of_its_poll(kafka, tmp_path:
             values[bad_row] = 10**18
             column = pa.array(values, pa.int64()).cast(batch.schema.field(name).type)
         columns.append(column)
-    produce_batches(kafka.bootstrap, names["flows"], [pa.RecordBatch.from_arrays(columns, schema=batch.schema)])
+    produce_batches(
+        kafka.bootstrap, names["flows"], [pa.RecordBatch.from_arrays(columns, schema=batch.schema)]
+    )
     lost = {a for a in want if a[:4] == tuples[bad_row]}
     assert len(want) > len(lost) == 1
     metrics = f"127.0.0.1:{free_port()}"

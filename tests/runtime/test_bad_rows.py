@@ -54,11 +54,15 @@ def with_absurd_time(batch: pa.RecordBatch, row: int) -> pa.RecordBatch:
 
 
 def flows(*sources: str) -> pa.RecordBatch:
-    return flow_batch([{"src": s, "dst": BAD, "sport": 40000 + i, "dport": 443} for i, s in enumerate(sources)])
+    return flow_batch(
+        [{"src": s, "dst": BAD, "sport": 40000 + i, "dport": 443} for i, s in enumerate(sources)]
+    )
 
 
 def test_embedded_matcher_drops_the_bad_row_and_keeps_alerting(tmp_path: Path) -> None:
-    args = argparse.Namespace(intel=[str(intel(tmp_path))], min_confidence=0, all_attributes=False, allowlist=[])
+    args = argparse.Namespace(
+        intel=[str(intel(tmp_path))], min_confidence=0, all_attributes=False, allowlist=[]
+    )
     index, _ = build_index(args)
     registry = CollectorRegistry()
     out = tmp_path / "alerts.jsonl"
@@ -89,10 +93,15 @@ def test_match_skips_bad_files_and_rows_and_names_them(tmp_path: Path) -> None:
     pq.write_table(pa.table({"who": ["knows"]}), archive / "d-foreign.parquet")
     pq.write_table(pa.Table.from_batches([flows("192.0.2.5")]), archive / "e-good.parquet")
     out = tmp_path / "hits.jsonl"
-    res = shoal("match", "--intel", str(intel(tmp_path)), "--flows", str(tmp_path / "flows"), "--alerts", str(out))
+    res = shoal(
+        "match", "--intel", str(intel(tmp_path)), "--flows", str(tmp_path / "flows"), "--alerts", str(out)
+    )
     assert "Traceback" not in res.stderr
     assert res.returncode == 1, res.stderr
-    assert [json.loads(line)["src_addr"] for line in out.read_text().splitlines()] == ["192.0.2.2", "192.0.2.5"]
+    assert [json.loads(line)["src_addr"] for line in out.read_text().splitlines()] == [
+        "192.0.2.2",
+        "192.0.2.5",
+    ]
     for name in ("b-corrupt", "c-empty", "d-foreign"):
         assert f"skipped {archive / name}.parquet" in res.stderr
     assert "0 flows and 1 alerts dropped" in res.stderr
@@ -101,5 +110,7 @@ def test_match_skips_bad_files_and_rows_and_names_them(tmp_path: Path) -> None:
 def test_match_with_no_readable_file_fails(tmp_path: Path) -> None:
     bad = tmp_path / "x.parquet"
     bad.write_bytes(b"not parquet")
-    res = shoal("match", "--intel", str(intel(tmp_path)), "--flows", str(bad), "--alerts", str(tmp_path / "o"))
+    res = shoal(
+        "match", "--intel", str(intel(tmp_path)), "--flows", str(bad), "--alerts", str(tmp_path / "o")
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr and f"skipped {bad}" in res.stderr

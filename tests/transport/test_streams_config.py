@@ -80,7 +80,11 @@ def test_variables_that_are_no_librdkafka_setting_are_left_out() -> None:
 
     from pipeline.transport.client import client_settings
 
-    env = {"SHOAL_KAFKA_DIR": "/tmp/kafka-run", "SHOAL_KAFKA_SASL_USERNAME": "shoal", "SHOAL_KAFKA_LINGER_MS": "7"}
+    env = {
+        "SHOAL_KAFKA_DIR": "/tmp/kafka-run",
+        "SHOAL_KAFKA_SASL_USERNAME": "shoal",
+        "SHOAL_KAFKA_LINGER_MS": "7",
+    }
     settings = client_settings(env)
     assert settings == {"sasl.username": "shoal", "linger.ms": "7"}
     Producer({"log_level": 0, **settings})  # accepted by librdkafka
