@@ -1,4 +1,6 @@
+import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -190,3 +192,23 @@ def test_ipv6_wildcard_alone_receives_ipv4_exporters():
         assert [(g[0], g[1]) for g in got] == [(b"v4 packet", "127.0.0.1")]
     finally:
         bs.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to run a process as another user) and the system Python")  # fmt: skip
+def test_another_user_cannot_join_the_workers_port():
+    """SO_REUSEPORT sharing is for processes of the same user: the kernel refuses anyone else."""
+    workers = BatchSocket(Endpoint("127.0.0.1", 0), 1 << 20, 8, 2048, reuse_port=True)
+    try:
+        code = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+            f"try:\n    s.bind(('127.0.0.1', {workers.address[1]}))\nexcept OSError:\n    sys.exit(3)\n"
+        )
+        # the system Python: the project's virtualenv may not be readable by the other user
+        res = subprocess.run(["/usr/bin/python3", "-c", code], preexec_fn=lambda: os.setuid(65534), check=False,
+                             capture_output=True, timeout=30, cwd="/")  # fmt: skip
+        assert res.returncode == 3, res.stderr
+    finally:
+        workers.close()
