@@ -77,7 +77,12 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
             kwargs[name] = types.MappingProxyType(dict(value))
         else:
             kwargs[name] = _coerce(value, hint, f"{where}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a typed config's own checks (``__post_init__``)
+        raise ConfigError(f"{where.rstrip('.') or 'configuration'}: {exc}") from None
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, load_tree
+from pipeline.decode.datagram import DecoderConfig
 
 ENV_PREFIX = "SHOAL_COLLECT__"
 
@@ -57,6 +58,9 @@ class ReceiveConfig:
     """Receive buffer per datagram; larger datagrams are truncated and counted, never decoded."""
     allow_exporters: tuple[str, ...] = ()
     """Exporter CIDRs accepted; empty accepts everyone. Others are dropped and counted."""
+    reuse_port: bool = False
+    """SO_REUSEPORT on the listeners, for the collector's own worker processes sharing a port (the
+    kernel lets only processes of the same user join). Off: no other socket can bind the port."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,9 @@ class MetricsConfig:
     listen: str = ""
     max_exporters: int = 64
     """Distinct exporter label values per metric; the rest are folded into ``other``."""
+    max_label_values: int = 256
+    """Distinct values of any other label (observation domain, reason...) per metric; the rest are
+    folded into ``other``."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,8 @@ class CollectorConfig:
     parquet: ParquetConfig = field(default_factory=ParquetConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    decoder: Mapping[str, Any] = field(default_factory=dict)
-    """Passed as keyword arguments to ``pipeline.decode.DecoderConfig`` (template TTL, limits...)."""
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    """The decoder's limits and keys (template TTL, caps...), checked by ``DecoderConfig`` itself."""
     kafka: Mapping[str, Any] = field(default_factory=dict)
     """librdkafka settings of the Kafka sink (``security.protocol``, ``ssl.ca.location``...);
     ``SHOAL_KAFKA_<KEY>`` environment variables override them (secrets)."""
@@ -117,17 +124,19 @@ class CollectorConfig:
             except ValueError:
                 raise ConfigError(f"receive.allow_exporters: {cidr!r} is not a CIDR") from None
         checks = [
-            (r.rcvbuf_bytes >= 4096, "receive.rcvbuf_bytes must be >= 4096"),
+            (4096 <= r.rcvbuf_bytes <= 2**31 - 1, "receive.rcvbuf_bytes must be in 4096..2^31-1"),
             (1 <= r.recv_batch <= 4096, "receive.recv_batch must be in 1..4096"),
             (512 <= r.max_datagram <= 65535, "receive.max_datagram must be in 512..65535"),
-            (b.max_rows >= 1, "batch.max_rows must be >= 1"),
-            (b.max_seconds > 0, "batch.max_seconds must be > 0"),
+            (1 <= b.max_rows <= 4_194_304, "batch.max_rows must be in 1..4194304 (rows are preallocated)"),
+            (0 < b.max_seconds <= 3600, "batch.max_seconds must be in (0, 3600]"),
             (p.roll_seconds > 0, "parquet.roll_seconds must be > 0"),
             (p.roll_bytes >= 1024, "parquet.roll_bytes must be >= 1024"),
+            (-7 <= p.compression_level <= 22, "parquet.compression_level must be in -7..22"),
             (p.compression in {"zstd", "snappy", "gzip", "lz4", "none"}, "parquet.compression unknown"),
             (buf.max_rows >= 0 and buf.max_bytes >= 0, "buffer limits must be >= 0"),
             (buf.retry_seconds > 0, "buffer.retry_seconds must be > 0"),
-            (m.max_exporters >= 1, "metrics.max_exporters must be >= 1"),
+            (1 <= m.max_exporters <= 100_000, "metrics.max_exporters must be in 1..100000"),
+            (1 <= m.max_label_values <= 100_000, "metrics.max_label_values must be in 1..100000"),
         ]
         for ok, message in checks:
             if not ok:

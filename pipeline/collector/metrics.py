@@ -2,9 +2,10 @@
 
 The hot path only bumps plain integers; this module turns them, the decoder's ``stats.snapshot()``
 and the kernel's ``/proc/net/udp*`` drop counters into metric families at scrape time (metrics wrap
-a stage instead of living inside it). Exporter label values are capped: the first ``max_exporters``
-seen keep their own series, every later one is folded into ``exporter="other"`` so a spoofing flood
-cannot explode the time-series count.
+a stage instead of living inside it). Every label is capped: the first ``max_exporters`` exporters
+seen keep their own series, every later one is folded into ``exporter="other"``, and each other label
+(observation domain, reason...) keeps at most ``max_label_values`` values per metric, so a spoofing
+flood (10k observation domains, say) cannot explode the time-series count.
 """
 
 from __future__ import annotations
@@ -60,11 +61,25 @@ DECODER_METRICS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
         ("domain",),
         "Sequence number restarts (exporter reboot or reorder)",
     ),
+    "rows_rejected": (
+        "decoder_rows_rejected",
+        "counter",
+        ("reason",),
+        "Records rejected (no address, option values out of range) or whose times were out of range (null)",
+    ),
+    "evictions": (
+        "decoder_evictions",
+        "counter",
+        ("state",),
+        "Templates or per-stream state dropped to stay within the decoder's global caps",
+    ),
 }
+NOT_PER_EXPORTER = frozenset({"evictions"})
+"""Snapshot keys whose first label is not an exporter."""
 
 
-class ExporterLabels:
-    """First ``limit`` exporters keep their name; later ones become ``other``."""
+class CappedLabels:
+    """First ``limit`` values of a label keep their name; later ones become ``other``."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -80,11 +95,19 @@ class ExporterLabels:
         return OTHER
 
 
+ExporterLabels = CappedLabels
+
+
 class CollectorMetrics(_PromCollector):
     """Registered once per collector in the given registry."""
 
-    def __init__(self, registry: CollectorRegistry, max_exporters: int = 64) -> None:
-        self.exporter_label = ExporterLabels(max_exporters)
+    def __init__(
+        self, registry: CollectorRegistry, max_exporters: int = 64, max_label_values: int = 256
+    ) -> None:
+        self.exporter_label = CappedLabels(max_exporters)
+        self.max_label_values = max_label_values
+        self._other_labels: dict[tuple[str, int], CappedLabels] = {}
+        """(snapshot key, label position) -> its cap, for every label after the exporter."""
         self._lock = threading.Lock()
         self._rejected: collections.Counter[str] = collections.Counter()
         self._flows: collections.Counter[str] = collections.Counter()
@@ -238,16 +261,25 @@ class CollectorMetrics(_PromCollector):
             )
             folded: collections.Counter[tuple[str, ...]] = collections.Counter()
             width = 0
+            per_exporter = key not in NOT_PER_EXPORTER
             for key_labels, value in values.items():
                 labels = key_labels if isinstance(key_labels, tuple) else (key_labels,)
                 width = max(width, len(labels))
                 if labels:
-                    labels = (self.exporter_label(labels[0]), *map(str, labels[1:]))
+                    first = 1 if per_exporter else 0
+                    head = (self.exporter_label(labels[0]),) if per_exporter else ()
+                    labels = (*head, *(self._capped(key, i, v) for i, v in enumerate(labels[first:], first)))
                 folded[labels] += value
-            names = ["exporter", *extra][:width] if width else []
+            names = ["exporter", *extra][:width] if per_exporter and width else list(extra)[:width]
             names += [f"label{i}" for i in range(len(names), width)]
             cls = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             fam = cls(f"{NAMESPACE}_{suffix}", doc, labels=names)
             for labels, value in folded.items():
                 fam.add_metric(list(labels) + [""] * (width - len(labels)), value)
             yield fam
+
+    def _capped(self, key: str, position: int, value: Any) -> str:
+        cap = self._other_labels.get((key, position))
+        if cap is None:
+            cap = self._other_labels[(key, position)] = CappedLabels(self.max_label_values)
+        return cap(value)

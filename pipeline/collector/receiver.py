@@ -124,15 +124,23 @@ class BatchSocket:
         max_datagram: int,
         max_exporters: int = 64,
         block_calls: int = 4,
+        reuse_port: bool = False,
+        v6only: bool = True,
     ) -> None:
+        """``reuse_port``: let sibling worker processes of the same collector (same user: the kernel
+        checks) bind the same port with SO_REUSEPORT and share its datagrams. Without it no other
+        socket can bind the port: no SO_REUSEADDR either, so another local user or a second
+        ``shoal collect`` cannot silently take the feed. ``v6only`` False: an IPv6 socket that also
+        receives IPv4 (dual-stack; senders come as IPv4 addresses)."""
         self.endpoint = endpoint
         family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
-                # v6 sockets only see v6 so that 0.0.0.0 and [::] can listen on the same port.
-                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # v6-only when 0.0.0.0 listens on the same port too; else dual-stack.
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
             self._set_rcvbuf(rcvbuf_bytes)
             self.sock.bind((endpoint.host, endpoint.port))
             self.sock.setblocking(False)

@@ -74,27 +74,6 @@ class Allowlist:
         return verdict
 
 
-def build_decoder_config(settings: dict) -> Any:
-    """``[decoder]`` table -> ``DecoderConfig``, converting env-provided strings to the field types."""
-    if not settings:
-        return None
-    import dataclasses
-    import typing
-
-    from pipeline.decode import DecoderConfig
-
-    values = dict(settings)
-    if dataclasses.is_dataclass(DecoderConfig):
-        hints = typing.get_type_hints(DecoderConfig)
-        for key, value in list(values.items()):
-            hint = hints.get(key)
-            if isinstance(value, str) and hint in (int, float):
-                values[key] = hint(value)
-            elif isinstance(value, str) and hint is bool:
-                values[key] = value.lower() in {"1", "true", "yes"}
-    return DecoderConfig(**values)
-
-
 class Collector:
     """Build without I/O; :meth:`start` binds and runs; :meth:`stop` drains and persists."""
 
@@ -126,7 +105,7 @@ class Collector:
         if decoder is None:
             from pipeline.decode import FlowDecoder
 
-            decoder = FlowDecoder(build_decoder_config(dict(config.decoder)))
+            decoder = FlowDecoder(config.decoder)
         self.decoder = decoder
         if datagram_type is None:
             from pipeline.decode import Datagram
@@ -140,7 +119,9 @@ class Collector:
         self.allowlist = Allowlist(config.receive.allow_exporters)
         self.batcher = Batcher(FLOW_SCHEMA, config.batch.max_rows, config.batch.max_seconds)
         self.sockets: list[BatchSocket] = []
-        self.metrics = CollectorMetrics(self.registry, config.metrics.max_exporters)
+        self.metrics = CollectorMetrics(
+            self.registry, config.metrics.max_exporters, config.metrics.max_label_values
+        )
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._stopping = threading.Event()
         self._receiver: threading.Thread | None = None
@@ -150,6 +131,10 @@ class Collector:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Check every sink (:class:`SinkError` if one cannot work: nothing is accepted only to be
+        lost), restore the decoder's state, bind (``OSError``) and start the threads."""
+        for sink in self.sinks:
+            sink.check()
         state = self.config.state_path()
         if state is not None and state.exists():
             try:
@@ -158,6 +143,7 @@ class Collector:
             except Exception as exc:  # a corrupt state file must not prevent collecting
                 log.error("cannot restore decoder state from %s: %s", state, exc)
         rc = self.config.receive
+        v4_ports = {ep.port for ep in self.endpoints if not ep.family_v6}
         try:
             for ep in self.endpoints:
                 self.sockets.append(
@@ -168,6 +154,10 @@ class Collector:
                         rc.max_datagram,
                         self.config.metrics.max_exporters,
                         _BLOCK_CALLS,
+                        reuse_port=rc.reuse_port,
+                        # [::]:PORT alone takes IPv4 exporters too; next to an IPv4 listener on
+                        # the same port (or bound to one address) it is IPv6 only.
+                        v6only=ep.host != "::" or ep.port in v4_ports,
                     )
                 )
         except OSError:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from pipeline.collector.config import CollectorConfig, ConfigError, load_config
-from pipeline.sinks.base import Sink
+from pipeline.sinks.base import Sink, SinkError
 
 log = logging.getLogger("shoal.collect")
 
@@ -129,6 +130,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def serve_metrics(registry: Any, listen: str, command: str, health: Any = None) -> bool:
+    """Start the metrics and health endpoints; False (said why on stderr) if they cannot be, e.g. the
+    port is in use."""
+    from pipeline.metrics import serve
+
+    try:
+        serve(registry, listen, health)
+    except (OSError, ValueError) as exc:
+        print(f"{command}: cannot serve metrics on {listen}: {exc} (choose another with --metrics)",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=_overrides(args))
@@ -136,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("configuration: %s", exc)
         return 2
     from pipeline.collector.service import Collector
-    from pipeline.metrics import Health, new_registry, serve
+    from pipeline.metrics import Health, new_registry
 
     registry = new_registry()
     args.registry = registry
@@ -160,18 +175,22 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    try:
-        collector.start()
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
-        return 1
     if config.metrics.listen:
         health = Health()
         health.add("listening", lambda: bool(collector.sockets))
         for sink in sinks:
             if hasattr(sink, "reachable"):
                 health.add(f"{sink.name} reachable", sink.reachable)
-        serve(registry, config.metrics.listen, health)
+        if not serve_metrics(registry, config.metrics.listen, "shoal collect", health):
+            return 1
+    try:
+        collector.start()
+    except SinkError as exc:  # fail now rather than accept flows only to lose them
+        log.error("sink cannot work: %s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
     print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):
         pass

@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
 
     decoder = FlowDecoder(DecoderConfig(template_key_includes_port=not args.no_port_key))
     if args.state is not None and args.state.exists():
-        decoder.load_state(args.state)
+        try:
+            decoder.load_state(args.state)
+        except (OSError, ValueError) as exc:
+            print(f"shoal decode: cannot restore templates from {args.state}: {exc}", file=sys.stderr)
+            return 2
     ports = frozenset(args.port) if args.port else None
     capture = CaptureStats()
     rows = 0

@@ -45,11 +45,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
-    from pipeline.intel import IntelError
-    from pipeline.intel.allowlists import Allowlist, load_allowlist
-    from pipeline.metrics import Health, new_registry, serve
+    from pipeline.commands.collect import serve_metrics
+    from pipeline.commands.match import load_allowlists
+    from pipeline.metrics import Health, new_registry
     from pipeline.runtime.detect import DetectWorker
     from pipeline.runtime.intel_follower import IntelFollower
+    from pipeline.transport.client import KafkaUnreachable, check_reachable
 
     detect: dict[str, Any] = {}
     if args.group:
@@ -58,13 +59,7 @@ def run(args: argparse.Namespace) -> int:
         detect["instance_id"] = args.instance_id
     config = streams_config(args, {"detect": detect} if detect else None)
     settings = detection_settings(args.detections_config)
-    allow = Allowlist()
-    try:
-        for path in args.allowlist:
-            load_allowlist(Path(path), into=allow)
-    except IntelError as exc:
-        print(f"shoal detect: allowlist: {exc}", file=sys.stderr)
-        return 2
+    allow = load_allowlists(args.allowlist)
     geoip = None
     if args.geoip:
         from detectors.geoip import GeoIP
@@ -80,14 +75,16 @@ def run(args: argparse.Namespace) -> int:
         health = Health()
         health.add("index loaded", lambda: "handle" in started)
         health.add("kafka reachable", lambda: "worker" in started and started["worker"].reachable())
-        serve(registry, args.metrics, health)
+        if not serve_metrics(registry, args.metrics, "shoal detect", health):
+            return 1
     try:
+        check_reachable(kafka)
         follower = IntelFollower(kafka, config.topics.indicators.name, registry, allow, geoip,
                                  config.detect.intel_settle_seconds)  # fmt: skip
         handle = follower.start()
         worker = DetectWorker(kafka, config, handle, registry, settings)
         started.update(handle=handle, worker=worker)
-    except (KafkaException, TimeoutError) as exc:
+    except (KafkaException, TimeoutError, KafkaUnreachable) as exc:
         print(f"shoal detect: {exc}", file=sys.stderr)
         return 1
     # What exists now (intel, index, clients) lives as long as the worker: out of the collector's

@@ -26,6 +26,8 @@ confirmation code as `shoal collect`, the Kafka workers and `shoal confirm`. Wit
 the bundled sample intel (documentation address ranges only). --demo also plays the bundled sample
 traffic into itself. Point routers at the listen ports (see docs/collector.md). Ctrl-C stops cleanly,
 closing the open windows (final versions of their detections).
+Collector settings also come from SHOAL_COLLECT__<SECTION>__<KEY> environment variables, as for
+`shoal collect` (e.g. SHOAL_COLLECT__DECODER__TEMPLATE_KEY_INCLUDES_PORT=false); options win over them.
 """
 
 
@@ -33,7 +35,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="embedded collector + matcher (no Kafka)", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
-                   help="UDP listeners (default 0.0.0.0:2055 for NetFlow and 0.0.0.0:4739 for IPFIX)")  # fmt: skip
+                   help="UDP listeners (default 0.0.0.0:2055 for NetFlow and 0.0.0.0:4739 for IPFIX); "
+                        "[::]:PORT alone also receives IPv4")  # fmt: skip
+    p.add_argument("--allow-exporter", action="append", metavar="CIDR",
+                   help="accept export packets only from these source networks (repeatable); others are "
+                        "dropped and counted (default: from anyone)")  # fmt: skip
     p.add_argument(
         "--intel", action="append", metavar="SOURCE", help="intel source (default: bundled sample intel)"
     )
@@ -64,18 +70,30 @@ def run(args: argparse.Namespace) -> int:
     from detectors.matcher import Matcher, MatcherHandle
     from pipeline.collector.config import ConfigError, load_config
     from pipeline.collector.service import Collector
+    from pipeline.commands.collect import serve_metrics
     from pipeline.commands.match import build_index
     from pipeline.confirm.stage import InProcessConfirmation, PartialsStage
-    from pipeline.metrics import Health, new_registry, serve
+    from pipeline.metrics import Health, new_registry
     from pipeline.runtime.alerts import ConsoleOutput, DetectionConsole, JsonLinesOutput
     from pipeline.runtime.index_metrics import IndexMetrics
     from pipeline.runtime.matching import MatchingSink
+    from pipeline.sinks.base import SinkError
 
     bundled = not args.intel
     args.intel = args.intel or [str(DEMO_INTEL)]
     # The bundled sample traffic comes with a detection configuration naming its constituency.
     settings = detection_settings(args.detections_config or (str(DEMO_DETECTIONS) if bundled else None))
     listens = args.listen or ["0.0.0.0:2055", "0.0.0.0:4739"]
+    overrides: dict[str, Any] = {"receive": {"listen": listens}, "batch": {"max_seconds": 0.5}}
+    if args.allow_exporter:
+        overrides["receive"]["allow_exporters"] = list(args.allow_exporter)
+    if args.parquet:
+        overrides["parquet"] = {"dir": args.parquet}
+    try:  # settings first: a typo fails before intel takes its time to load
+        config = load_config(None, overrides=overrides)
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
     index, loads = build_index(args, now=datetime.now(UTC))
     geoip = None
     if args.geoip:
@@ -84,39 +102,42 @@ def run(args: argparse.Namespace) -> int:
         geoip = GeoIP([Path(p) for p in args.geoip])
     registry = new_registry()
     IndexMetrics(registry).built(index)
-    outputs: list = [JsonLinesOutput(Path(args.alerts))]
+    try:
+        outputs: list = [JsonLinesOutput(Path(args.alerts))]
+        detection_outputs: list = [JsonLinesOutput(Path(args.detections_out))]
+    except OSError as exc:
+        print(f"shoal run: cannot write alerts or detections ({args.alerts}, {args.detections_out}): {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if args.alert_lines and not args.quiet:
         outputs.append(ConsoleOutput(sys.stdout))
-    detection_outputs: list = [JsonLinesOutput(Path(args.detections_out))]
     if not args.quiet:
         detection_outputs.append(DetectionConsole(sys.stdout))
     confirmation = InProcessConfirmation(settings, detection_outputs, registry)
     partials = PartialsStage(settings, confirmation, registry)
     sinks: list = [MatchingSink(MatcherHandle(Matcher(index, geoip)), outputs, registry, partials)]
-    overrides: dict[str, Any] = {"receive": {"listen": listens}, "batch": {"max_seconds": 0.5}}
-    if args.parquet:
+    if config.parquet.dir:
         from pipeline.sinks.parquet import ParquetSink
 
-        sinks.append(ParquetSink(args.parquet))
-    try:
-        config = load_config(None, overrides=overrides)
-    except ConfigError as exc:
-        log.error("configuration: %s", exc)
-        return 2
+        sinks.append(ParquetSink(config.parquet.dir))
     collector = Collector(config, sinks, registry)
+    if args.metrics:
+        health = Health()
+        health.add("listening", lambda: bool(collector.sockets))
+        if not serve_metrics(registry, args.metrics, "shoal run", health):
+            return 1
     confirmation.start()
     try:
         collector.start()
+    except SinkError as exc:
+        print(f"shoal run: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"shoal run: cannot listen on {', '.join(listens)}: {exc} (choose others with --listen)",
             file=sys.stderr,
         )
         return 1
-    if args.metrics:
-        health = Health()
-        health.add("listening", lambda: bool(collector.sockets))
-        serve(registry, args.metrics, health)
     stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
     print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "

@@ -4,6 +4,7 @@ feedback) from configuration."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from pipeline.commands._kafka_args import add_kafka_args, streams_config
@@ -20,6 +21,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from pipeline.transport.client import KafkaUnreachable, check_reachable
     from pipeline.transport.topics import create_topics
 
     config = streams_config(args)
@@ -30,9 +32,10 @@ def run_create(args: argparse.Namespace) -> int:
     preflight(config.connection(args.kafka))
 
     try:
+        check_reachable(config.connection(args.kafka))
         results = create_topics(config.connection(args.kafka), config.topics.all())
-    except KafkaException as exc:
-        print(f"shoal topics: {exc}")
+    except (KafkaException, KafkaUnreachable) as exc:
+        print(f"shoal topics: {exc}", file=sys.stderr)
         return 1
     failed = 0
     for topic in config.topics.all():

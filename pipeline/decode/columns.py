@@ -73,7 +73,9 @@ def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.
     if a4 is None:
         out[...] = a6
         return np.ones(n, dtype=bool)
-    is_v6 = a6.any(axis=1)
+    # Both families (Huawei VRF/SRv6: inner IPv4 5-tuple, outer IPv6 tunnel endpoints): the IPv4
+    # address wherever there is one, as nfdump and pmacct do; the IPv6 one only where it is zero.
+    is_v6 = ~a4.any(axis=1) & a6.any(axis=1)
     out[...] = 0
     out[is_v6] = a6[is_v6]
     out[~is_v6, 10:12] = 0xFF
@@ -231,17 +233,58 @@ class RowSpace(Protocol):
         ...
 
 
-def build_batch(fields: FieldArrays, n: int, ctx: Context) -> pa.RecordBatch:
-    """One flow-schema batch from ``n`` records' fields and their packet context."""
+TimeBounds = tuple[int, int]
+"""(earliest µs since the epoch, latest µs after reception) a flow time may have."""
+EARLIEST_US = 631_152_000 * 1_000_000
+"""1990-01-01: no flow export existed before; earlier times are a router's unset clock or forged."""
+
+
+def build_batch(
+    fields: FieldArrays, n: int, ctx: Context, bounds: TimeBounds | None = None
+) -> tuple[pa.RecordBatch, np.ndarray | None]:
+    """One flow-schema batch from ``n`` records' fields and their packet context, and which rows had
+    a time out of ``bounds`` (see :func:`fill`)."""
     columns = FlowColumns(n)
-    fill(fields, n, ctx, columns, 0)
+    bad = fill(fields, n, ctx, columns, 0, bounds)
     columns.rows = n
-    return columns.to_batch()
+    return columns.to_batch(), bad
 
 
-def fill(fields: FieldArrays, n: int, ctx: Context, out: FlowColumns, at: int) -> None:
+def has_address(fields: FieldArrays) -> np.ndarray | None:
+    """Per record, whether it carries a non-zero source or destination address (None: all do as far
+    as a cheap check tells, i.e. the template has no address field to check, never the case for
+    templates the decoder keeps)."""
+    bits = None  # OR of every address word: zero exactly where a record has no address
+    for ie, width in ((ies.SRC_V4, 4), (ies.DST_V4, 4), (ies.SRC_V6, 16), (ies.DST_V6, 16)):
+        a = fields.get(ie)
+        if a is None or a.ndim != 2 or a.shape[1] != width:
+            continue
+        if a.strides[1] == 1:  # a view of the records: read the address as words, no copy
+            words = a.view(np.uint32)
+            word = words[:, 0] if width == 4 else words[:, 0] | words[:, 1] | words[:, 2] | words[:, 3]
+        else:
+            word = a.any(axis=1).astype(np.uint32)
+        bits = word if bits is None else bits | word
+    return None if bits is None else bits != 0
+
+
+def _in_bounds(times: np.ndarray, ok: np.ndarray, ctx: Context, bounds: TimeBounds) -> np.ndarray | None:
+    """Rows whose valid time is out of bounds (their validity is cleared in ``ok``), None if none.
+    Two reductions decide the usual case (every time in range) without a mask."""
+    if not len(times) or (times.min() >= bounds[0] and times.max() <= ctx.received_us.min() + bounds[1]):
+        return None
+    bad = ok & ((times < bounds[0]) | (times > ctx.received_us + bounds[1]))
+    ok &= ~bad
+    return bad if bad.any() else None
+
+
+def fill(
+    fields: FieldArrays, n: int, ctx: Context, out: FlowColumns, at: int, bounds: TimeBounds | None = None
+) -> np.ndarray | None:
     """Write ``n`` records' flow columns into rows ``at:at+n`` of ``out``: the one place that says
-    how template fields and packet context become the flow schema."""
+    how template fields and packet context become the flow schema. Flow times outside ``bounds``
+    (default: 1990 to a week after reception) are null: no later stage has to cope with year 33658;
+    returns which rows had one (None if none)."""
     rows = slice(at, at + n)
     v, ok = out.values, out.valid
     src_v6 = _address_into(fields, ies.SRC_V4, ies.SRC_V6, v["src_addr"][rows])
@@ -250,12 +293,15 @@ def fill(fields: FieldArrays, n: int, ctx: Context, out: FlowColumns, at: int) -
     if nh_v6 is None:
         nh_v6 = _address_into(fields, ies.BGP_NEXT_HOP_V4, ies.BGP_NEXT_HOP_V6, v["next_hop"][rows])
     ok["next_hop"][rows] = nh_v6 is not None
-    if ies.IP_VERSION in fields:
+    family = src_v6 if src_v6 is not None else dst_v6
+    if ies.IP_VERSION in fields and (family is None or not _both_families(fields)):
         v["ip_version"][rows] = as_uint(fields[ies.IP_VERSION])
     else:
-        family = src_v6 if src_v6 is not None else dst_v6
         v["ip_version"][rows] = np.where(family, 6, 4) if family is not None else 4
     start, start_ok, end, end_ok = _times(fields, ctx)
+    b = bounds or (EARLIEST_US, 7 * 86_400 * 1_000_000)
+    bad_start, bad_end = _in_bounds(start, start_ok, ctx, b), _in_bounds(end, end_ok, ctx, b)
+    bad = bad_end if bad_start is None else bad_start if bad_end is None else bad_start | bad_end
     v["flow_start"][rows], ok["flow_start"][rows] = start, start_ok
     v["flow_end"][rows], ok["flow_end"][rows] = end, end_ok
     v["time_received"][rows] = ctx.received_us
@@ -278,6 +324,13 @@ def fill(fields: FieldArrays, n: int, ctx: Context, out: FlowColumns, at: int) -
     if icmp is not None:
         dst_port = v["dst_port"][rows]
         np.copyto(dst_port, icmp, casting="unsafe", where=dst_port == 0)
+    return bad
+
+
+def _both_families(fields: FieldArrays) -> bool:
+    return any(ie in fields for ie in (ies.SRC_V4, ies.DST_V4)) and any(
+        ie in fields for ie in (ies.SRC_V6, ies.DST_V6)
+    )
 
 
 def _icmp(fields: FieldArrays, n: int) -> np.ndarray | None:

@@ -16,10 +16,12 @@ per-packet walk, in order, so both entry points give the same flows and the same
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import pyarrow as pa
 
 from pipeline.decode import ies
 from pipeline.decode.columns import (
+    EARLIEST_US,
     Context,
     FieldArrays,
     FlowColumns,
@@ -39,6 +42,7 @@ from pipeline.decode.columns import (
     build_batch,
     empty_batch,
     fill,
+    has_address,
 )
 from pipeline.decode.datagram import DecoderConfig
 from pipeline.decode.stats import DecoderStats
@@ -140,6 +144,10 @@ _ROW_HEADER = 24
 _SLOW, _FAST_V5, _FAST_V9 = 0, 5, 9  # block row kinds: the per-packet walk, or the version
 _REFRESH = 100  # added to the version: a template set, then the data set
 _MISSES_BEFORE_WALK, _WALK_AFTER_MISSES = 4, 64
+_UNUSED_SAVED = 1_024
+"""Templates no data has used yet that :meth:`FlowDecoder.save_state` keeps (the most recent)."""
+_MAX_SAMPLERS = 256
+"""Sampler ids remembered per observation domain."""
 
 
 class _BlockHeaders:
@@ -215,15 +223,20 @@ class FlowDecoder:
 
     def __init__(self, config: DecoderConfig | None = None) -> None:
         self.config = config or DecoderConfig()
-        self.stats = DecoderStats()
+        self.stats = DecoderStats(self.config.max_stat_exporters)
         self._templates: dict[TemplateKey, dict[int, Template]] = {}
-        self._template_count: dict[str, int] = {}
+        self._template_total = 0
         self._sampling: dict[DomainKey, dict[int, int]] = {}
         self._sysinit: dict[DomainKey, int] = {}
         self._sequence: dict[tuple[str, int, int], int | None] = {}
         self._pending: dict[tuple[TemplateKey, int], deque[_Pending]] = {}
-        self._pending_load: dict[str, list[int]] = {}  # exporter -> [sets, bytes]
+        self._pending_load: dict[str, list[int]] = {}  # exporter -> [sets, bytes]; only while > 0
+        self._pending_bytes = 0
+        self._pending_sets = 0
+        self._budget: dict[str, list[float]] = {}  # exporter -> [variable-length records left, at]
         self._exporter16: dict[str, bytes] = {}
+        self._exporter_names: dict[bytes, str] = {}
+        self._time_bounds = (EARLIEST_US, int(self.config.max_time_ahead_seconds * 1_000_000))
         self._groups: dict[int, _Group] = {}
         self._streams: dict[tuple[str, int, int, int], tuple[TemplateKey, bytes, tuple[str, int]]] = {}
         self._known_sets: dict[TemplateKey, tuple[bytes, tuple[tuple[int, Template], ...]]] = {}
@@ -281,14 +294,19 @@ class FlowDecoder:
                 fields, n, ctx = self._group_fields(group)
                 if not n:
                     continue
+                fields, n, ctx = self._usable_rows(fields, n, ctx)
+                if not n:
+                    continue
                 if into is None:
-                    batches.append(build_batch(fields, n, ctx))
+                    batch, bad = build_batch(fields, n, ctx, self._time_bounds)
+                    batches.append(batch)
+                    self._count_bad_times(ctx, bad)
                 else:
                     spans = into.reserve(n)
                     done = 0
                     for columns, at, count in spans:
                         f, c = (fields, ctx) if count == n else _rows_of(fields, ctx, done, done + count)
-                        fill(f, count, c, columns, at)
+                        self._count_bad_times(c, fill(f, count, c, columns, at, self._time_bounds))
                         done += count
             except Exception:
                 log.exception("internal decoder error building template %d", group.template.template_id)
@@ -296,9 +314,37 @@ class FlowDecoder:
                 for columns, at, count in spans:  # rows handed out but not (all) filled
                     columns.discard(at, at + count)
                 continue
-            self.stats.flows[group.domain[0]] += n
+            self._count_by_exporter(self.stats.flows, ctx.exporter)
         self._groups = {}
         return batches
+
+    def _usable_rows(self, fields: FieldArrays, n: int, ctx: Context) -> tuple[FieldArrays, int, Context]:
+        """Records without any address (all zero) give no usable flow: left out and counted. (Times out
+        of range become null in :func:`fill`, counted by :meth:`_count_bad_times`.)"""
+        keep = has_address(fields)
+        if keep is not None and not keep.all():
+            self._count_by_exporter(self.stats.rows_rejected, ctx.exporter[~keep], "no_address")
+            fields, ctx = _select_rows(fields, ctx, keep)
+            n = int(keep.sum())
+        return fields, n, ctx
+
+    def _count_bad_times(self, ctx: Context, bad: np.ndarray | None) -> None:
+        if bad is not None:
+            self._count_by_exporter(self.stats.rows_rejected, ctx.exporter[bad], "time_out_of_range")
+
+    def _count_by_exporter(self, counter: Any, exporter: np.ndarray, reason: str | None = None) -> None:
+        """Add each exporter's row count (rows as 16-byte exporter addresses) to ``counter``."""
+        n = len(exporter)
+        if not n:
+            return
+        if (exporter == exporter[0]).all():
+            groups: list[tuple[bytes, int]] = [(exporter[0].tobytes(), n)]
+        else:
+            values, counts = np.unique(exporter.view(np.dtype((np.void, 16))).ravel(), return_counts=True)
+            groups = [(v.tobytes(), int(c)) for v, c in zip(values, counts, strict=True)]
+        for raw, count in groups:
+            name = self._exporter_names.get(raw) or _ip_text(raw)
+            counter[name if reason is None else (name, reason)] += count
 
     def _walk_block(self, hdr: _BlockHeaders) -> None:
         """Rows in order: stretches of fast rows are handled with numpy (:meth:`_fast_rows`); any
@@ -361,7 +407,7 @@ class FlowDecoder:
                 continue
             table = self._templates.get(tkey)
             t = table.get(k & 0xFFFF) if table is not None else None
-            templates.append(None if t is None or t.options or t.variable else t)
+            templates.append(None if t is None or t.options or t.variable or not t.usable else t)
         end = stop - first
         unknown = np.flatnonzero(np.array([t is None for t in templates])[template_of])
         if len(unknown):
@@ -428,7 +474,7 @@ class FlowDecoder:
             self.stats.sequence_gaps[(exporter, domain)] += lost
         if resets:
             self.stats.sequence_resets[(exporter, domain)] += resets
-        self._sequence[skey] = int((seq[-1] + units[-1]) & 0xFFFFFFFF)
+        self._put_stream(self._sequence, skey, int((seq[-1] + units[-1]) & 0xFFFFFFFF))
 
     def _refresh_of(
         self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, hdr: _BlockHeaders
@@ -470,6 +516,7 @@ class FlowDecoder:
             rate = self._default_rate(dkey) if self._sampling else 1
             sysinit = self._sysinit.get(dkey, -1) if self._sysinit else -1
             run = _Run(hdr, tkey[3], sysinit, rate, **rows)
+        template.last_used = hdr.received
         group = groups.get(id(template))
         if group is None:
             group = groups[id(template)] = _Group(template, dkey)
@@ -490,14 +537,17 @@ class FlowDecoder:
                 del self._pending[pkey]
 
     def save_state(self, path: str | Path) -> None:
-        """Persist templates, sampling rates and system init times (JSON, written atomically)."""
+        """Persist templates, sampling rates and system init times (JSON, written atomically).
+        Templates data used are all kept; of those no data used yet (a template-only capture file, or
+        a spoofed flood) only the ``_UNUSED_SAVED`` last seen, so a flood does not slow a restart."""
+        every = [(k, t) for k, table in self._templates.items() for t in table.values()]
+        unused = sorted(
+            (item for item in every if not item[1].last_used), key=lambda item: -item[1].last_seen
+        )
+        kept = [item for item in every if item[1].last_used] + unused[:_UNUSED_SAVED]
         state = {
             "format": 1,
-            "templates": [
-                {"key": list(k), "template": t.to_json()}
-                for k, table in self._templates.items()
-                for t in table.values()
-            ],
+            "templates": [{"key": list(k), "template": t.to_json()} for k, t in kept],
             "sampling": [
                 [*k, sid, rate] for k, table in self._sampling.items() for sid, rate in table.items()
             ],
@@ -510,17 +560,37 @@ class FlowDecoder:
 
     def load_state(self, path: str | Path) -> None:
         state = json.loads(Path(path).read_text())
-        if state.get("format") != 1:
-            raise ValueError(f"unknown decoder state format {state.get('format')!r}")
-        for item in state["templates"]:
-            exporter, port, domain, version = item["key"]
-            self._add_template(
-                (str(exporter), int(port), int(domain), int(version)), Template.from_json(item["template"])
-            )
-        for exporter, port, domain, sid, rate in state["sampling"]:
-            self._sampling.setdefault((exporter, port, domain), {})[sid] = rate
-        for exporter, port, domain, value in state["sysinit"]:
-            self._sysinit[(exporter, port, domain)] = value
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise ValueError("not a decoder state file (format 1)")
+        # Saved by an older version or edited by hand: every entry passes the checks a packet's
+        # would, one bad entry is skipped (logged) and the rest restored, within the same caps.
+        now, skipped = time.time(), 0
+        for item in state.get("templates", []):
+            try:
+                exporter, port, domain, version = item["key"]
+                tkey = (str(exporter), int(port), int(domain), int(version))
+                self._add_template(tkey, Template.from_json(item["template"]))
+            except (TypeError, ValueError, KeyError):
+                skipped += 1
+        for entry in state.get("sampling", []):
+            try:
+                exporter, port, domain, sid, rate = entry
+                dkey = (str(exporter), int(port), int(domain))
+                if self._options_out_of_range(None, int(rate), now) or int(rate) < 1:
+                    raise ValueError(rate)
+                self._set_rate(dkey, int(sid), int(rate))
+            except (TypeError, ValueError):
+                skipped += 1
+        for entry in state.get("sysinit", []):
+            try:
+                exporter, port, domain, value = entry
+                if self._options_out_of_range(int(value), None, now):
+                    raise ValueError(value)
+                self._put_stream(self._sysinit, (str(exporter), int(port), int(domain)), int(value))
+            except (TypeError, ValueError):
+                skipped += 1
+        if skipped:
+            log.warning("decoder state %s: %d invalid entries skipped", path, skipped)
 
     # -- packets -----------------------------------------------------------------------------------
     def _packet(self, payload: bytes, exporter: str, port: int, received: float) -> None:
@@ -617,8 +687,9 @@ class FlowDecoder:
             pos += length
             if set_id >= 256:
                 template = templates.get(set_id) if templates is not None else None
-                if template is not None and not template.options and not template.variable:
+                if template is not None and template.usable and not template.variable:
                     # Hot path: a fixed-length data set is just appended to its template's group.
+                    template.last_used = received
                     count = (length - 4) // template.record_length
                     if count:
                         if full is None:
@@ -671,24 +742,47 @@ class FlowDecoder:
         if added and ids and len(set(ids)) == len(ids):
             if len(self._known_sets) > 65536:
                 self._known_sets.clear()
-            table = self._templates[tkey]
-            self._known_sets[tkey] = (body, tuple((tid, table[tid]) for tid in ids))
+            table = self._templates.get(tkey, {})
+            if all(tid in table for tid in ids):
+                self._known_sets[tkey] = (body, tuple((tid, table[tid]) for tid in ids))
 
     def _add_template(self, tkey: TemplateKey, template: Template) -> bool:
+        """Keep ``template`` for its stream. A stream over its own cap is refused (its templates, no
+        one else's); at the global cap the least recently used templates of all streams go first."""
         exporter = tkey[0]
-        table = self._templates.setdefault(tkey, {})
-        old = table.get(template.template_id)
+        table = self._templates.get(tkey)
+        old = table.get(template.template_id) if table is not None else None
         if old is not None and old.same_layout(template):
             old.last_seen = max(old.last_seen, template.last_seen)
             return True
         if old is None:
-            if self._template_count.get(exporter, 0) >= self.config.max_templates_per_exporter:
+            if table is not None and len(table) >= self.config.max_templates_per_exporter:
                 self.stats.error(exporter, "template_limit")
                 return False
-            self._template_count[exporter] = self._template_count.get(exporter, 0) + 1
-        table[template.template_id] = template
-        self.stats.templates_active[exporter] = self._template_count[exporter]
+            if self._template_total >= self.config.max_templates:
+                self._evict_templates()
+            self._template_total += 1
+            active = self.stats.templates_active
+            active[exporter] = active.get(exporter, 0) + 1
+        self._templates.setdefault(tkey, {})[template.template_id] = template
         return True
+
+    def _evict_templates(self) -> None:
+        """Make room under ``max_templates``: drop a sixteenth, templates no data ever used first
+        (what a spoofed template flood leaves), then the least recently used by data, so a router
+        whose data keeps coming keeps its templates; one sort per many templates, not a scan each."""
+        every = sorted(
+            (
+                (t.last_used, t.last_seen, tkey, tid)
+                for tkey, table in self._templates.items()
+                for tid, t in table.items()
+            ),
+            key=lambda item: (item[0], item[1]),
+        )
+        target = max(1, self.config.max_templates // 16)
+        for _, _, tkey, tid in every[: max(target, self._template_total - self.config.max_templates + 1)]:
+            self._remove_template(tkey, tid)
+            self.stats.evictions["templates"] += 1
 
     def _withdraw(self, tkey: TemplateKey, template_id: int, options: bool) -> None:
         table = self._templates.get(tkey, {})
@@ -701,10 +795,16 @@ class FlowDecoder:
             self.stats.error(tkey[0], "withdrawal_unknown_template")
 
     def _remove_template(self, tkey: TemplateKey, template_id: int) -> None:
-        del self._templates[tkey][template_id]
-        exporter = tkey[0]
-        self._template_count[exporter] -= 1
-        self.stats.templates_active[exporter] = self._template_count[exporter]
+        table = self._templates[tkey]
+        del table[template_id]
+        if not table:
+            del self._templates[tkey]
+            self._known_sets.pop(tkey, None)
+        self._template_total -= 1
+        active = self.stats.templates_active
+        active[tkey[0]] -= 1
+        if not active[tkey[0]] and len(active) > self.config.max_stat_exporters:
+            del active[tkey[0]]  # the gauge shows 0 for a while, but spoofed sources do not pile up
 
     # -- data --------------------------------------------------------------------------------------
     def _data_set(
@@ -718,32 +818,56 @@ class FlowDecoder:
 
     def _apply(self, template: Template, tkey: TemplateKey, body: memoryview | bytes, ctx: tuple) -> int:
         dkey = (tkey[0], tkey[1], tkey[2])
+        template.last_used = ctx[4]
         if template.options:
-            return self._options_data(template, dkey, body)
+            return self._options_data(template, dkey, body, ctx[4])
+        if not template.usable:  # no address field: no flow can come out, so nothing is read
+            self.stats.error(tkey[0], "no_address_set")
+            return len(body) // template.record_length if template.record_length else None
         full = (*ctx[:7], self._sysinit.get(dkey, -1), self._default_rate(dkey))
         if template.variable:
-            starts, _, used = variable_offsets(template, bytes(body))
+            limit = self._variable_budget(tkey[0], ctx[4])
+            starts, _, used = variable_offsets(template, bytes(body), limit)
+            self._budget[tkey[0]][0] -= len(starts)
+            if len(starts) == limit and any(bytes(body[used:])):
+                self.stats.error(tkey[0], "variable_budget")  # the rest of this set is not read
             if len(starts):
-                self._add_records(template, dkey, bytes(body[:used]), len(starts), full)
+                self._add_records(template, dkey, bytes(body[:used]), len(starts), full, starts)
             return len(starts)
         count = len(body) // template.record_length
         if count:
             self._add_records(template, dkey, body[: count * template.record_length], count, full)
         return count
 
-    def _add_records(self, template: Template, dkey: DomainKey, data: Any, count: int, ctx: tuple) -> None:
+    def _variable_budget(self, exporter: str, now: float) -> int:
+        """Variable-length records ``exporter`` may still have walked (token bucket refilled at
+        ``variable_records_per_second``, holding at most one second's worth)."""
+        rate = self.config.variable_records_per_second
+        bucket = self._budget.get(exporter)
+        if bucket is None:
+            bucket = [float(rate), now]
+            self._put_stream(self._budget, exporter, bucket)
+        bucket[0] = min(float(rate), bucket[0] + max(0.0, now - bucket[1]) * rate)
+        bucket[1] = max(bucket[1], now)
+        return max(0, int(bucket[0]))
+
+    def _add_records(
+        self, template: Template, dkey: DomainKey, data: Any, count: int, ctx: tuple, starts: Any = None
+    ) -> None:
         group = self._groups.get(id(template))
         if group is None:
             group = self._groups[id(template)] = _Group(template, dkey)
-        group.pieces.append((data, count, ctx))
+        group.pieces.append((data, count, ctx) if starts is None else (data, count, ctx, starts))
 
-    def _fields(self, template: Template, data: bytes) -> tuple[FieldArrays, int]:
-        """Decode records of one template: one frombuffer, or offsets-then-gather when variable."""
+    def _fields(self, template: Template, data: bytes, starts: Any = None) -> tuple[FieldArrays, int]:
+        """Decode records of one template: one frombuffer, or offsets-then-gather when variable
+        (``starts``: the offsets when already walked)."""
         if not template.variable:
             usable = len(data) - len(data) % template.record_length  # sets may end in padding
             rec = np.frombuffer(data, dtype=template.dtype, count=usable // template.record_length)
             return {ie: rec[name] for ie, name in template.names.items()}, len(rec)
-        starts, _, _ = variable_offsets(template, data)
+        if starts is None:
+            starts, _, _ = variable_offsets(template, data)
         raw = np.frombuffer(data, dtype=np.uint8)
         out: FieldArrays = {}
         for j, f in enumerate(template.fields):
@@ -757,13 +881,13 @@ class FlowDecoder:
         template = group.template
         if template.variable:  # only the per-packet walk feeds variable-length templates
             pieces, counts = [], []
-            for part, _, _ in group.pieces:
-                fields, n = self._fields(template, bytes(part))
+            for piece in group.pieces:
+                fields, n = self._fields(template, bytes(piece[0]), piece[3] if len(piece) > 3 else None)
                 pieces.append(fields)
                 counts.append(n)
             n = sum(counts)
             fields = {ie: np.concatenate([p[ie] for p in pieces]) for ie in pieces[0]} if pieces else {}
-            contexts = [_packet_context(counts, [c for _, _, c in group.pieces], n)] if n else []
+            contexts = [_packet_context(counts, [p[2] for p in group.pieces], n)] if n else []
         else:
             chunks: list[Any] = []
             contexts = []
@@ -819,21 +943,57 @@ class FlowDecoder:
                         ctx.sampling[ids == sid] = table[int(sid)]
                 return
 
-    def _options_data(self, template: Template, dkey: DomainKey, body: Any) -> int:
+    def _options_data(self, template: Template, dkey: DomainKey, body: Any, received: float) -> int:
+        """Sampling rates and system init times from options records. A record with a value out of
+        range is rejected whole (counted by reason) and changes no state: state outlives the packet,
+        and one forged record must not break every later flow of its exporter."""
         fields, n = self._fields(template, bytes(body))
         values = {ie: as_uint(v) for ie, v in fields.items()}
         for i in range(n):
             rec = {ie: int(v[i]) for ie, v in values.items()}
-            if ies.SYSTEM_INIT_MS in rec:
-                self._sysinit[dkey] = rec[ies.SYSTEM_INIT_MS]
+            sysinit = rec.get(ies.SYSTEM_INIT_MS)
             rate = rec.get(ies.SAMPLING_INTERVAL) or rec.get(ies.SAMPLER_RANDOM_INTERVAL)
             if not rate and rec.get(ies.SAMPLING_PACKET_INTERVAL):
                 interval = rec[ies.SAMPLING_PACKET_INTERVAL]
                 rate = round((interval + rec.get(ies.SAMPLING_PACKET_SPACE, 0)) / interval)
+            sid = rec.get(ies.SAMPLER_ID, rec.get(ies.SELECTOR_ID, 0))
+            reason = self._options_out_of_range(sysinit, rate, received)
+            if reason:
+                self.stats.rows_rejected[(dkey[0], reason)] += 1
+                continue
+            if sysinit is not None:
+                self._put_stream(self._sysinit, dkey, sysinit)
             if rate:
-                sid = rec.get(ies.SAMPLER_ID, rec.get(ies.SELECTOR_ID, 0))
-                self._sampling.setdefault(dkey, {})[sid] = min(rate, 0xFFFFFFFF)
+                self._set_rate(dkey, sid, rate)
         return n
+
+    def _options_out_of_range(self, sysinit: int | None, rate: int | None, received: float) -> str:
+        """Why option values cannot be true ('' if they can): a system init time before 1990 or
+        after reception (plus the allowed clock skew), a sampling rate beyond 32 bits."""
+        if sysinit is not None and not (
+            EARLIEST_US // 1000 <= sysinit <= (received + self.config.max_time_ahead_seconds) * 1000
+        ):
+            return "options_sysinit_out_of_range"
+        if rate is not None and not 0 <= rate <= 0xFFFFFFFF:
+            return "options_sampling_out_of_range"
+        return ""
+
+    def _set_rate(self, dkey: DomainKey, sampler: int, rate: int) -> None:
+        table = self._sampling.get(dkey)
+        if table is None:
+            table = {}
+            self._put_stream(self._sampling, dkey, table)
+        if sampler not in table and len(table) >= _MAX_SAMPLERS:
+            self.stats.rows_rejected[(dkey[0], "sampler_limit")] += 1
+            return
+        table[sampler] = rate
+
+    def _put_stream(self, state: dict, key: Any, value: Any) -> None:
+        """Set per-stream state, evicting the oldest stream's (counted) at ``max_streams``."""
+        if key not in state and len(state) >= self.config.max_streams:
+            del state[next(iter(state))]
+            self.stats.evictions["streams"] += 1
+        state[key] = value
 
     # -- pending (data before template) ------------------------------------------------------------
     def _buffer_pending(
@@ -841,37 +1001,47 @@ class FlowDecoder:
     ) -> None:
         exporter = tkey[0]
         self.stats.template_misses[exporter] += 1
-        load = self._pending_load.setdefault(exporter, [0, 0])
+        load = self._pending_load.get(exporter, (0, 0))
         cfg = self.config
         if (
             load[0] >= cfg.pending_max_sets_per_exporter
             or load[1] + len(data) > cfg.pending_max_bytes_per_exporter
+            or self._pending_bytes + len(data) > cfg.pending_max_bytes
+            or self._pending_sets >= cfg.pending_max_sets
         ):
             self.stats.error(exporter, "pending_limit")
             self.stats.pending_expired[exporter] += 1
             return
         self._pending.setdefault((tkey, set_id), deque()).append(_Pending(data, ctx, received))
-        load[0] += 1
-        load[1] += len(data)
+        self._pending_account(exporter, 1, len(data))
         self.stats.pending_buffered[exporter] += 1
+
+    def _pending_account(self, exporter: str, sets: int, size: int) -> None:
+        """Add to an exporter's pending load (and the global one); an exporter whose load falls to
+        zero leaves the table, so spoofed sources leave nothing behind."""
+        load = self._pending_load.get(exporter)
+        if load is None:
+            load = self._pending_load[exporter] = [0, 0]
+        load[0] += sets
+        load[1] += size
+        self._pending_bytes += size
+        self._pending_sets += sets
+        if load[0] <= 0:
+            del self._pending_load[exporter]
 
     def _drain_pending(self, tkey: TemplateKey, template_id: int) -> None:
         queue = self._pending.pop((tkey, template_id), None)
         if not queue:
             return
         template = self._templates[tkey][template_id]
-        load = self._pending_load[tkey[0]]
         for item in queue:
-            load[0] -= 1
-            load[1] -= len(item.data)
+            self._pending_account(tkey[0], -1, -len(item.data))
             self._apply(template, tkey, item.data, item.ctx)
             self.stats.pending_decoded[tkey[0]] += 1
 
     def _drop_pending(self, pkey: tuple[TemplateKey, int], item: _Pending) -> None:
         exporter = pkey[0][0]
-        load = self._pending_load[exporter]
-        load[0] -= 1
-        load[1] -= len(item.data)
+        self._pending_account(exporter, -1, -len(item.data))
         self.stats.pending_expired[exporter] += 1
 
     # -- sequence numbers --------------------------------------------------------------------------
@@ -886,7 +1056,7 @@ class FlowDecoder:
                 self.stats.sequence_gaps[(exporter, domain)] += diff
             elif diff:
                 self.stats.sequence_resets[(exporter, domain)] += 1
-        self._sequence[key] = None if units is None else (seq + units) & 0xFFFFFFFF
+        self._put_stream(self._sequence, key, None if units is None else (seq + units) & 0xFFFFFFFF)
 
     def _stream(self, exporter: str, port: int, domain: int, version: int) -> tuple[TemplateKey, bytes]:
         """Template key and 16-byte exporter of one export stream, cached: the per-packet path then
@@ -917,7 +1087,9 @@ class FlowDecoder:
                 raw = bytes(16)
             if len(self._exporter16) > 65536:
                 self._exporter16.clear()
+                self._exporter_names.clear()
             self._exporter16[exporter] = raw
+            self._exporter_names[raw] = exporter
         return raw
 
 
@@ -964,6 +1136,18 @@ def _packet_context(counts: list[int], ctxs: list[tuple], n: int) -> list[np.nda
         rep(7, np.int64),
         rep(8, np.uint32),
     ]
+
+
+def _select_rows(fields: FieldArrays, ctx: Context, keep: np.ndarray) -> tuple[FieldArrays, Context]:
+    """The records where ``keep`` is set (copies)."""
+    part = {ie: values[keep] for ie, values in fields.items()}
+    return part, Context(*(getattr(ctx, f.name)[keep] for f in dataclasses.fields(ctx)))
+
+
+def _ip_text(raw: bytes) -> str:
+    """Text of a 16-byte exporter address (IPv4-mapped shown as IPv4)."""
+    address = ipaddress.IPv6Address(raw)
+    return str(address.ipv4_mapped or address)
 
 
 def _rows_of(fields: FieldArrays, ctx: Context, lo: int, hi: int) -> tuple[FieldArrays, Context]:

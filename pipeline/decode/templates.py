@@ -8,12 +8,13 @@ an opaque ``V<n>`` gap that numpy skips by length.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.decode.ies import ADDRESS_IES, MAPPED_IES
+from pipeline.decode.ies import ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SRC_V4, SRC_V6
 
 VARIABLE = 65535  # RFC 7011 §7: variable-length field marker
 V9_SCOPE = 0xFFFFFFFF
@@ -50,13 +51,26 @@ class Template:
     """Options templates: how many leading fields are scope fields (0 for data templates)."""
     options: bool = False
     last_seen: float = 0.0
+    last_used: float = field(default=0.0, compare=False)
+    """When data last came for it, 0 if none yet (the global cap evicts unused templates first, then
+    the least recently used)."""
     dtype: np.dtype | None = field(init=False, default=None, repr=False)
     record_length: int = field(init=False, default=0)
     names: dict[int, str] = field(init=False, default_factory=dict)
     """IE -> field name in ``dtype`` (first occurrence of each mapped IE)."""
+    usable: bool = field(init=False, default=False)
+    """Its records can give a flow: it has a source or destination address of a known family.
+    Data for a data template without one is rejected unread."""
 
     def __post_init__(self) -> None:
         self.names = {}
+        self.usable = not self.options and any(
+            f.mapped
+            and (
+                (f.ie in (SRC_V4, DST_V4) and f.length == 4) or (f.ie in (SRC_V6, DST_V6) and f.length == 16)
+            )
+            for f in self.fields
+        )
         if any(f.length == VARIABLE for f in self.fields):
             self.dtype = None
             self.record_length = 0
@@ -64,15 +78,18 @@ class Template:
                 if f.mapped and f.length != VARIABLE:
                     self.names.setdefault(f.ie, f"f{f.ie}")
             return
-        spec: list[tuple[str, object]] = []
-        for i, f in enumerate(self.fields):
+        # Fields Shoal does not map are skipped by offset (``np.dtype`` with offsets and itemsize):
+        # a named gap per field would cost ~400 bytes each, ~25 KB for a 60-field template, which
+        # a flood of spoofed templates multiplies.
+        names, formats, offsets, at = [], [], [], 0
+        for f in self.fields:
             if f.mapped and f.ie not in self.names:
-                name = f"f{f.ie}"
-                self.names[f.ie] = name
-                spec.append((name, field_dtype(f.ie, f.length)))
-            else:
-                spec.append((f"_{i}", f"V{f.length}"))
-        self.dtype = np.dtype(spec)
+                self.names[f.ie] = f"f{f.ie}"
+                names.append(f"f{f.ie}")
+                formats.append(field_dtype(f.ie, f.length))
+                offsets.append(at)
+            at += f.length
+        self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": at})
         self.record_length = self.dtype.itemsize
 
     @property
@@ -89,14 +106,33 @@ class Template:
             "scope_count": self.scope_count,
             "options": self.options,
             "last_seen": self.last_seen,
+            "last_used": self.last_used,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Template:
-        fields = tuple(Field(int(ie), int(n), int(pen)) for ie, n, pen in data["fields"])
-        return cls(
-            int(data["id"]), fields, int(data["scope_count"]), bool(data["options"]), float(data["last_seen"])
+        """A saved template, checked as a template set's would be (ValueError if it cannot be one)."""
+        fields = tuple(_field(int(ie), int(n), int(pen)) for ie, n, pen in data["fields"])
+        template = cls(
+            int(data["id"]),
+            fields,
+            int(data["scope_count"]),
+            bool(data["options"]),
+            float(data["last_seen"]),
+            float(data.get("last_used", 0.0)),
         )
+        if not (
+            256 <= template.template_id <= 65535
+            and 1 <= len(fields) <= 65535
+            and 0 <= template.scope_count <= len(fields)
+            and all(
+                0 <= f.ie <= 0xFFFF and 1 <= f.length <= VARIABLE and 0 <= f.enterprise <= V9_SCOPE
+                for f in fields
+            )
+            and template.last_seen == template.last_seen  # not NaN
+        ):
+            raise ValueError(f"invalid saved template {data.get('id')!r}")
+        return template
 
 
 def field_dtype(ie: int, length: int) -> object:
@@ -105,6 +141,12 @@ def field_dtype(ie: int, length: int) -> object:
     if ie in ADDRESS_IES:
         return ("u1", (length,))
     return {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}.get(length, ("u1", (length,)))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _field(ie: int, length: int, enterprise: int) -> Field:
+    """Fields are immutable: templates share them (a 60-field template then costs 60 references)."""
+    return Field(ie, length, enterprise)
 
 
 def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int) -> list[Template | int]:
@@ -162,50 +204,27 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
                 raise TemplateError("template_bad_field_length")
             if not ipfix and options and len(fields) < scope:
                 pen = V9_SCOPE
-            fields.append(Field(ie, length, pen))
+            fields.append(_field(ie, length, pen))
         out.append(Template(tid, tuple(fields), scope, options))
         if not ipfix and options:
             break  # v9 options flowsets carry one template, then padding
     return out
 
 
-def variable_offsets(template: Template, data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+def variable_offsets(template: Template, data: bytes, limit: int = -1) -> tuple[np.ndarray, np.ndarray, int]:
     """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
     starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
-    fixed-width fields it needs with numpy fancy indexing."""
-    nf = len(template.fields)
-    lengths = [f.length for f in template.fields]
-    rows: list[list[int]] = []
-    ends: list[int] = []
-    pos, end = 0, len(data)
-    min_len = sum(1 if n == VARIABLE else n for n in lengths)
-    while end - pos >= min_len > 0:
-        starts = [0] * nf
-        p = pos
-        ok = True
-        for j, declared in enumerate(lengths):
-            n = declared
-            if n == VARIABLE:
-                if p >= end:
-                    ok = False
-                    break
-                n = data[p]
-                p += 1
-                if n == 255:
-                    if p + 2 > end:
-                        ok = False
-                        break
-                    n = (data[p] << 8) | data[p + 1]
-                    p += 2
-            starts[j] = p
-            p += n
-            if p > end:
-                ok = False
-                break
-        if not ok:
-            break
-        rows.append(starts)
-        ends.append(p)
-        pos = p
-    arr = np.array(rows, dtype=np.int64).reshape(len(rows), nf)
-    return arr, np.array(ends, dtype=np.int64), pos
+    fixed-width fields it needs with numpy fancy indexing. ``limit`` >= 0: walk at most that many
+    records (an exporter's budget). The walk is compiled (:mod:`pipeline.decode.walk`), imported on
+    first use so that exporters without variable-length fields never load the compiler."""
+    from pipeline.decode.walk import walk
+
+    lengths = np.array([f.length for f in template.fields], dtype=np.int64)
+    min_len = int(np.where(lengths == VARIABLE, 1, lengths).sum())
+    room = len(data) // min_len if min_len else 0
+    if limit >= 0:
+        room = min(room, limit)
+    starts = np.empty((room, len(lengths)), dtype=np.int64)
+    ends = np.empty(room, dtype=np.int64)
+    n, used = walk(np.frombuffer(data, dtype=np.uint8), lengths, -1, starts, ends)
+    return starts[:n], ends[:n], int(used)

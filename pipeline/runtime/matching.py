@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +26,54 @@ log = logging.getLogger(__name__)
 MAX_FEEDS = 64
 """Distinct ``feed`` label values on the alert metrics; later feeds are counted as ``other``."""
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+_ISOLATION_TRIES = 64
+"""Failed matcher calls spent isolating bad rows in one batch; past them, what still fails is dropped
+whole (a failure that hits every row is not worth a call per row)."""
+
+
+def match_rows(
+    match: Callable[[pa.RecordBatch], pa.Table], batch: pa.RecordBatch | pa.Table
+) -> tuple[list[dict[str, Any]], int, int]:
+    """The alerts of ``batch`` as JSON-ready dicts, and how many flows and alerts were dropped. Rows
+    that make matching fail (found by halving the batch, within a budget of tries) and alerts that
+    cannot be converted (a time no calendar holds, say) are dropped and counted; every other row's
+    alerts go on. Retrying such a batch would fail forever and block the stream behind it."""
+    tries = [_ISOLATION_TRIES]
+    try:
+        return _match_part(match, batch, tries)
+    finally:
+        if tries[0] < _ISOLATION_TRIES:
+            log.error(
+                "matcher failed on part of a batch of %d flows; the failing rows were dropped", batch.num_rows
+            )
+
+
+def _match_part(match: Callable, batch: Any, tries: list[int]) -> tuple[list[dict[str, Any]], int, int]:
+    try:
+        table = match(batch)
+    except Exception:
+        if tries[0] == _ISOLATION_TRIES:
+            log.exception("matcher failed on a batch of %d flows", batch.num_rows)
+        tries[0] -= 1
+        if batch.num_rows <= 1 or tries[0] <= 0:
+            return [], batch.num_rows, 0
+        half = batch.num_rows // 2
+        first, bad_first, alerts_first = _match_part(match, batch.slice(0, half), tries)
+        second, bad_second, alerts_second = _match_part(match, batch.slice(half), tries)
+        return first + second, bad_first + bad_second, alerts_first + alerts_second
+    try:
+        return alerts_to_dicts(table), 0, 0
+    except Exception:
+        alerts, bad = [], 0
+        for i in range(table.num_rows):
+            try:
+                alerts.extend(alerts_to_dicts(table.slice(i, 1)))
+            except Exception as exc:
+                bad += 1
+                log.error("alert dropped, it cannot be written: %s", exc)
+        return alerts, 0, bad
 
 
 class MatchingSink:
@@ -60,18 +108,24 @@ class MatchingSink:
             "(embedded) or committed (Kafka workers)",
             buckets=LATENCY_BUCKETS, **kw,
         )  # fmt: skip
+        self.dropped = {"flows": 0, "alerts": 0}
+        """Rows dropped because they made matching or alert conversion fail (see :func:`match_rows`)."""
         registry.register(_MatcherMetrics(self))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        try:
-            matcher = self.handle.matcher  # one index for the whole batch, even if intel swaps meanwhile
-            flows = one_batch(batch)
-            hits = matcher.find(flows)
-            alerts = alerts_to_dicts(matcher.alerts(flows, hits))
-            partials = self.partials.of(flows, hits, matcher.index) if self.partials is not None else []
-        except Exception as exc:  # a matcher bug must not lose the collector: the batch is retried, counted
-            log.exception("matcher failed on a batch of %d flows", batch.num_rows)
-            raise SinkError(f"matcher: {exc}") from exc
+        matcher = self.handle.matcher  # one index for the whole batch, even if intel swaps meanwhile
+        partials: list[dict[str, Any]] = []
+
+        def match(part: pa.RecordBatch) -> pa.Table:
+            hits = matcher.find(part)
+            table = matcher.alerts(part, hits)
+            if self.partials is not None:  # only parts that match without error give evidence
+                partials.extend(self.partials.of(part, hits, matcher.index))
+            return table
+
+        alerts, bad_flows, bad_alerts = match_rows(match, one_batch(batch))
+        self.dropped["flows"] += bad_flows
+        self.dropped["alerts"] += bad_alerts
         for output in self.outputs:
             try:
                 output.write(alerts)
@@ -134,3 +188,11 @@ class _MatcherMetrics:
         )
         inactive.add_metric([], stats.inactive)
         yield inactive
+        dropped = CounterMetricFamily(
+            f"{NAMESPACE}_matcher_dropped_rows",
+            "Flows or alerts dropped because they made matching or alert conversion fail",
+            labels=["what"],
+        )
+        for what, count in self.sink.dropped.items():
+            dropped.add_metric([what], count)
+        yield dropped

@@ -16,6 +16,11 @@ class SinkError(Exception):
     the caller may retry it later."""
 
 
+class BatchRejected(SinkError):
+    """This batch can never be written (its data is the problem, not the sink): retrying it would
+    block the stream, so the caller drops it and counts its rows."""
+
+
 @runtime_checkable
 class Sink(Protocol):
     """Accepts Arrow record batches in the flow schema."""
@@ -30,3 +35,12 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flush and release resources; the sink is unusable afterwards."""
+
+
+# Optional, read with getattr by the buffered wrapper and the collector (sinks without them work):
+#   check() -> None       raise SinkError at start if the sink cannot work at all (unwritable
+#                         directory, unreachable broker), so nothing is accepted only to be lost.
+#   confirmed_rows: int   rows the destination has confirmed (file complete, broker acknowledged);
+#                         what "written" reports.
+#   rows_lost: int        rows accepted by write() and lost afterwards (file could not be completed,
+#                         delivery failed); counted with the dropped rows.

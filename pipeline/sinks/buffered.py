@@ -19,7 +19,7 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.metrics import NAMESPACE
-from pipeline.sinks.base import Sink, SinkError
+from pipeline.sinks.base import BatchRejected, Sink, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,10 @@ class SinkMetrics:
         self.bytes = Counter("sink_bytes_written", "Arrow bytes of the batches accepted by the sink", **kw)
         self.errors = Counter("sink_errors", "Writes or flushes the sink refused (SinkError)", **kw)
         self.dropped_rows = Counter(
-            "sink_dropped_rows", "Flow rows dropped because the failure buffer was full or closed", **kw
+            "sink_dropped_rows",
+            "Flow rows lost: failure buffer full or closed, batch rejected by the sink, or lost by the sink "
+            "after it took them (file not completed, delivery failed)",
+            **kw,
         )
         self.dropped_batches = Counter("sink_dropped_batches", "Batches dropped (see dropped rows)", **kw)
         self.buffered_rows = Gauge("sink_buffered_rows", "Flow rows waiting for a failed sink", **kw)
@@ -87,7 +90,10 @@ class BufferedSink:
         self._lock = threading.RLock()
         self.failing = False
         self.dropped_rows = 0
-        self.written_rows = 0
+        """Rows lost for good: buffer overflow, batches the sink rejected, rows it lost after
+        accepting them (``rows_lost``)."""
+        self.accepted_rows = 0
+        self._lost_seen = 0
         m = SinkMetrics.for_registry(registry) if registry is not None else None
         self._m = m
         if m is not None:
@@ -103,6 +109,25 @@ class BufferedSink:
     def buffered_rows(self) -> int:
         return self._rows
 
+    @property
+    def written_rows(self) -> int:
+        """Rows the destination confirmed when the sink says (``confirmed_rows``), else accepted."""
+        confirmed = getattr(self.inner, "confirmed_rows", None)
+        return self.accepted_rows if confirmed is None else int(confirmed)
+
+    def check(self) -> None:
+        """The inner sink's start-up check (raises :class:`SinkError` when it cannot work)."""
+        check = getattr(self.inner, "check", None)
+        if check is not None:
+            check()
+
+    def _count_lost(self) -> None:
+        """Rows the inner sink lost after accepting them join the dropped rows (and the metric)."""
+        lost = int(getattr(self.inner, "rows_lost", 0) or 0)
+        if lost > self._lost_seen:
+            self._drop_rows(lost - self._lost_seen, batches=0)
+            self._lost_seen = lost
+
     def write(self, batch: pa.RecordBatch) -> None:
         """Write ``batch`` after any backlog; on failure keep it (bounded) for a later retry."""
         if batch.num_rows == 0:
@@ -113,6 +138,7 @@ class BufferedSink:
             self._bytes += batch.nbytes
             self._drain(force=False)
             self._enforce_bounds()
+            self._count_lost()
             self._gauges()
 
     def retry(self) -> None:
@@ -121,6 +147,7 @@ class BufferedSink:
             if self._backlog:
                 self._drain(force=False)
                 self._gauges()
+            self._count_lost()
 
     def flush(self) -> None:
         """Deliver the backlog and flush the inner sink; raises :class:`SinkError` if that fails."""
@@ -134,6 +161,8 @@ class BufferedSink:
             except SinkError:
                 self._error()
                 raise
+            finally:
+                self._count_lost()
 
     def close(self) -> None:
         """Final flush; whatever cannot be delivered now is dropped and counted, never hidden."""
@@ -150,6 +179,7 @@ class BufferedSink:
             except SinkError as exc:
                 self._error()
                 log.error("%s: close failed: %s", self.name, exc)
+            self._count_lost()
 
     # -- internals ------------------------------------------------------------------------------
     def _drain(self, force: bool) -> None:
@@ -161,6 +191,11 @@ class BufferedSink:
             start = time.perf_counter()
             try:
                 self.inner.write(batch)
+            except BatchRejected as exc:  # retrying cannot help: drop it, count it, go on
+                self._error()
+                log.error("%s: batch of %d rows rejected, dropped: %s", self.name, batch.num_rows, exc)
+                self._drop_oldest()
+                continue
             except SinkError as exc:
                 self._error()
                 if not self.failing:
@@ -171,7 +206,7 @@ class BufferedSink:
             self._backlog.popleft()
             self._rows -= batch.num_rows
             self._bytes -= batch.nbytes
-            self.written_rows += batch.num_rows
+            self.accepted_rows += batch.num_rows
             if self._m is not None:
                 self._h_write.observe(time.perf_counter() - start)
                 self._c_batches.inc()
@@ -189,10 +224,13 @@ class BufferedSink:
         batch = self._backlog.popleft()
         self._rows -= batch.num_rows
         self._bytes -= batch.nbytes
-        self.dropped_rows += batch.num_rows
+        self._drop_rows(batch.num_rows, batches=1)
+
+    def _drop_rows(self, rows: int, batches: int) -> None:
+        self.dropped_rows += rows
         if self._m is not None:
-            self._c_drop_rows.inc(batch.num_rows)
-            self._c_drop_batches.inc()
+            self._c_drop_rows.inc(rows)
+            self._c_drop_batches.inc(batches)
 
     def _error(self) -> None:
         if self._m is not None:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.schemas import FLOW_SCHEMA
-from pipeline.sinks.base import SinkError
+from pipeline.sinks.base import BatchRejected, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,24 @@ class ParquetSink:
         self.files_written = 0
         self.rows_lost = 0
         """Rows already accepted into a file that could not be completed (e.g. disk full at close)."""
+        self.confirmed_rows = 0
+        """Rows in completed files (renamed into place with their footer)."""
         self._open: dict[int, _OpenFile] = {}
         self._closed = False
 
     # -- Sink interface -------------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail at start, not after accepting data, if the directory cannot take files."""
+        probe = self.directory / f".shoal-probe-{uuid.uuid4().hex}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SinkError(
+                f"{self.name}: cannot write under {self.directory}: {exc.strerror or exc}"
+            ) from exc
+
     def write(self, batch: pa.RecordBatch) -> None:
         if self._closed:
             raise SinkError(f"{self.name}: sink is closed")
@@ -90,8 +104,8 @@ class ParquetSink:
         if batch.schema != self.schema:
             try:
                 batch = batch.cast(self.schema)
-            except (pa.ArrowInvalid, ValueError) as exc:
-                raise SinkError(f"{self.name}: batch does not match the flow schema: {exc}") from exc
+            except (pa.ArrowInvalid, ValueError) as exc:  # retrying would fail the same way
+                raise BatchRejected(f"{self.name}: batch does not match the flow schema: {exc}") from exc
         for hour, part in self._split_by_hour(batch):
             self._write_part(hour, part)
         self._roll_due()
@@ -183,6 +197,7 @@ class ParquetSink:
             log.error("%s: could not complete %s, %d rows lost: %s", self.name, f.final, f.rows, exc)
             raise SinkError(f"{self.name}: could not complete {f.final}: {exc}") from exc
         self.files_written += 1
+        self.confirmed_rows += f.rows
 
     def _abandon(self, hour: int) -> None:
         f = self._open.pop(hour)
@@ -193,6 +208,7 @@ class ParquetSink:
                 raise OSError("row count mismatch after failed write")
             os.replace(f.tmp, f.final)
             self.files_written += 1
+            self.confirmed_rows += f.rows
         except (OSError, pa.ArrowException):
             self.rows_lost += f.rows
             _unlink_quietly(f.tmp)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "SHOAL_KAFKA_"
+log = logging.getLogger(__name__)
 
 
 class _ReportedElsewhere(logging.Filter):
@@ -36,9 +39,66 @@ LIBRDKAFKA_LOG.addFilter(_ReportedElsewhere())
 def client_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """librdkafka settings from the environment: SHOAL_KAFKA_<KEY> with '_' for '.', for example
     SHOAL_KAFKA_SECURITY_PROTOCOL=SASL_SSL or SHOAL_KAFKA_SASL_PASSWORD=... — credentials never go
-    on the command line (or into shell history)."""
+    on the command line (or into shell history). A variable that names no librdkafka setting (the
+    broker script's SHOAL_KAFKA_DIR, a typo) is left out with a warning: it must not make every
+    Kafka client fail."""
     env = os.environ if environ is None else environ
-    return {k[len(PREFIX) :].lower().replace("_", "."): v for k, v in env.items() if k.startswith(PREFIX)}
+    out = {}
+    for name, value in env.items():
+        if not name.startswith(PREFIX):
+            continue
+        key = name[len(PREFIX) :].lower().replace("_", ".")
+        if _librdkafka_knows(key, value):
+            out[key] = value
+        elif name not in _warned:
+            _warned.add(name)
+            log.warning("%s is not a librdkafka setting (no property %r): ignored", name, key)
+    return out
+
+
+_known: dict[str, bool] = {}
+_warned: set[str] = set()
+
+
+def _librdkafka_knows(key: str, value: str) -> bool:
+    """Whether librdkafka has a property ``key``: asked of librdkafka itself (a client configured
+    with it alone, silenced, then dropped), once per key."""
+    known = _known.get(key)
+    if known is None:
+        from confluent_kafka import KafkaException, Producer
+
+        try:
+            Producer({"log_level": 0, key: value})
+            known = True
+        except KafkaException as exc:
+            known = "No such configuration property" not in str(exc)
+        _known[key] = known
+    return known
+
+
+class _Repeats(logging.Filter):
+    """librdkafka repeats a failing connection's error every few milliseconds while a broker is away
+    (~580 lines in 30 s): each distinct message (numbers aside) passes once per ``every`` seconds."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        if now - self._last.get(key, -self.every) < self.every:
+            return False
+        if len(self._last) > 1024:  # bounded, whatever the messages
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+LIBRDKAFKA_LOG = logging.getLogger("shoal.librdkafka")
+"""Every Kafka client Shoal makes logs through this logger (rate-limited), not straight to stderr."""
+LIBRDKAFKA_LOG.addFilter(_Repeats())
 
 
 @dataclass(frozen=True)
@@ -55,3 +115,22 @@ class KafkaConnection:
 
 def connection(kafka: KafkaConnection | str) -> KafkaConnection:
     return kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(kafka)
+
+
+class KafkaUnreachable(Exception):
+    """No broker answered: the message says where and for how long Shoal tried."""
+
+
+def check_reachable(kafka: KafkaConnection | str, timeout: float = 10.0) -> None:
+    """Raise :class:`KafkaUnreachable` unless a broker answers a metadata request within ``timeout``:
+    commands say so at once, instead of a client retrying (and logging) for its own timeouts."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    kafka = connection(kafka)
+    try:
+        AdminClient(kafka.config()).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnreachable(
+            f"no Kafka broker at {kafka.bootstrap} answered within {timeout:g}s ({exc.args[0].str()})"
+        ) from None

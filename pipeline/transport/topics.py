@@ -32,6 +32,8 @@ def create_topics(
         try:
             future.result(timeout)
             out[name] = "created"
+        except TimeoutError:
+            out[name] = f"no answer within {timeout:g}s"
         except KafkaException as exc:
             err = exc.args[0]
             out[name] = "exists" if err.code() == KafkaError.TOPIC_ALREADY_EXISTS else err.str()

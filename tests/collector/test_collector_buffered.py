@@ -111,3 +111,16 @@ def test_works_around_any_sink_and_shares_metric_families():
     assert _value(reg, "shoal_sink_rows_written_total", "flaky") == 15
     assert _value(reg, "shoal_sink_rows_written_total", "other") == 5
     assert _value(reg, "shoal_sink_errors_total", "flaky") >= 3
+
+
+def test_a_batch_the_sink_can_never_take_is_dropped_not_retried_forever(tmp_path: Path):
+    """Issue 15, item 2: a batch that fails for what it holds (here: another schema) used to be kept
+    and retried before every later batch, so nothing after it was ever written."""
+    reg = CollectorRegistry()
+    sink = BufferedSink(ParquetSink(tmp_path / "archive"), reg, retry_seconds=0.0)
+    sink.write(pa.record_batch({"who": ["knows"] * 7}))
+    sink.write(flow_batch(100, T0))
+    sink.close()
+    assert len(read_flows(tmp_path / "archive")) == 100
+    assert (sink.buffered_rows, sink.dropped_rows, sink.written_rows) == (0, 7, 100)
+    assert _value(reg, "shoal_sink_dropped_rows_total", "parquet") == 7

@@ -45,3 +45,26 @@ def test_decoder_snapshot_exported_with_exporters_folded_into_other():
         for s in fam.samples
     }
     assert series == {"192.0.2.1", "192.0.2.2", "other"}
+
+
+def test_every_label_is_capped_not_only_the_exporter():
+    """10k observation domains from one exporter (spoofed, or a misconfigured router): the domain
+    label keeps its first values, the rest are folded into ``other``, totals kept."""
+    reg = CollectorRegistry()
+    m = CollectorMetrics(reg, max_exporters=4, max_label_values=8)
+    snapshot = {
+        "sequence_gaps": {("192.0.2.1", d): 1 for d in range(10_000)},
+        "evictions": {"templates": 5, "streams": 2},
+    }
+    m.attach([], [], Dec(snapshot), None)
+    m.refresh()
+    samples = [s for fam in reg.collect() if fam.name == "shoal_decoder_sequence_gaps" for s in fam.samples]
+    assert len(samples) == 9
+    assert sum(s.value for s in samples) == 10_000
+    assert (
+        reg.get_sample_value(
+            "shoal_decoder_sequence_gaps_total", {"exporter": "192.0.2.1", "domain": "other"}
+        )
+        == 9_992
+    )
+    assert reg.get_sample_value("shoal_decoder_evictions_total", {"state": "templates"}) == 5

@@ -2,6 +2,7 @@ import datetime as dt
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from pipeline.sinks.base import Sink, SinkError
 from pipeline.sinks.parquet import ParquetSink, read_flows
 
 T0 = dt.datetime(2026, 3, 4, 22, 59, 0, tzinfo=dt.UTC)
+
+
+def _mount_point() -> Path:
+    """An empty directory outside pytest's temporary tree: another pytest session on the machine
+    may rename that tree away while the tmpfs is mounted, and the unmount then fails."""
+    return Path(tempfile.mkdtemp(prefix="shoal-small-disk-"))
 
 
 def _files(root: Path) -> list[Path]:
@@ -91,8 +98,7 @@ def test_unwritable_directory_raises_sink_error_and_recovers(tmp_path: Path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
 def test_disk_full_raises_sink_error_and_keeps_completed_files(tmp_path: Path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
+    mnt = _mount_point()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], check=True)
     try:
         sink = ParquetSink(mnt, compression="none", roll_bytes=50_000)
@@ -107,3 +113,37 @@ def test_disk_full_raises_sink_error_and_keeps_completed_files(tmp_path: Path):
         assert kept + sink.rows_lost == written
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+        mnt.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_disk_full_every_row_is_written_or_counted_as_dropped(tmp_path: Path):
+    """Issue 15, item 6: as the collector wraps it, a sink on a filling disk reports as written only
+    the rows that are in completed files, and every other row as dropped (none silently vanish)."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.sinks.buffered import BufferedSink
+
+    mnt = _mount_point()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], check=True)
+    try:
+        registry = CollectorRegistry()
+        sink = BufferedSink(ParquetSink(mnt, compression="none", roll_bytes=1 << 30), registry,
+                            max_rows=1000, retry_seconds=0.0)  # fmt: skip
+        sink.check()
+        offered = 0
+        for i in range(60):
+            sink.write(flow_batch(300, T0, step_s=0.001, first_port=i))
+            offered += 300
+        sink.close()
+        on_disk = len(read_flows(mnt))
+        assert 0 < on_disk < offered
+        assert sink.written_rows == on_disk
+        assert sink.written_rows + sink.dropped_rows == offered
+        assert (
+            registry.get_sample_value("shoal_sink_dropped_rows_total", {"sink": "parquet"})
+            == offered - on_disk
+        )
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+        mnt.rmdir()

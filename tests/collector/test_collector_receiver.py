@@ -1,4 +1,6 @@
+import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -152,3 +154,61 @@ def test_receive_block_leaves_out_truncated_and_names_senders_by_first_appearanc
         assert bs.receive_block(0.0) is None
     finally:
         bs.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_another_socket_cannot_bind_the_listening_port(host):
+    """Issue 15, item 5: another local process (or a second collector) binding the same port would
+    silently take the feed; without reuse asked for, the kernel refuses it, even with SO_REUSEADDR or
+    SO_REUSEPORT on its side."""
+    bs = BatchSocket(Endpoint(host, 0), 1 << 20, 8, 2048)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        for option in (socket.SO_REUSEADDR, socket.SO_REUSEPORT):
+            with socket.socket(family, socket.SOCK_DGRAM) as thief:
+                thief.setsockopt(socket.SOL_SOCKET, option, 1)
+                with pytest.raises(OSError):
+                    thief.bind(bs.address[:2])
+    finally:
+        bs.close()
+
+
+def test_collector_workers_share_a_port_when_they_ask_for_it():
+    first = BatchSocket(Endpoint("127.0.0.1", 0), 1 << 20, 8, 2048, reuse_port=True)
+    try:
+        second = BatchSocket(Endpoint("127.0.0.1", first.address[1]), 1 << 20, 8, 2048, reuse_port=True)
+        second.close()
+    finally:
+        first.close()
+
+
+def test_ipv6_wildcard_alone_receives_ipv4_exporters():
+    """Issue 15, item 18: ``[::]:PORT`` alone is dual-stack; IPv4 senders appear as IPv4."""
+    bs = BatchSocket(Endpoint("::", 0), 1 << 20, 8, 2048, v6only=False)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"v4 packet", ("127.0.0.1", bs.address[1]))
+            got = _drain(bs, 1)
+        assert [(g[0], g[1]) for g in got] == [(b"v4 packet", "127.0.0.1")]
+    finally:
+        bs.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to run a process as another user) and the system Python")  # fmt: skip
+def test_another_user_cannot_join_the_workers_port():
+    """SO_REUSEPORT sharing is for processes of the same user: the kernel refuses anyone else."""
+    workers = BatchSocket(Endpoint("127.0.0.1", 0), 1 << 20, 8, 2048, reuse_port=True)
+    try:
+        code = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+            f"try:\n    s.bind(('127.0.0.1', {workers.address[1]}))\nexcept OSError:\n    sys.exit(3)\n"
+        )
+        # the system Python: the project's virtualenv may not be readable by the other user
+        res = subprocess.run(["/usr/bin/python3", "-c", code], preexec_fn=lambda: os.setuid(65534), check=False,
+                             capture_output=True, timeout=30, cwd="/")  # fmt: skip
+        assert res.returncode == 3, res.stderr
+    finally:
+        workers.close()

@@ -122,3 +122,32 @@ def test_exporter_labels_are_capped(tmp_path: Path, real: bool):
         for s in m.samples
     }
     assert exporters == {"127.0.0.2", "127.0.0.3", "other"}
+
+
+def test_ipv6_wildcard_listener_alone_receives_ipv4_exporters(tmp_path: Path):
+    """Issue 15, item 18: ``--listen [::]:PORT`` alone used to be IPv6-only, missing every IPv4
+    exporter; next to an IPv4 listener on the same port it stays IPv6-only (both can bind)."""
+    reg = CollectorRegistry()
+    c = _collector(tmp_path, reg, real=True, listen=["[::]:0"])
+    c.start()
+    try:
+        port = c.addresses[0][1]
+        flows = make_flows(random.Random(5), 20, False, 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s4:
+            s4.sendto(v5_packet(flows, 0), ("127.0.0.1", port))
+        assert _wait(lambda: c.metrics.total_flows() == 20)
+        assert [s.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) for s in c.sockets] == [0]
+    finally:
+        c.stop()
+    assert c.decoder.stats.flows == {"127.0.0.1": 20}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        free = probe.getsockname()[1]
+    both = _collector(
+        tmp_path / "both", CollectorRegistry(), real=True, listen=[f"0.0.0.0:{free}", f"[::]:{free}"]
+    )
+    both.start()
+    try:
+        assert [s.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) for s in both.sockets[1:]] == [1]
+    finally:
+        both.stop()

@@ -102,3 +102,46 @@ def test_collect_to_kafka_end_to_end(kafka, tmp_path) -> None:
             proc.kill()
     rows = sum(decode_message(m.value(), m.headers()).num_rows for m in messages)
     assert rows == 1800
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rows_count_as_written_only_once_the_broker_acknowledged_them(kafka) -> None:
+    """Issue 15, item 6: ``kafka_written`` used to count rows handed to librdkafka, delivered or not."""
+    from pipeline.sinks.buffered import BufferedSink
+
+    batch = demo_batch()
+    topic = create_topic(kafka.bootstrap)
+    registry = new_registry()
+    good = BufferedSink(KafkaSink(kafka.bootstrap, topic, registry), registry)
+    good.check()
+    good.write(batch)
+    good.close()
+    assert (good.written_rows, good.dropped_rows) == (batch.num_rows, 0)
+    registry = new_registry()
+    away = KafkaSink(f"127.0.0.1:{_closed_port()}", topic, registry, {"message.timeout.ms": 1500})
+    lost = BufferedSink(away, registry)
+    lost.write(batch)
+    lost.close()
+    assert (lost.written_rows, lost.dropped_rows) == (0, batch.num_rows)
+    assert registry.get_sample_value("shoal_sink_dropped_rows_total", {"sink": "kafka"}) == batch.num_rows
+
+
+def test_collect_with_an_unreachable_broker_fails_at_start() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0",
+                          "--kafka", bootstrap], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"no broker at {bootstrap} answered" in res.stderr
+    assert "listening on" not in res.stdout

@@ -74,7 +74,52 @@ def test_a_bad_client_setting_fails_cleanly_before_any_work(tmp_path: Path) -> N
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "topics", "create", "--kafka", "127.0.0.1:1",
                           "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert res.returncode == 1
-    assert "no.such.setting" in res.stdout and "Traceback" not in res.stderr
+    assert "no.such.setting" in res.stdout + res.stderr and "Traceback" not in res.stderr
+
+
+def test_variables_that_are_no_librdkafka_setting_are_left_out() -> None:
+    """Issue 15, item 19: SHOAL_KAFKA_DIR is the broker script's state directory; read as a client
+    setting ("dir") it made every Kafka client fail. librdkafka itself says which names it knows."""
+    from confluent_kafka import Producer
+
+    from pipeline.transport.client import client_settings
+
+    env = {
+        "SHOAL_KAFKA_DIR": "/tmp/kafka-run",
+        "SHOAL_KAFKA_SASL_USERNAME": "shoal",
+        "SHOAL_KAFKA_LINGER_MS": "7",
+    }
+    settings = client_settings(env)
+    assert settings == {"sasl.username": "shoal", "linger.ms": "7"}
+    Producer({"log_level": 0, **settings})  # accepted by librdkafka
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_broker_is_one_clear_message() -> None:
+    """Issue 15, item 19: no librdkafka flood (~580 lines in 30 s), no traceback, a message that
+    names the broker, even in a shell that exported the broker script's SHOAL_KAFKA_DIR."""
+    import os
+
+    env = {**os.environ, "SHOAL_KAFKA_DIR": "/tmp/kafka-run"}
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "topics", "create", "--kafka", bootstrap],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"no Kafka broker at {bootstrap} answered" in res.stderr
+    assert len(res.stderr.splitlines()) <= 5, res.stderr[-2000:]
+    intel = ROOT / "pipeline" / "samples" / "demo-intel.json"
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "intel", "publish", "--kafka", bootstrap, str(intel)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "failed" in res.stdout + res.stderr
+    assert len(res.stderr.splitlines()) <= 5, res.stderr[-2000:]
 
 
 def test_collector_kafka_table_reaches_the_sink_settings(tmp_path: Path) -> None:
