@@ -37,7 +37,7 @@ class PartialsStage:
         self.constituency = Constituency.from_config(settings.constituency)
         self.scans = settings.scan.enabled and bool(self.constituency)
         if settings.scan.enabled and not self.constituency:
-            log.warning("scan detection is off: no constituency configured (the [constituency] section)")
+            log.info("scan detection is off: no constituency configured (the [constituency] section)")
         self.output = output
         self.scan_stats = ScanStats()
         self.count = Counter(f"{NAMESPACE}_partials", "Partial aggregates sent to confirmation, by kind",

@@ -59,18 +59,27 @@ class KafkaAlertOutput:
 
 
 class KafkaPartialOutput:
-    """Partials into the producer's open transaction, packed per partition of the partials topic."""
+    """Partials into the producer's open transaction, packed per partition of the partials topic
+    (whose partition count is read at the first write, inside the worker's first transaction)."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
-        self.producer, self.topic = producer, topic
+    def __init__(self, producer: Producer, topic: str, kafka: KafkaConnection) -> None:
+        self.producer, self.topic, self.kafka = producer, topic, kafka
         self.headers = [(SCHEMA_HEADER, PARTIAL_SCHEMA)]
-        metadata = producer.list_topics(topic, timeout=30).topics.get(topic)
+        self.partitions = 0
+
+    def _partition_count(self) -> int:
+        metadata = self.producer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+        if metadata is not None and metadata.error is not None:
+            refused = denied(self.kafka, metadata.error, self.topic, "WRITE and DESCRIBE")
+            if refused is not None:
+                raise refused
         if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise KafkaException(f"topic {topic}: {metadata.error if metadata else 'not found'} "
+            raise KafkaException(f"topic {self.topic}: {metadata.error if metadata else 'not found'} "
                                  "(create the topics with `shoal topics create`)")  # fmt: skip
-        self.partitions = len(metadata.partitions)
+        return len(metadata.partitions)
 
     def write(self, partials: list[dict[str, Any]]) -> None:
+        self.partitions = self.partitions or self._partition_count()
         for partition, key, value in pack_partials(partials, self.partitions):
             while True:
                 try:
@@ -104,7 +113,7 @@ class DetectWorker:
         }))  # fmt: skip
         partials = None
         if d.partials:
-            output = KafkaPartialOutput(self.producer, topics.partials.name)
+            output = KafkaPartialOutput(self.producer, topics.partials.name, kafka)
             partials = PartialsStage(detection_settings or DetectionSettings(), output, registry)
         self.sink = MatchingSink(handle, [KafkaAlertOutput(self.producer, topics.alerts.name)], registry, partials,
                                  observe_latency=False)  # fmt: skip

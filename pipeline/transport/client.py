@@ -31,11 +31,6 @@ class _ReportedElsewhere(logging.Filter):
         return not any(marker in message for marker in self.MARKERS)
 
 
-LIBRDKAFKA_LOG = logging.getLogger("shoal.kafka.librdkafka")
-"""librdkafka's own log lines, through Python logging (served by the clients' poll and consume)."""
-LIBRDKAFKA_LOG.addFilter(_ReportedElsewhere())
-
-
 def client_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """librdkafka settings from the environment: SHOAL_KAFKA_<KEY> with '_' for '.', for example
     SHOAL_KAFKA_SECURITY_PROTOCOL=SASL_SSL or SHOAL_KAFKA_SASL_PASSWORD=... — credentials never go
@@ -97,7 +92,10 @@ class _Repeats(logging.Filter):
 
 
 LIBRDKAFKA_LOG = logging.getLogger("shoal.librdkafka")
-"""Every Kafka client Shoal makes logs through this logger (rate-limited), not straight to stderr."""
+"""Every Kafka client Shoal makes logs librdkafka's lines through this logger (served by the clients'
+poll and consume), not straight to stderr: refusals Shoal reports itself are dropped, other repeats
+rate-limited."""
+LIBRDKAFKA_LOG.addFilter(_ReportedElsewhere())
 LIBRDKAFKA_LOG.addFilter(_Repeats())
 
 

@@ -32,7 +32,7 @@ ROLES = ("admin", "collector", "worker", "intel")
 class SecureBroker:
     state: Path
     topics: dict[str, str]
-    """Role names of the topics (flows, alerts, indicators) -> topic names."""
+    """Role names of the topics (flows, alerts, indicators, partials...) -> topic names."""
     group: str
     passwords: dict[str, str] = field(default_factory=lambda: {r: secrets.token_urlsafe(12) for r in ROLES})
     bootstrap: str = ""
@@ -143,8 +143,8 @@ auto.create.topics.enable=false
         (s / "broker.pem").write_text((s / "broker.key").read_text() + (s / "broker.crt").read_text())
 
     def _acls(self, admin: AdminClient) -> None:
-        """collector: write flows; worker: read flows, its group, write alerts, its transactional ids,
-        read indicators; intel: read and write indicators (docs/kafka.md lists the same). Nothing else
+        """collector: write flows; worker: read flows, its group, write alerts and partials, its
+        transactional ids, read indicators; intel: read and write indicators (docs/kafka.md lists the same). Nothing else
         (no topic creation: that is the admin's)."""
         t, lit, pre = self.topics, ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
         rules = [
@@ -152,6 +152,7 @@ auto.create.topics.enable=false
             ("worker", ResourceType.TOPIC, t["flows"], lit, [AclOperation.READ, AclOperation.DESCRIBE]),
             ("worker", ResourceType.GROUP, self.group, lit, [AclOperation.READ]),
             ("worker", ResourceType.TOPIC, t["alerts"], lit, [AclOperation.WRITE, AclOperation.DESCRIBE]),
+            ("worker", ResourceType.TOPIC, t["partials"], lit, [AclOperation.WRITE, AclOperation.DESCRIBE]),
             ("worker", ResourceType.TRANSACTIONAL_ID, f"shoal-detect.{self.group}.", pre,
              [AclOperation.WRITE, AclOperation.DESCRIBE]),
             ("worker", ResourceType.TOPIC, t["indicators"], lit, [AclOperation.READ, AclOperation.DESCRIBE]),

@@ -195,6 +195,7 @@ def produce_partials(bootstrap: str, topic: str, partials: list[dict], abort_eve
         for partition, key, value in pack_partials(chunk, PartialsTopic().partitions):
             producer.produce(topic, value, key=key, partition=partition, headers=[(SCHEMA_HEADER, PARTIAL_SCHEMA)])
         if abort_every and n % abort_every == abort_every - 1:
+            producer.flush(30)  # the aborted partials are written to the log, then aborted
             producer.abort_transaction(30)
         else:
             producer.commit_transaction(30)

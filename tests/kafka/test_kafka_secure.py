@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 from demo_reference import expected_alerts, free_port
-from kafka_helpers import ROOT, stop, streams_config
+from kafka_helpers import ROOT, TOPIC_KINDS, stop, streams_config
 from secure_broker import SecureBroker
 
 from pipeline.runtime.replay import replay
@@ -84,7 +84,7 @@ def one_line(res: subprocess.CompletedProcess[str], *secrets: str) -> str:
 def test_every_role_works_with_its_own_credentials(secure) -> None:
     broker, config, names = secure
     res = shoal(broker.env("admin"), "topics", "create", "--kafka", broker.bootstrap, "--config", str(config))
-    assert res.returncode == 0 and res.stdout.count(": created") == 3, res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.count(": created") == len(TOPIC_KINDS), res.stdout + res.stderr
     # The intel role's credentials from the configuration file's [client] section, not the environment.
     client = {k[len("SHOAL_KAFKA_") :].lower().replace("_", "."): v for k, v in broker.env("intel").items()}
     with_client = config.parent / "streams-with-client.toml"

@@ -4,9 +4,6 @@ and the bounded labels the SOC metrics use."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -84,32 +81,6 @@ def test_label_cap_bounds_values() -> None:
 )  # fmt: skip
 def test_tlp_label_is_bounded(value: object, label: str) -> None:
     assert tlp_label(value) == label
-
-
-def test_collect_is_not_ready_while_kafka_is_unreachable(tmp_path: Path) -> None:
-    """A collector whose Kafka sink has no broker stays alive but not ready, and says why."""
-    closed = free_port()  # nothing listens there
-    metrics = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0", "--kafka", f"127.0.0.1:{closed}",
-         "--metrics", metrics], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        banner = proc.stdout.readline()
-        assert banner.startswith("shoal collect: listening on"), banner + proc.stderr.read()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                status, body = _get(f"http://{metrics}/readyz")
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert status == 503
-        assert body.startswith("not ready: kafka reachable: KafkaException"), body
-        assert _get(f"http://{metrics}/healthz") == (200, "ok\n")
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
 
 
 @pytest.mark.parametrize(
