@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.commands._detection_args import add_detection_args, detection_settings
 from pipeline.commands._signals import stop_event
-from pipeline.samples import DEMO_DETECTIONS, DEMO_INTEL, DEMO_TRAFFIC
+from pipeline.samples import DEMO_DETECTIONS, DEMO_INTEL, DEMO_SHARING, DEMO_TRAFFIC
 
 log = logging.getLogger("shoal.run")
 
@@ -51,6 +51,12 @@ def register(subparsers: Any) -> None:
     add_detection_args(p)
     p.add_argument("--detections-out", default="shoal-detections.jsonl", metavar="FILE",
                    help="JSON-lines file of detection versions (the last line of an id is its latest)")  # fmt: skip
+    p.add_argument("--share-policy", metavar="FILE",
+                   help="when stopping, show what this sharing policy would share from the detections (a dry "
+                        "run: nothing is sent; `shoal share` sends) and write it as a STIX bundle "
+                        "(default with --demo: the bundled demo policy)")  # fmt: skip
+    p.add_argument("--shared-out", default="shoal-shared.json", metavar="FILE",
+                   help="the dry run's STIX bundle (default %(default)s)")  # fmt: skip
     p.add_argument("--alert-lines", action="store_true", help="also print every raw alert on the terminal")
     p.add_argument("--parquet", metavar="DIR", help="also archive flows as Parquet")
     p.add_argument(
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["parquet"] = {"dir": args.parquet}
     try:  # settings first: a typo fails before intel takes its time to load
         config = load_config(None, overrides=overrides)
+        policy = _share_policy(args)
     except ConfigError as exc:
         log.error("configuration: %s", exc)
         return 2
@@ -154,7 +161,30 @@ def run(args: argparse.Namespace) -> int:
     states = {state: sum(d["state"] == state for d in latest) for state in ("confirmed", "observed")}
     print(f"shoal run: stopped; {collector.flows_out} flows matched, {sinks[0].alerts} alerts, "
           f"{len(latest)} detections ({states['confirmed']} confirmed, {states['observed']} observed)", flush=True)  # fmt: skip
+    if policy is not None:
+        from pipeline.commands.share import report
+
+        prefix = "shoal run: sharing (dry run, nothing sent; `shoal share` sends)"
+        try:
+            print(report(policy, latest, Path(args.shared_out), prefix=prefix), end="", flush=True)
+        except OSError as exc:
+            print(f"shoal run: cannot write {args.shared_out}: {exc}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _share_policy(args: argparse.Namespace) -> Any:
+    """The sharing policy of the stop-time dry run (--share-policy, or the demo's with --demo)."""
+    path = args.share_policy or (str(DEMO_SHARING) if args.demo else None)
+    if path is None:
+        return None
+    from pipeline.config import ConfigError
+    from pipeline.share.policy import load_policy
+
+    try:
+        return load_policy(path)
+    except ConfigError as exc:
+        raise ConfigError(f"sharing policy {path}: {exc}") from None
 
 
 def _play_demo(addresses: list[tuple[str, int]]) -> None:

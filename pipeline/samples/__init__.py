@@ -6,6 +6,7 @@ SAMPLES_DIR = Path(__file__).parent
 DEMO_INTEL = SAMPLES_DIR / "demo-intel.json"
 DEMO_TRAFFIC = SAMPLES_DIR / "demo-traffic.pcap"
 DEMO_DETECTIONS = SAMPLES_DIR / "demo-detections.toml"
+DEMO_SHARING = SAMPLES_DIR / "demo-sharing.toml"
 DEMO_CONSTITUENCY = ("192.0.2.0/24", "2001:db8:c0::/48")
 """The demo's own network (the campus ranges of the sample traffic): the scan detector's inside. Every
 indicator of the sample intel and every benign server lies outside it."""

@@ -84,7 +84,8 @@ class DestinationConfig:
     amber_to_source: bool = False
     """The source feed's own community may receive AMBER about its indicators above tlp_ceiling."""
     # Where: each type reads what it needs (and refuses at start what it lacks).
-    topic: str = "shoal.sightings.v1"
+    topic: str = ""
+    """kafka: the topic (default: the streams configuration's sightings topic)."""
     url: str = ""
     """TAXII: the collection URL (…/collections/ID/); MISP: the instance URL."""
     path: str = ""
@@ -121,8 +122,8 @@ class DestinationConfig:
             raise ConfigError(f"{where}.distribution: 0-4 (MISP's distribution levels)")
         if self.distribution == 4 and not self.sharing_group:
             raise ConfigError(f"{where}: distribution 4 needs sharing_group (the group's uuid)")
-        needs = {"taxii": "url", "misp": "url", "misp-feed": "path", "file": "path", "kafka": "topic"}
-        if not getattr(self, needs[self.type]):
+        needs = {"taxii": "url", "misp": "url", "misp-feed": "path", "file": "path"}
+        if self.type in needs and not getattr(self, needs[self.type]):
             raise ConfigError(f"{where}: a {self.type} destination needs {needs[self.type]}")
         if self.type == "misp" and not self.secret_env:
             raise ConfigError(f"{where}: a misp destination needs secret_env (the variable with its API key)")

@@ -81,6 +81,15 @@ class FeedbackTopic(TopicConfig):
 
 
 @dataclass(frozen=True)
+class SightingsTopic(TopicConfig):
+    name: str = "shoal.sightings.v1"
+    partitions: int = 3
+    retention_ms: int = 30 * DAY_MS
+    """STIX objects this network shares (key: object id): with compaction, the latest version of each."""
+    compact: bool = True
+
+
+@dataclass(frozen=True)
 class TopicsConfig:
     flows: FlowsTopic = field(default_factory=FlowsTopic)
     alerts: AlertsTopic = field(default_factory=AlertsTopic)
@@ -88,9 +97,11 @@ class TopicsConfig:
     partials: PartialsTopic = field(default_factory=PartialsTopic)
     detections: DetectionsTopic = field(default_factory=DetectionsTopic)
     feedback: FeedbackTopic = field(default_factory=FeedbackTopic)
+    sightings: SightingsTopic = field(default_factory=SightingsTopic)
 
     def all(self) -> list[TopicConfig]:
-        return [self.flows, self.alerts, self.indicators, self.partials, self.detections, self.feedback]
+        return [self.flows, self.alerts, self.indicators, self.partials, self.detections, self.feedback,
+                self.sightings]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,10 +142,17 @@ class ConfirmConfig:
 
 
 @dataclass(frozen=True)
+class ShareConfig:
+    group: str = "shoal-share"
+    """Consumer-group prefix: each destination reads the detections topic as ``<group>.<destination>``."""
+
+
+@dataclass(frozen=True)
 class StreamsConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    share: ShareConfig = field(default_factory=ShareConfig)
     client: Mapping[str, Any] = field(default_factory=dict)
     """librdkafka settings for every client (``security.protocol``, ``sasl.mechanism``,
     ``ssl.ca.location``...); ``SHOAL_KAFKA_<KEY>`` environment variables override them (secrets)."""
@@ -156,6 +174,8 @@ class StreamsConfig:
         c = self.confirm
         if not c.group or c.tick_seconds <= 0 or c.session_timeout_seconds <= 0:
             raise ConfigError("confirm: group must be set, tick_seconds > 0, session_timeout_seconds > 0")
+        if not self.share.group:
+            raise ConfigError("share: group must be set")
         return self
 
 

@@ -20,10 +20,11 @@ def test_defaults_name_versioned_topics_and_a_compacted_indicators_topic() -> No
     cfg = load_streams_config(environ={})
     assert [t.name for t in cfg.topics.all()] == [
         "shoal.flows.v1", "shoal.alerts.v1", "shoal.indicators.v1", "shoal.partials.v1", "shoal.detections.v1",
-        "shoal.feedback.v1",
+        "shoal.feedback.v1", "shoal.sightings.v1",
     ]  # fmt: skip
     assert cfg.topics.indicators.compact and not cfg.topics.flows.compact
     assert cfg.topics.detections.compact and cfg.topics.feedback.compact and not cfg.topics.partials.compact
+    assert cfg.topics.sightings.compact and cfg.share.group == "shoal-share"
     assert cfg.detect.group == "shoal-detect" and cfg.detect.identity()  # host name by default
 
 
