@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import stix2
@@ -124,11 +124,10 @@ class Aggregator:
         sighting = old.objects[-1]
         if sighting.get("revoked"):
             return old
-        modified = max([old.modified, *(d["updated"] for d in detections)])
-        modified = (
-            datetime.fromisoformat(modified.replace("Z", "+00:00")).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-            + "Z"
-        )
+        latest = max(_epoch(t) for t in [old.modified, *(d["updated"] for d in detections)])
+        # A new version must be later than the one partners hold, even when the verdict came at once.
+        stamp = max(latest, _epoch(old.modified) + 0.001)
+        modified = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         new = json.loads(
             stix2.parse(sighting, allow_custom=False).new_version(revoked=True, modified=modified).serialize()
         )

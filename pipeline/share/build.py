@@ -24,6 +24,7 @@ import stix2
 
 from pipeline.intel.stix import TLP_IDS
 from pipeline.share.destinations.base import Share, ShareContext
+from pipeline.share.guard import ConstituencyGuard
 from pipeline.share.policy import SharingPolicy, strictest, tlp_level
 
 TLP2_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
@@ -65,10 +66,11 @@ def shared_indicator_ref(indicator_id: str) -> str | None:
     + the attribute uuid (MISP, as MISP's own STIX export names it); None for list entries."""
     text = indicator_id.lower()
     if STIX_ID.match(text):
-        return text
-    if UUID.match(text):
-        return f"indicator--{text}"
-    return None
+        text = text.removeprefix("indicator--")
+    elif not UUID.match(text):
+        return None
+    # STIX identifiers are RFC 4122 UUIDs: another variant would be refused by every STIX parser.
+    return f"indicator--{text}" if uuid.UUID(text).variant == uuid.RFC_4122 else None
 
 
 def _stix_time(text: str) -> str:
@@ -88,6 +90,7 @@ class ShareBuilder:
         self.context = context(policy)
         self.identity_id = self.context.identity["id"]
         self._ns = uuid.uuid5(uuid.NAMESPACE_URL, f"shoal-share:{self.identity_id}")
+        self.guard = ConstituencyGuard(policy.constituency_set())
 
     def _id(self, kind: str, what: str) -> str:
         return f"{kind}--{uuid.uuid5(self._ns, what)}"
@@ -184,6 +187,15 @@ class ShareBuilder:
                                     extra_objects=(indicator,), scan=scan, primary=iid, tlp=tlp,
                                     confidence=conf)  # fmt: skip
 
+    def _redacted(self, text: str | None) -> str | None:
+        """An analyst's free text with the constituency's addresses taken out (they may name their own
+        host in it); the policy's guard would otherwise refuse the whole false positive."""
+        if not text:
+            return text
+        for address in self.guard.constituents_in(text):
+            text = re.sub(rf"(?<![0-9A-Fa-f:.]){re.escape(address)}(?![0-9A-Fa-f])", "[constituent address]", text)
+        return text
+
     def false_positive(self, detection: dict[str, Any]) -> Share | None:
         """An analyst's false positive as an Opinion on the feed's indicator (to the feed's source)."""
         ref = shared_indicator_ref(detection["key"]) if detection["kind"] == "indicator" else None
@@ -194,7 +206,7 @@ class ShareBuilder:
         modified = _stix_time(feedback.get("at") or detection["updated"])
         tlp = self._tlp([detection])
         kwargs = self._common(tlp, _stix_time(detection["window_start"]), modified)
-        reason = feedback.get("reason")
+        reason = self._redacted(feedback.get("reason"))
         kwargs |= {"id": oid, "opinion": "strongly-disagree", "object_refs": [ref],
                    "explanation": f"False positive at {self.policy.identity.name}" + (f": {reason}" if reason else "")}  # fmt: skip
         opinion = _json(stix2.Opinion(**kwargs))

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from stix2.exceptions import STIXError
 
 from pipeline.share.aggregate import Aggregator
 from pipeline.share.build import ShareBuilder
@@ -93,7 +94,7 @@ class DestinationLoop:
         replay = offset < self.committed.get(partition, 0)
         try:
             shares = self.aggregator.add(detection, partition, offset, replay=replay)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, STIXError) as exc:
             self.metrics.inputs.labels(name, "bad").inc()
             log.warning(
                 "%s: detection %s skipped: %s: %s", name, detection.get("id"), type(exc).__name__, exc
