@@ -90,10 +90,13 @@ class Aggregator:
                 continue
             group.shares[share.id] = share
             self._share_group[share.id] = gkey
-            if replay:
+            # A replayed detection changes a share a later message already changed: the version on its
+            # way out lacked it, so the complete one must go instead.
+            if replay and share.id not in group.unsettled:
                 continue
             group.unsettled[share.id] = share.modified
-            group.offsets.setdefault(partition, offset)
+            if not replay:
+                group.offsets.setdefault(partition, offset)
             changed.append(share)
         return changed
 

@@ -36,7 +36,7 @@ def streams_config(tmp_path: Path, flows_partitions: int = 3) -> tuple[Path, dic
     path.write_text(
         f'[topics.flows]\nname = "{names["flows"]}"\npartitions = {flows_partitions}\n'
         + "".join(f'[topics.{kind}]\nname = "{names[kind]}"\n' for kind in TOPIC_KINDS if kind != "flows")
-        + f'[detect]\ngroup = "g{tag}"\n[confirm]\ngroup = "c{tag}"\n'
+        + f'[detect]\ngroup = "g{tag}"\n[confirm]\ngroup = "c{tag}"\n[share]\ngroup = "s{tag}"\n'
     )
     return path, names
 

@@ -215,3 +215,20 @@ def test_sighting_counts_equal_the_flows_of_the_confirmed_detections(data: st.Da
     assert got == dict(expected)
     for (_, _), flows in got.items():
         assert flows > 0
+
+
+def test_a_replayed_detection_completes_a_sighting_already_changed_by_a_new_message() -> None:
+    """At restart a new message (partition 1) may change a sighting before the replay of another host's
+    detection (partition 0) reaches it: the version to send must count both."""
+    ind = "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f"
+    aggregator = Aggregator(ShareBuilder(make_policy()), retention_seconds=float("inf"))
+    new = detection(indicator=ind, host="192.0.2.1", flows=41, window_start=W0, updated_s=50)
+    old = detection(indicator=ind, host="192.0.2.7", flows=7, window_start=W0, updated_s=5)
+    first = aggregator.add(new, partition=1, offset=9)
+    assert [s.flows for s in first] == [41]
+    completed = aggregator.add(old, partition=0, offset=3, replay=True)
+    assert [s.flows for s in completed] == [48] and completed[0].id == first[0].id
+    # A replay that changes nothing on its way out stays silent.
+    quiet = Aggregator(ShareBuilder(make_policy()), retention_seconds=float("inf"))
+    assert quiet.add(old, partition=0, offset=3, replay=True) == []
+    assert quiet.commit_offsets() == {0: 4}
