@@ -197,3 +197,75 @@ def test_share_to_kafka_and_file_resumes_from_committed_offsets(kafka, tmp_path:
     assert len(sent_after) == len(set(sent_after))
     regrown = sightings_by_key(file_objects(out))[(INDICATORS[0], first[0]["window_start"][:16])]
     assert regrown["id"] in {i for i, _ in sent_before}  # same object, newer version
+
+
+def test_taxii_server_down_mid_stream_loses_and_duplicates_nothing(
+    kafka, medallion_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """medallion stopped while detections keep coming, started again: the collection ends equal to the
+    input (every sighting at its latest count, no version twice), and the outage shows in the metrics."""
+    from taxii2client.v21 import Collection
+
+    from pipeline.share.destinations.taxii import read_back
+
+    bootstrap = kafka.bootstrap
+    config, topics = streams_config(tmp_path)
+    shoal("topics", "create", "--kafka", bootstrap, "--config", str(config))
+    policy = tmp_path / "taxii-policy.toml"
+    policy.write_text(f"""
+[identity]
+name = "Network A CERT"
+[constituency]
+cidrs = ["{CONSTITUENCY}"]
+[[destinations]]
+name = "trust-group"
+type = "taxii"
+url = "{medallion_server.url}"
+user_env = "T_USER"
+secret_env = "T_PASS"
+timeout_seconds = 5
+""")
+    w0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+    before = [detection(indicator=INDICATORS[i % 3], host=f"192.0.2.{i + 1}", flows=i + 1, window_start=w0, updated_s=5)
+              for i in range(6)]  # fmt: skip
+    produce(bootstrap, topics["detections"], before)
+    partner = Collection(medallion_server.url, user="partner", password="s3cret")
+
+    def held() -> dict[tuple[str, str], int]:
+        try:
+            return {k: s["count"] for k, s in sightings_by_key(read_back(partner)).items()}
+        except Exception:
+            return {}
+
+    metrics = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("T_USER", "partner")
+    monkeypatch.setenv("T_PASS", "s3cret")
+    proc = start_share(bootstrap, config, policy, metrics)
+    try:
+        want = {(i, s[:16]): n for (i, s), n in expected_counts(before).items()}
+        wait_for(lambda: held() == want, seen=lambda: f"{held()} != {want}")
+        medallion_server.stop()
+        during = [detection(indicator=INDICATORS[i % 3], host=f"192.0.2.{20 + i}", flows=10, window_start=w0,
+                            updated_s=20) for i in range(4)]  # fmt: skip
+        during.append(
+            detection(indicator=INDICATORS[0], host="192.0.2.1", flows=100, window_start=w0, updated_s=30)
+        )
+        produce(bootstrap, topics["detections"], during)
+        wait_for(lambda: scrape(metrics).get('shoal_share_failed_total{destination="trust-group"}', 0) > 0)
+        assert scrape(metrics)['shoal_share_destination_up{destination="trust-group"}'] == 0
+        time.sleep(3)  # a few retries while it is down
+        medallion_server.start()
+        want = {(i, s[:16]): n for (i, s), n in expected_counts(before + during).items()}
+        wait_for(lambda: held() == want, timeout=90, seen=lambda: f"{held()} != {want}")
+        time.sleep(2)
+        scraped = scrape(metrics)
+    finally:
+        _, err = stop(proc)
+    assert proc.returncode == 0, err
+    objects = read_back(partner)
+    assert len(objects) == len({(o["id"], o.get("modified")) for o in objects}), "a version was stored twice"
+    assert {k: s["count"] for k, s in sightings_by_key(objects).items()} == want
+    assert scraped['shoal_share_retries_total{destination="trust-group"}'] >= 1
+    assert scraped['shoal_share_destination_up{destination="trust-group"}'] == 1
+    assert scraped['shoal_share_pending{destination="trust-group"}'] == 0
+    assert not any("192.0.2." in json.dumps(o) for o in objects)
