@@ -99,7 +99,7 @@ class DestinationConfig:
     distribution: int = 1
     """MISP events' distribution (0 organisation, 1 community, 2 connected, 3 all, 4 sharing group)."""
     sharing_group: str = ""
-    """MISP sharing group uuid (with distribution = 4)."""
+    """MISP sharing group id, as MISP's API takes it (with distribution = 4)."""
     batch: int = 100
     """Shares per request."""
     timeout_seconds: float = 30.0
@@ -120,8 +120,8 @@ class DestinationConfig:
             raise ConfigError(f"{where}: rate_per_minute >= 0, batch >= 1, timeout_seconds > 0")
         if self.distribution not in range(5):
             raise ConfigError(f"{where}.distribution: 0-4 (MISP's distribution levels)")
-        if self.distribution == 4 and not self.sharing_group:
-            raise ConfigError(f"{where}: distribution 4 needs sharing_group (the group's uuid)")
+        if self.distribution == 4 and not self.sharing_group.isdigit():
+            raise ConfigError(f"{where}: distribution 4 needs sharing_group (the group's id, a number)")
         needs = {"taxii": "url", "misp": "url", "misp-feed": "path", "file": "path"}
         if self.type in needs and not getattr(self, needs[self.type]):
             raise ConfigError(f"{where}: a {self.type} destination needs {needs[self.type]}")
