@@ -125,6 +125,8 @@ class DestinationConfig:
         needs = {"taxii": "url", "misp": "url", "misp-feed": "path", "file": "path"}
         if self.type in needs and not getattr(self, needs[self.type]):
             raise ConfigError(f"{where}: a {self.type} destination needs {needs[self.type]}")
+        if self.type == "misp-feed" and set(self.kinds) != {"indicators"}:
+            raise ConfigError(f'{where}: a misp-feed holds events of new indicators: kinds = ["indicators"]')
         if self.type == "misp" and not self.secret_env:
             raise ConfigError(f"{where}: a misp destination needs secret_env (the variable with its API key)")
 

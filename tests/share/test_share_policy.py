@@ -48,6 +48,9 @@ def test_the_demo_policy_loads() -> None:
          "unique"),
         ('[[destinations]]\nname = "Bad Name"\ntype = "kafka"\n', "destinations[0].name"),
         ('[[destinations]]\nname = "x"\ntype = "kafka"\ntlp_cieling = "green"\n', "tlp_cieling"),
+        ('[[destinations]]\nname = "x"\ntype = "misp"\nurl = "https://m"\nsecret_env = "K"\ndistribution = 4\n'
+         'sharing_group = "a3c4e6f0-0000-4000-8000-000000000000"\n', "sharing_group"),
+        ('[[destinations]]\nname = "x"\ntype = "misp-feed"\npath = "feed"\n', "kinds = [\"indicators\"]"),
         ('default_tlp = "white-ish"\n', "default_tlp"),
         ('[indicators]\nvalidity_hours = 0\n', "validity_hours"),
     ],

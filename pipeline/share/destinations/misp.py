@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymisp import MISPEvent, PyMISP
+from pymisp import MISPEvent, MISPOrganisation, PyMISP
 from pymisp.exceptions import PyMISPError
 
 from pipeline.share.destinations.base import DeliveryError, Share, ShareContext
@@ -56,26 +56,14 @@ def sighting_values(share: Share) -> list[str]:
     return sorted(set(addresses_in(share.indicator_value or "")))
 
 
-class MispDestination:
+class ScannerEvents:
+    """Scanners found here as MISP events, one per window: the same event and attribute uuids for
+    the same window and indicator wherever they are built (a MISP instance, a MISP feed)."""
+
     def __init__(self, config: DestinationConfig, context: ShareContext) -> None:
-        self.name = config.name
         self.config = config
-        self.context = context
         self.source = str(context.identity.get("name") or "")
         self.namespace = uuid.UUID(context.identity["id"].removeprefix("identity--"))
-        if os.environ.get(config.secret_env) is None:
-            raise ValueError(f"environment variable {config.secret_env} (the MISP API key) not set")
-        self._misp: PyMISP | None = None
-
-    # What goes out, per share: exactly the bodies send() posts for it.
-    def sighting_body(self, share: Share, by_value: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": SIGHTING_TYPE[share.kind], "source": self.source,
-                                "timestamp": str(_epoch(share.window_start))}  # fmt: skip
-        if not by_value and (attr := attribute_uuid(share)) is not None:
-            body["uuid"] = attr
-        else:
-            body["values"] = sighting_values(share)
-        return body
 
     def event_uuid(self, share: Share) -> str:
         return str(uuid.uuid5(self.namespace, f"misp-event|scanners|{share.window_start}"))
@@ -91,27 +79,55 @@ class MispDestination:
         event.threat_level_id = 3
         event.analysis = 2
         event.set_date(first.window_start[:10])
+        event.Orgc = MISPOrganisation()
+        event.Orgc.name = self.source
+        event.Orgc.uuid = str(self.namespace)
         for level in sorted({s.tlp for s in window_shares}):
             event.add_tag(f"tlp:{level}")
         for share in window_shares:
-            indicator = share.objects[0]
-            proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(
-                share.protocol or 0, str(share.protocol)
-            )
-            attr = event.add_attribute(
-                "ip-src", share.scanner, to_ids=True, category="Network activity",
-                uuid=str(uuid.uuid5(self.namespace, indicator["id"])),
-                comment=f"scanned {share.internal_hosts} addresses on {proto}/{share.port} "
-                        f"({share.flows} flows); confidence {share.confidence}",
-                first_seen=indicator["valid_from"], last_seen=indicator["valid_until"],
-                distribution=5,  # inherit the event's
-            )  # fmt: skip
-            attr.add_tag(f"tlp:{share.tlp}")
+            self.add(event, share)
         return event
+
+    def add(self, event: MISPEvent, share: Share) -> None:
+        """The scanner of ``share`` as an attribute of ``event`` (replacing its earlier version)."""
+        indicator = share.objects[0]
+        attr_uuid = str(uuid.uuid5(self.namespace, indicator["id"]))
+        event.attributes = [a for a in event.attributes if a.uuid != attr_uuid]
+        proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(share.protocol or 0, str(share.protocol))
+        attr = event.add_attribute(
+            "ip-src", share.scanner, to_ids=True, category="Network activity", uuid=attr_uuid,
+            comment=f"scanned {share.internal_hosts} addresses on {proto}/{share.port} "
+                    f"({share.flows} flows); confidence {share.confidence}",
+            first_seen=indicator["valid_from"], last_seen=indicator["valid_until"],
+            distribution=5,  # inherit the event's
+        )  # fmt: skip
+        attr.add_tag(f"tlp:{share.tlp}")
+
+
+class MispDestination:
+    def __init__(self, config: DestinationConfig, context: ShareContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.context = context
+        self.source = str(context.identity.get("name") or "")
+        self.events = ScannerEvents(config, context)
+        if os.environ.get(config.secret_env) is None:
+            raise ValueError(f"environment variable {config.secret_env} (the MISP API key) not set")
+        self._misp: PyMISP | None = None
+
+    # What goes out, per share: exactly the bodies send() posts for it.
+    def sighting_body(self, share: Share, by_value: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": SIGHTING_TYPE[share.kind], "source": self.source,
+                                "timestamp": str(_epoch(share.window_start))}  # fmt: skip
+        if not by_value and (attr := attribute_uuid(share)) is not None:
+            body["uuid"] = attr
+        else:
+            body["values"] = sighting_values(share)
+        return body
 
     def payload(self, share: Share) -> str:
         if share.kind == "indicator":
-            return self.event([share]).to_json()
+            return self.events.event([share]).to_json()
         # Either may be sent (by uuid, or by value where MISP lacks the attribute): the guard sees both.
         return json.dumps(
             [self.sighting_body(share), self.sighting_body(share, by_value=True)], sort_keys=True
@@ -155,7 +171,7 @@ class MispDestination:
             raise DeliveryError(f"{self.name}: {first_error[:300]}", failed)
 
     def _send_event(self, misp: PyMISP, window_shares: list[Share]) -> None:
-        event = self.event(window_shares)
+        event = self.events.event(window_shares)
         if misp.event_exists(event.uuid):
             self._ok(misp.update_event(event, event_id=event.uuid), f"edit event {event.uuid}")
         else:
