@@ -135,6 +135,10 @@ def _with(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess
             "at '/kafka/sasl/users': additional properties 'worker'",
         ),
         ({"collector": {"allowExporters": ["not-a-cidr"]}}, "at '/collector/allowExporters/0': 'not-a-cidr'"),
+        ({"confirm": {"replicas": 7}}, "confirm.replicas (7) exceeds topics.partials.partitions (6)"),
+        ({"share": {"enabled": True}}, "share.enabled needs share.policyToml"),
+        ({"share": {"replicas": 2}}, "at '/share': additional properties 'replicas' not allowed"),
+        ({"share": {"secretEnv": [{"env": "KEY", "secret": "s"}]}}, "missing property 'key'"),
     ],
     ids=[
         "unknown-key",
@@ -146,6 +150,10 @@ def _with(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess
         "secret-missing",
         "unknown-role",
         "bad-cidr",
+        "confirm-above-partials",
+        "share-without-policy",
+        "share-replicas",
+        "share-secret-incomplete",
     ],
 )
 def test_bad_values_are_rejected(values: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -163,7 +171,7 @@ def test_workers_up_to_partitions_are_accepted(tmp_path: Path) -> None:
 def test_pods_are_hardened_and_probed() -> None:
     docs = render("-f", str(ALL_OPTIONS))
     pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "DaemonSet", "Job")]
-    assert len(pods) == 4
+    assert len(pods) == 6  # collector, detect, confirm, share, intel sync, topics job
     for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -191,6 +199,8 @@ def test_secrets_are_referenced_never_inlined() -> None:
                                                         "shoal-admin")} <= refs  # fmt: skip
     assert ("SHOAL_MISP_KEY", "shoal-misp") in refs
     assert ("SHOAL_TAXII_PASSWORD", "shoal-taxii") in refs
+    assert {("SHOAL_KAFKA_SASL_PASSWORD", "shoal-confirm"), ("SHOAL_KAFKA_SASL_PASSWORD", "shoal-share"),
+            ("SHOAL_MISP_KEY", "shoal-misp-share"), ("SHOAL_TAXII_PASSWORD", "shoal-taxii-share")} <= refs  # fmt: skip
 
 
 def test_collector_service_keeps_exporter_addresses() -> None:
@@ -235,6 +245,22 @@ def test_rendered_commands_and_configuration_are_what_shoal_accepts(options: str
     streams = load_streams_config(str(tmp_path / "streams.toml"))
     assert streams.topics.flows.partitions == values.get("topics", {}).get("flows", {}).get("partitions", 6)
     assert streams.detect.group == values.get("detect", {}).get("group", "shoal-detect")
+    assert streams.confirm.group == values.get("confirm", {}).get("group", "shoal-confirm")
+    for kind in ("partials", "detections", "feedback", "sightings"):
+        want = values.get("topics", {}).get(kind, {}).get("name", f"shoal.{kind}.v1")
+        assert getattr(streams.topics, kind).name == want
+    if "detections.toml" in config["data"]:
+        from pipeline.confirm.settings import load_detection_settings
+
+        assert load_detection_settings(str(tmp_path / "detections.toml")).scan.enabled
+    if "sharing.toml" in config["data"]:
+        from pipeline.share.policy import load_policy
+
+        assert [d.name for d in load_policy(tmp_path / "sharing.toml").destinations] == [
+            "soc-topic",
+            "trust-group",
+            "cert-hub",
+        ]
     parser = build_parser()
     commands = set()
     for d in docs:
@@ -246,4 +272,6 @@ def test_rendered_commands_and_configuration_are_what_shoal_accepts(options: str
             commands.add(" ".join(args[:2]) if args[0] in ("intel", "topics") else args[0])
             if hasattr(parsed, "metrics") and parsed.command != "collect":
                 assert parsed.metrics == f"0.0.0.0:{values.get('metricsPort', 9108)}"
-    assert commands == {"collect", "detect", "intel sync", "topics create"}
+    assert commands == {"collect", "detect", "intel sync", "topics create", "confirm"} | (
+        {"share"} if options == "all" else set()
+    )

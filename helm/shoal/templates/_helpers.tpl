@@ -29,8 +29,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.detect.autoscaling.enabled (gt (int .Values.detect.autoscaling.maxReplicas) $partitions) -}}
 {{- fail (printf "detect.autoscaling.maxReplicas (%d) exceeds topics.flows.partitions (%d)" (int .Values.detect.autoscaling.maxReplicas) $partitions) -}}
 {{- end -}}
+{{- if and .Values.confirm.enabled (gt (int .Values.confirm.replicas) (int .Values.topics.partials.partitions)) -}}
+{{- fail (printf "confirm.replicas (%d) exceeds topics.partials.partitions (%d): extra instances would sit idle" (int .Values.confirm.replicas) (int .Values.topics.partials.partitions)) -}}
+{{- end -}}
+{{- if and .Values.share.enabled (not .Values.share.policyToml) -}}
+{{- fail "share.enabled needs share.policyToml (the sharing policy, docs/sharing.md)" -}}
+{{- end -}}
 {{- if .Values.kafka.sasl.enabled -}}
-{{- range $role := list "collector" "detect" "intelSync" "topics" -}}
+{{- range $role := list "collector" "detect" "confirm" "share" "intelSync" "topics" -}}
 {{- $user := index $.Values.kafka.sasl.users $role | default dict -}}
 {{- $secret := $user.passwordSecret | default $.Values.kafka.sasl.passwordSecret -}}
 {{- if not ($user.username | default $.Values.kafka.sasl.username) -}}
@@ -47,7 +53,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* librdkafka settings: plain ones from values, secrets only through secretKeyRef or mounted files.
-     Each role (collector, detect, intelSync, topics) may have a SASL user of its own (kafka.sasl.users),
+     Each role (collector, detect, confirm, share, intelSync, topics) may have a SASL user of its own (kafka.sasl.users),
      so the cluster's ACLs can give it only its topics; otherwise kafka.sasl.username is used. */}}
 {{- define "shoal.kafkaEnv" -}}
 {{- $role := .role -}}
