@@ -22,15 +22,15 @@ collector's file; with no host it binds 127.0.0.1, so give `0.0.0.0:PORT` or the
 Prometheus in). `/readyz` answers 503 and names the failing checks until the command is ready:
 `shoal collect` listening (and, with `--kafka`, a broker answering), `shoal run` listening,
 `shoal detect` index loaded and a broker answering, `shoal intel sync` first round done, `shoal confirm`
-its Faust app running.
+its Faust app running, `shoal share` the detections topic read up to each destination's committed offset.
 
 Every label set is bounded: `exporter` by the collector's `metrics.max_exporters` (first 64 seen keep
 their name, later ones count as `other`), `feed` by the first 64 intel feeds seen (then `other`),
 `tlp` by the TLP 2.0 levels plus `none`, `listener`, `sink`, `topic` and `source` by the command's own
 configuration, `partition` by the flows topic's partitions, `reason`, `outcome`, `version` and
 `domain` by the code (decoder reasons, observation domains are capped by the decoder's template
-limits), `kind`, `state` and `verdict` by the detection format. Not yet here: sharing metrics; they
-arrive with that stage.
+limits), `kind`, `state` and `verdict` by the detection format, `destination` by the sharing
+policy's destinations (`shoal share`).
 
 This table is generated from the commands' real scrapes by `tests/kafka/test_soc_dashboard.py`
 (`SHOAL_WRITE_METRICS_DOC=1` rewrites it); the test fails when code and table differ.

@@ -28,7 +28,7 @@ from metrics_doc import DOC, families, render
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.runtime.replay import read_capture, restamp
-from pipeline.samples import DEMO_INTEL, DEMO_TRAFFIC
+from pipeline.samples import DEMO_DETECTIONS, DEMO_INTEL, DEMO_TRAFFIC
 
 DASHBOARD = ROOT / "helm" / "shoal" / "dashboards" / "shoal-soc.json"
 RATE_INTERVAL = "15s"
@@ -118,7 +118,20 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
     )
     config, names = streams_config(tmp_path, flows_partitions=2)
     setup_topics(kafka.bootstrap, config)
-    addr = {job: f"127.0.0.1:{free_port()}" for job in ("intel-sync", "detect", "collect", "run", "confirm")}
+    addr = {
+        job: f"127.0.0.1:{free_port()}"
+        for job in ("intel-sync", "detect", "collect", "run", "confirm", "share")
+    }
+    # The sharer: the SOC's own topic; a file that takes TLP:CLEAR only (the demo intel is GREEN: every
+    # share refused); a TAXII server that is down (failures, retries, a destination down).
+    policy = tmp_path / "sharing.toml"
+    policy.write_text(
+        '[identity]\nname = "Dashboard NREN"\n[constituency]\ncidrs = ["192.0.2.0/24", "2001:db8:c0::/48"]\n'
+        '[[destinations]]\nname = "soc"\ntype = "kafka"\ntlp_ceiling = "amber"\n'
+        f'[[destinations]]\nname = "public"\ntype = "file"\npath = "{tmp_path / "public.jsonl"}"\ntlp_ceiling = "clear"\n'
+        '[[destinations]]\nname = "partner"\ntype = "taxii"\nurl = "http://127.0.0.1:9/api1/collections/'
+        '91a7b528-80eb-42ed-a74d-c6fbd5a26116/"\ntimeout_seconds = 2\n'
+    )
     netflow, ipfix = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     stop_traffic = threading.Event()
@@ -139,7 +152,9 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
                 str(tmp_path / "missing.json"),
             )
         )
-        procs.append(start_worker(kafka.bootstrap, config, "w0", metrics=addr["detect"]))
+        procs.append(
+            start_worker(kafka.bootstrap, config, "w0", metrics=addr["detect"], detections=DEMO_DETECTIONS)
+        )
         procs.append(
             _spawn(
                 "collect",
@@ -159,7 +174,9 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
                             "--alerts", str(tmp_path / "alerts.jsonl"), "--detections-out",
                             str(tmp_path / "detections.jsonl"), "--metrics", addr["run"]))  # fmt: skip
         procs.append(_spawn("confirm", "--kafka", kafka.bootstrap, "--config", str(config), "--metrics",
-                            addr["confirm"]))  # fmt: skip
+                            addr["confirm"], "--detections", str(DEMO_DETECTIONS)))  # fmt: skip
+        procs.append(_spawn("share", "--policy", str(policy), "--kafka", kafka.bootstrap, "--config", str(config),
+                            "--metrics", addr["share"]))  # fmt: skip
         prom_port = free_port()
         prometheus = f"127.0.0.1:{prom_port}"
         scrape = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
