@@ -69,7 +69,10 @@ def run_stats(args: argparse.Namespace) -> int:
         kinds = Counter(_kind(c) for i in load.indicators for c in i.conditions)
         print(f"{spec}: {len(load.indicators)} indicators")
         print(f"  conditions by kind: {dict(sorted(kinds.items()))}")
+        print(f"  duplicates collapsed: {load.duplicates}")
         print(f"  unsupported: {dict(load.unsupported) or 0}")
+        for reason, example in sorted(load.examples.items()):
+            print(f"    e.g. {reason}: {example}")
         print(f"  skipped (revoked/expired/confidence/to_ids): {dict(load.skipped) or 0}")
         if allow.entries:
             index = IndicatorIndex.build(load.indicators, allow)

@@ -16,6 +16,11 @@ __all__ = ["Condition", "Indicator", "IntelError", "IntelLoad", "load_source"]
 def load_source(
     spec: str, min_confidence: int = 0, to_ids_only: bool = True, now: datetime | None = None
 ) -> IntelLoad:
+    """One ``--intel`` source (see :func:`_load`), each indicator once (duplicates counted)."""
+    return _load(spec, min_confidence, to_ids_only, now).collapse_duplicates()
+
+
+def _load(spec: str, min_confidence: int, to_ids_only: bool, now: datetime | None) -> IntelLoad:
     """One ``--intel`` source. ``spec`` is a path (STIX bundle or directory, MISP event JSON, MISP
     feed directory, plain list), ``csv:PATH:VALUE_COLUMN[:PORT_COLUMN]``, ``taxii:URL`` (a TAXII 2.1
     collection URL) or ``misp:URL`` (a MISP server; key from SHOAL_MISP_KEY)."""
@@ -50,7 +55,7 @@ def load_source(
         return load_stix(path, min_confidence, now)
     if path.suffix == ".json":
         head = path.read_text()[:4096]
-        if '"Event"' in head or '"Attribute"' in head:
+        if '"Event"' in head or '"Attribute"' in head or head.lstrip().startswith('{"response"'):
             from pipeline.intel.misp import load_misp_event
 
             return load_misp_event(path, to_ids_only)

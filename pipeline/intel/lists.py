@@ -1,4 +1,9 @@
-"""Plain indicator lists (one address, CIDR or address|port per line, ``#`` comments) and CSV files."""
+"""Plain indicator lists and CSV files.
+
+A list has one entry per line: an address, a CIDR or ``address|port``, then optionally a reference
+(``1.10.16.0/20 ; SBL256894`` in Spamhaus DROP, ``203.0.113.5 # botnet C2`` elsewhere) kept as the
+indicator's name. ``#`` and ``;`` start comments, as in the common blocklist formats (Spamhaus,
+FireHOL, abuse.ch)."""
 
 from __future__ import annotations
 
@@ -15,11 +20,27 @@ def parse_entry(text: str) -> Condition:
     address, sep, port = text.partition("|")
     network = ipaddress.ip_network(address.strip(), strict=False)
     if sep:
-        return Condition(network=network, dst_ports=frozenset({int(port)}))
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError(f"port {number} is not a port (0-65535)")
+        return Condition(network=network, dst_ports=frozenset({number}))
     return Condition(network=network)
 
 
-def _add(load: IntelLoad, path: Path, text: str, where: str) -> None:
+def split_line(line: str) -> tuple[str, str | None]:
+    """(the entry, the reference after it or in its comment) of one list line; ("", None) if none."""
+    for mark in ("#", ";"):
+        head, sep, tail = line.partition(mark)
+        if sep:
+            entry, _ = split_line(head)
+            return entry, (tail.strip() or None) if entry else None
+    fields = line.split()
+    if not fields:
+        return "", None
+    return fields[0], " ".join(fields[1:]) or None
+
+
+def _add(load: IntelLoad, path: Path, text: str, where: str, name: str | None = None) -> None:
     """One entry into ``load``, or an error naming where it came from."""
     try:
         condition = parse_entry(text)
@@ -27,7 +48,7 @@ def _add(load: IntelLoad, path: Path, text: str, where: str) -> None:
         load.errors.append(f"{where}: {exc}")
         return
     load.indicators.append(
-        Indicator(id=f"{path.name}:{text}", value=text, source=path.stem, conditions=(condition,))
+        Indicator(id=f"{path.name}:{text}", value=text, source=path.stem, conditions=(condition,), name=name)
     )
 
 
@@ -38,9 +59,9 @@ def load_list(path: Path) -> IntelLoad:
         raise IntelError(f"{path}: {exc}") from exc
     load = IntelLoad(str(path))
     for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
+        text, name = split_line(line)
         if text:
-            _add(load, path, text, f"{path}:{number}")
+            _add(load, path, text, f"{path}:{number}", name)
     return load
 
 

@@ -22,9 +22,35 @@ class IntelLoad:
     """Items deliberately not used: revoked, expired, below confidence, not to_ids."""
     errors: list[str] = field(default_factory=list)
     """Malformed items, each naming the item; the rest of the source still loads."""
+    examples: dict[str, str] = field(default_factory=dict)
+    """One item (a pattern) per unsupported reason, to show what was meant."""
+    duplicates: int = 0
+    """Indicators dropped because the same source already gave the same conditions."""
+
+    def unsupported_item(self, reason: str, example: str) -> None:
+        self.unsupported[reason] += 1
+        self.examples.setdefault(reason, example[:200])
 
     def merge(self, other: IntelLoad) -> None:
         self.indicators += other.indicators
         self.unsupported.update(other.unsupported)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
         self.skipped.update(other.skipped)
         self.errors += other.errors
+        self.duplicates += other.duplicates
+
+    def collapse_duplicates(self) -> IntelLoad:
+        """One indicator per (source, conditions, validity): a list naming an address twice, or a
+        feed repeating an attribute, would otherwise give one flow two alert rows of the same thing."""
+        seen: set[tuple] = set()
+        kept: list[Indicator] = []
+        for indicator in self.indicators:
+            key = (indicator.source, indicator.conditions, indicator.valid_from, indicator.valid_until)
+            if key in seen:
+                self.duplicates += 1
+                continue
+            seen.add(key)
+            kept.append(indicator)
+        self.indicators = kept
+        return self

@@ -20,7 +20,10 @@ def load_misp_event(path: Path, to_ids_only: bool = True) -> IntelLoad:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise IntelError(f"{path}: not readable JSON ({exc})") from exc
-    return from_events([data], str(path), to_ids_only)
+    # A saved search answer ({"response": [events]}, as restSearch returns it), a list of events, or one.
+    if isinstance(data, dict) and isinstance(data.get("response"), list):
+        data = data["response"]
+    return from_events(data if isinstance(data, list) else [data], str(path), to_ids_only)
 
 
 def load_misp_feed(path: Path, to_ids_only: bool = True) -> IntelLoad:
@@ -88,11 +91,17 @@ def _attribute(attr: dict, org: str, event_tlp: str | None, to_ids_only: bool, l
     if to_ids_only and not _truthy(attr.get("to_ids", False)):
         load.skipped["not_to_ids"] += 1
         return
-    if kind in ADDRESS_TYPES:
+    if kind == "domain|ip":
+        # The address half (as MISP's own IDS export uses it), in either direction: a domain says
+        # nothing of which side its address is on. misp-stix's STIX for it says the same.
+        condition = Condition(network=ipaddress.ip_network(value.rpartition("|")[2], strict=False))
+    elif kind in ADDRESS_TYPES:
         side = ADDRESS_TYPES[kind]
         ports = None
         if kind.endswith("|port"):
             address, _, port = value.rpartition("|")
+            if not 0 <= int(port) <= 65535:
+                raise ValueError(f"port {port} is not a port (0-65535)")
             value_net, ports = ipaddress.ip_network(address, strict=False), frozenset({int(port)})
         else:
             value_net = ipaddress.ip_network(value, strict=False)
@@ -101,7 +110,7 @@ def _attribute(attr: dict, org: str, event_tlp: str | None, to_ids_only: bool, l
     elif kind == "AS":
         condition = Condition(asn=int(value.upper().removeprefix("AS")))
     else:
-        load.unsupported[f"misp type {kind}"] += 1
+        load.unsupported_item(f"misp type {kind}", f"{kind}: {value}")
         return
     load.indicators.append(
         Indicator(

@@ -94,7 +94,7 @@ def from_objects(
         try:
             indicator = _indicator(obj, tlp, names.get(obj.get("created_by_ref", ""), default_source))
         except Unsupported as exc:
-            load.unsupported[str(exc)] += 1
+            load.unsupported_item(str(exc), str(obj.get("pattern", "")))
             continue
         except (ValueError, TypeError, KeyError) as exc:
             load.errors.append(f"{ident}: {exc}")
@@ -183,6 +183,7 @@ def _condition(comparisons: list[Any]) -> Condition:
     dst_ports: set[int] | None = None
     protocols: set[int] | None = None
     asn: int | None = None
+    domain = False
     for c in comparisons:
         if c.negated:
             raise Unsupported("negated comparison")
@@ -205,8 +206,21 @@ def _condition(comparisons: list[Any]) -> Condition:
                 raise Unsupported("IN on addresses")
             side: Side = "src" if "src_ref" in path else "dst" if "dst_ref" in path else "any"
             addresses.append((side, ipaddress.ip_network(str(values[0]), strict=False)))
+        elif path in ("network-traffic:src_ref.type", "network-traffic:dst_ref.type"):
+            # misp-stix and OpenCTI name the address type beside the value: a constraint every
+            # address value already meets; another type (a domain name) is no address to index.
+            if {str(v) for v in values} - {"ipv4-addr", "ipv6-addr"}:
+                raise Unsupported(f"property {path} {values[0]}")
+        elif path == "domain-name:resolves_to_refs[*].value":
+            if len(values) != 1:
+                raise Unsupported("IN on addresses")
+            addresses.append(("any", ipaddress.ip_network(str(values[0]), strict=False)))
+        elif path == "domain-name:value":
+            domain = True  # MISP's domain|ip: the address it resolved to is what flows show
         elif path in ("network-traffic:src_port", "network-traffic:dst_port"):
             ports = {int(v) for v in values}
+            if not all(0 <= p <= 65535 for p in ports):
+                raise ValueError(f"{path}: {sorted(ports)} are not all ports (0-65535)")
             if path.endswith("src_port"):
                 src_ports = ports if src_ports is None else src_ports & ports
             else:
@@ -227,7 +241,7 @@ def _condition(comparisons: list[Any]) -> Condition:
                 else f"property {path}"
             )
     if not addresses and asn is None:
-        raise Unsupported("no address or AS to index")
+        raise Unsupported("object domain-name" if domain else "no address or AS to index")
     if len(addresses) > 2 or (len(addresses) == 2 and {addresses[0][0], addresses[1][0]} != {"src", "dst"}):
         raise Unsupported("several addresses on one side")
     first = addresses[0] if addresses else ("any", None)
