@@ -61,12 +61,38 @@ def load_stix(path: Path, min_confidence: int = 0, now: datetime | None = None) 
                 load.errors.append(f"{file}: not readable JSON ({exc})")
                 continue
             raise IntelError(f"{file}: not readable JSON ({exc})") from exc
-        objects = bundle.get("objects", []) if isinstance(bundle, dict) else None
-        if not isinstance(objects, list):
-            load.errors.append(f"{file}: not a STIX bundle (no 'objects' list)")
+        objects, found = stix_objects(bundle)
+        if objects is None:
+            load.errors.append(f"{file}: {found}")
             continue
-        load.merge(from_objects(objects, default_source=file.stem, min_confidence=min_confidence, now=now))
+        part = from_objects(objects, default_source=file.stem, min_confidence=min_confidence, now=now)
+        if not part.indicators and not part.errors and not part.unsupported and not part.skipped:
+            kinds = sorted({str(o.get("type")) for o in objects if isinstance(o, dict)})
+            part.errors.append(
+                f"{file}: {len(objects)} STIX objects ({', '.join(kinds[:6]) or 'none'}), no indicator"
+            )
+        load.merge(part)
     return load
+
+
+def stix_objects(data: Any) -> tuple[list[Any] | None, str]:
+    """The STIX objects of what a producer wrote: a bundle, a TAXII envelope, a loose list of objects,
+    one object, or medallion's data file (its collections' objects); else None and what was found."""
+    if isinstance(data, list):
+        objects = [o for o in data if isinstance(o, dict) and "type" in o]
+        return (objects, "") if objects else (None, f"a JSON list of {len(data)} items, none a STIX object")
+    if not isinstance(data, dict):
+        return None, f"JSON {type(data).__name__}, not STIX"
+    if isinstance(data.get("objects"), list):
+        return data["objects"], ""
+    if isinstance(data.get("type"), str) and "id" in data:
+        return [data], ""
+    collections = [c for v in data.values() if isinstance(v, dict) for c in v.get("collections") or ()
+                   if isinstance(c, dict) and isinstance(c.get("objects"), list)]  # fmt: skip
+    if collections:
+        return [o for c in collections for o in c["objects"]], ""
+    keys = ", ".join(sorted(map(str, data))[:8])
+    return None, f"a JSON object ({keys}), not a STIX bundle, TAXII envelope or list of STIX objects"
 
 
 def from_objects(

@@ -110,3 +110,30 @@ def test_impossible_ports_are_refused_by_name(tmp_path: Path, entry: str) -> Non
     load = load_source(str(tmp_path / "ports.txt"))
     assert [i.value for i in load.indicators] == ["198.51.100.1|443"]
     assert len(load.errors) == 1 and "ports.txt:2" in load.errors[0]
+
+
+def test_json_that_is_not_a_bundle_loads_or_says_what_it_is(tmp_path: Path) -> None:
+    indicator = {"type": "indicator", "spec_version": "2.1", "id": f"indicator--{uuid.uuid4()}",
+                 "created": "2026-01-01T00:00:00Z", "modified": "2026-01-01T00:00:00Z", "pattern_type": "stix",
+                 "pattern": "[ipv4-addr:value = '203.0.113.8']", "valid_from": "2026-01-01T00:00:00Z"}  # fmt: skip
+    shapes = {
+        "loose.json": [indicator],
+        "envelope.json": {"more": False, "objects": [indicator]},
+        "one.json": indicator,
+        "medallion.json": {
+            "/discovery": {"title": "t"},
+            "api1": {"collections": [{"id": "c", "objects": [indicator]}]},
+        },
+    }
+    for name, data in shapes.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        load = load_source(str(tmp_path / name))
+        assert [i.value for i in load.indicators] == [indicator["pattern"]], name
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1, "world": [2]}))
+    load = load_source(str(tmp_path / "other.json"))
+    assert load.indicators == [] and "not a STIX bundle" in load.errors[0] and "hello" in load.errors[0]
+    (tmp_path / "idents.json").write_text(
+        json.dumps([{"type": "identity", "id": "identity--x", "name": "n"}])
+    )
+    load = load_source(str(tmp_path / "idents.json"))
+    assert load.indicators == [] and "1 STIX objects (identity), no indicator" in load.errors[0]
