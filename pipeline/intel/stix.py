@@ -113,10 +113,21 @@ def from_objects(
                 tlp[obj.get("id", "")] = str(level).lower()
         elif obj.get("type") == "identity" and "name" in obj:
             names[obj.get("id", "")] = obj["name"]
+    # A report or grouping's marking covers the objects it contains that carry none of their own
+    # (misp-stix puts a MISP event's TLP tag on the grouping it makes of the event).
+    inherited: dict[str, list[str]] = {}
     for obj in objects:
-        if not isinstance(obj, dict) or obj.get("type") != "indicator":
+        if isinstance(obj, dict) and obj.get("type") in ("report", "grouping"):
+            marks = [m for m in obj.get("object_marking_refs") or () if isinstance(m, str)]
+            for ref in obj.get("object_refs") or ():
+                if isinstance(ref, str) and marks:
+                    inherited.setdefault(ref, marks)
+    for item in objects:
+        if not isinstance(item, dict) or item.get("type") != "indicator":
             continue
-        ident = obj.get("id", "?")
+        ident = item.get("id", "?")
+        obj = item if item.get("object_marking_refs") or ident not in inherited else {
+            **item, "object_marking_refs": inherited[ident]}  # fmt: skip
         try:
             indicator = _indicator(obj, tlp, names.get(obj.get("created_by_ref", ""), default_source))
         except Unsupported as exc:

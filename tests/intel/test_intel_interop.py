@@ -27,14 +27,18 @@ ATTRIBUTES = [  # every MISP attribute type Shoal reads
 ]
 
 
-def misp_event() -> dict:
-    return {"Event": {
+def misp_event(attribute_tlp: str | None = None) -> dict:
+    """An event tagged TLP:GREEN; ``attribute_tlp`` tags its first attribute too."""
+    event = {"Event": {
         "uuid": str(uuid.uuid4()), "info": "interop", "date": "2026-12-01", "timestamp": "1764547200",
         "threat_level_id": "3", "analysis": "2", "distribution": "1", "published": False,
         "Orgc": {"name": "CIRCL", "uuid": str(uuid.uuid4())}, "Tag": [{"name": "tlp:green"}],
         "Attribute": [{"uuid": str(uuid.uuid4()), "type": t, "category": "Network activity", "value": v,
                        "to_ids": True, "timestamp": "1764547200"} for t, v in ATTRIBUTES],
     }}  # fmt: skip
+    if attribute_tlp:
+        event["Event"]["Attribute"][0]["Tag"] = [{"name": f"tlp:{attribute_tlp}"}]
+    return event
 
 
 def conditions(indicators: list[Indicator]) -> dict[str, tuple]:
@@ -47,7 +51,7 @@ def conditions(indicators: list[Indicator]) -> dict[str, tuple]:
 
 
 def test_misp_stix_export_loads_as_the_misp_json_does(tmp_path: Path) -> None:
-    event = misp_event()
+    event = misp_event(attribute_tlp="amber")
     (tmp_path / "event.json").write_text(json.dumps(event))
     parser = MISPtoSTIX21Parser()
     parser.parse_misp_event(event)
@@ -62,6 +66,9 @@ def test_misp_stix_export_loads_as_the_misp_json_does(tmp_path: Path) -> None:
     assert from_stix.unsupported == {} and from_misp.unsupported == {}
     assert len(from_misp.indicators) == len(ATTRIBUTES)
     assert conditions(from_stix.indicators) == conditions(from_misp.indicators)
+    tlp = {i.id.removeprefix("indicator--"): i.tlp for i in from_misp.indicators}
+    assert {i.id.removeprefix("indicator--"): i.tlp for i in from_stix.indicators} == tlp
+    assert sorted(tlp.values()) == ["amber"] + ["green"] * (len(ATTRIBUTES) - 1)
     sides = {
         v: s for (n, s, *_), (_, v) in zip(conditions(from_misp.indicators).values(), ATTRIBUTES, strict=True)
     }
