@@ -16,8 +16,11 @@ __all__ = ["Condition", "Indicator", "IntelError", "IntelLoad", "load_source"]
 def load_source(
     spec: str, min_confidence: int = 0, to_ids_only: bool = True, now: datetime | None = None
 ) -> IntelLoad:
-    """One ``--intel`` source (see :func:`_load`), each indicator once (duplicates counted)."""
-    return _load(spec, min_confidence, to_ids_only, now).collapse_duplicates()
+    """One ``--intel`` source (see :func:`_load`), each indicator once (duplicates counted), none
+    broader than the minimum prefix (``SHOAL_INTEL_MIN_PREFIX_V4`` default 8, ``_V6`` default 16)."""
+    v4 = int(os.environ.get("SHOAL_INTEL_MIN_PREFIX_V4", "8"))
+    v6 = int(os.environ.get("SHOAL_INTEL_MIN_PREFIX_V6", "16"))
+    return _load(spec, min_confidence, to_ids_only, now).refuse_catch_alls(v4, v6).collapse_duplicates()
 
 
 def _load(spec: str, min_confidence: int, to_ids_only: bool, now: datetime | None) -> IntelLoad:
@@ -54,7 +57,10 @@ def _load(spec: str, min_confidence: int, to_ids_only: bool, now: datetime | Non
 
         return load_stix(path, min_confidence, now)
     if path.suffix == ".json":
-        head = path.read_text()[:4096]
+        try:
+            head = path.read_text(encoding="utf-8")[:4096]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IntelError(f"{spec}: not readable as UTF-8 JSON ({exc})") from exc
         if '"Event"' in head or '"Attribute"' in head or head.lstrip().startswith('{"response"'):
             from pipeline.intel.misp import load_misp_event
 

@@ -54,7 +54,11 @@ def _add(load: IntelLoad, path: Path, text: str, where: str, name: str | None = 
 
 def load_list(path: Path) -> IntelLoad:
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise IntelError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): a binary file?"
+        ) from exc
     except OSError as exc:
         raise IntelError(f"{path}: {exc}") from exc
     load = IntelLoad(str(path))

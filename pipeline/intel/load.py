@@ -40,6 +40,22 @@ class IntelLoad:
         self.errors += other.errors
         self.duplicates += other.duplicates
 
+    def refuse_catch_alls(self, min_prefix_v4: int, min_prefix_v6: int) -> IntelLoad:
+        """Drop (and name, loudly) indicators broader than the minimum prefix: ``0.0.0.0/0`` or a /4 in
+        a feed would make most flows alert and bury every real detection."""
+        kept = []
+        for indicator in self.indicators:
+            broad = [c.network for c in indicator.conditions if c.network is not None
+                     and c.network.prefixlen < (min_prefix_v4 if c.network.version == 4 else min_prefix_v6)]  # fmt: skip
+            if broad:
+                self.skipped["too_broad"] += 1
+                self.errors.append(f"{indicator.id}: {broad[0]} is broader than /{min_prefix_v4 if broad[0].version == 4 else min_prefix_v6}"
+                                   " (SHOAL_INTEL_MIN_PREFIX_V4/_V6); refused")  # fmt: skip
+                continue
+            kept.append(indicator)
+        self.indicators = kept
+        return self
+
     def collapse_duplicates(self) -> IntelLoad:
         """One indicator per (source, conditions, validity): a list naming an address twice, or a
         feed repeating an attribute, would otherwise give one flow two alert rows of the same thing."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +28,33 @@ def load_misp_event(path: Path, to_ids_only: bool = True) -> IntelLoad:
 
 
 def load_misp_feed(path: Path, to_ids_only: bool = True) -> IntelLoad:
-    """A feed directory as MISP publishes it: every event the manifest lists."""
+    """A feed directory as MISP publishes it: every event the manifest lists (and nothing outside
+    the directory: a manifest naming ``../x`` or an absolute path is refused by name)."""
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise IntelError(f"{path}: no readable manifest.json ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise IntelError(
+            f"{path}/manifest.json: a JSON {type(manifest).__name__}, not an object of event uuids"
+        )
     load = IntelLoad(str(path))
+    root = path.resolve()
     for uuid in manifest:
-        file = path / f"{uuid}.json"
+        file = (path / f"{uuid}.json").resolve()
+        if not re.fullmatch(r"[0-9A-Za-z-]{1,64}", str(uuid)) or file.parent != root:
+            load.errors.append(
+                f"event {str(uuid)[:80]!r}: not an event uuid of this feed (outside {path}); skipped"
+            )
+            continue
         try:
-            event = json.loads(file.read_text())
+            event = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             load.errors.append(f"event {uuid}: {exc}")
             continue
         load.merge(from_events([event], path.name, to_ids_only))
+    if manifest and not load.indicators and not load.errors and not load.unsupported and not load.skipped:
+        load.errors.append(f"{path}: {len(manifest)} events listed, none with an indicator")
     return load
 
 
@@ -71,15 +85,16 @@ def from_events(events: list[Any], source: str, to_ids_only: bool) -> IntelLoad:
         if not isinstance(event, dict):
             load.errors.append(f"{source}: an item is not a MISP event")
             continue
-        org = (event.get("Orgc") or {}).get("name") or source
-        event_tlp = _tlp(event.get("Tag", []))
-        attributes = list(event.get("Attribute", []))
-        for obj in event.get("Object", []) or []:
-            attributes += obj.get("Attribute", []) or []
+        orgc = event.get("Orgc")
+        org = str((orgc.get("name") if isinstance(orgc, dict) else None) or source)
+        event_tlp = _tlp(_items(event, "Tag", load, source))
+        attributes = _items(event, "Attribute", load, source)
+        for obj in _items(event, "Object", load, source):
+            attributes += _items(obj, "Attribute", load, source) if isinstance(obj, dict) else []
         for attr in attributes:
             try:
                 _attribute(attr, org, event_tlp, to_ids_only, load)
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 load.errors.append(
                     f"attribute {attr.get('uuid', '?') if isinstance(attr, dict) else '?'}: {exc}"
                 )
@@ -127,12 +142,25 @@ def _attribute(attr: dict, org: str, event_tlp: str | None, to_ids_only: bool, l
     )
 
 
+def _items(container: dict, key: str, load: IntelLoad, source: str) -> list[Any]:
+    """``container[key]`` as a list; anything else is reported (by name) and read as empty."""
+    value = container.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        load.errors.append(
+            f"{source}: event {container.get('uuid', '?')}: {key} is a {type(value).__name__}, not a list"
+        )
+        return []
+    return list(value)
+
+
 def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() in ("1", "true")
 
 
-def _tlp(tags: list[Any]) -> str | None:
-    for tag in tags or []:
+def _tlp(tags: Any) -> str | None:
+    for tag in tags if isinstance(tags, list) else []:
         name = str(tag.get("name", "") if isinstance(tag, dict) else tag).lower()
         if name.startswith("tlp:"):
             return name.removeprefix("tlp:")

@@ -102,7 +102,12 @@ def parse_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
-        return datetime.fromtimestamp(int(value), UTC)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    try:
+        if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
+            return datetime.fromtimestamp(int(value), UTC)
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except (OverflowError, OSError, ValueError) as exc:  # 1e300, year 10^20, NaN: that item is bad
+        raise ValueError(
+            f"time {str(value)[:40]!r} out of range or malformed ({type(exc).__name__})"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

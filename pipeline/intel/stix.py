@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from datetime import datetime
 from itertools import chain, product
 from pathlib import Path
@@ -43,6 +44,10 @@ PROTOCOLS = {
     "icmpv6": 58,
     "sctp": 132,
 }
+
+
+MAX_CONDITIONS = 4096
+"""Flow conditions one pattern may expand to; beyond it the indicator is reported unsupported."""
 
 
 class Unsupported(Exception):
@@ -106,9 +111,10 @@ def from_objects(
         if not isinstance(obj, dict):
             continue
         if obj.get("type") == "marking-definition":
-            level = (obj.get("definition") or {}).get("tlp") or str(obj.get("name", "")).lower().removeprefix(
-                "tlp:"
-            )
+            definition = obj.get("definition")
+            level = (definition.get("tlp") if isinstance(definition, dict) else None) or str(
+                obj.get("name", "")
+            ).lower().removeprefix("tlp:")
             if level:
                 tlp[obj.get("id", "")] = str(level).lower()
         elif obj.get("type") == "identity" and "name" in obj:
@@ -133,8 +139,8 @@ def from_objects(
         except Unsupported as exc:
             load.unsupported_item(str(exc), str(obj.get("pattern", "")))
             continue
-        except (ValueError, TypeError, KeyError) as exc:
-            load.errors.append(f"{ident}: {exc}")
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            load.errors.append(f"{ident}: {type(exc).__name__}: {str(exc)[:200]}")
             continue
         if indicator.revoked:
             load.skipped["revoked"] += 1
@@ -154,7 +160,10 @@ def _indicator(obj: dict, tlp: dict[str, str], source: str) -> Indicator:
     if not isinstance(pattern, str):
         raise TypeError("pattern is not a string")
     conditions = compile_pattern(pattern)
-    levels = [tlp[m] for m in obj.get("object_marking_refs", []) if m in tlp]
+    refs = obj.get("object_marking_refs") or []
+    if not isinstance(refs, list):
+        raise TypeError(f"object_marking_refs is a {type(refs).__name__}, not a list")
+    levels = [tlp[m] for m in refs if isinstance(m, str) and m in tlp]
     confidence = obj.get("confidence")
     if confidence is not None and not isinstance(confidence, int):
         raise TypeError(f"confidence {confidence!r} is not an integer")
@@ -174,6 +183,10 @@ def compile_pattern(pattern: str) -> list[Condition]:
     except Exception as exc:  # the parser raises its own error types
         raise ValueError(f"invalid pattern: {exc}") from exc
     observations = _observations(tree)
+    size = sum(_dnf_size(obs.operand) for obs in observations)
+    if size > MAX_CONDITIONS:
+        # ANDs of ORs multiply: 18 two-way ORs under one AND are 262,144 conditions.
+        raise Unsupported(f"pattern expands to more than {MAX_CONDITIONS} conditions")
     conditions: list[Condition] = []
     reasons: list[str] = []
     for obs in observations:
@@ -201,6 +214,17 @@ def _observations(tree: Any) -> list[sp.ObservationExpression]:
     if isinstance(tree, sp.QualifiedObservationExpression):
         raise Unsupported(f"qualifier {type(tree.qualifier).__name__.removesuffix('Qualifier').upper()}")
     raise Unsupported(f"expression {type(tree).__name__}")
+
+
+def _dnf_size(expr: Any) -> int:
+    """How many conjunctions :func:`_dnf` would make, without making them."""
+    if isinstance(expr, sp.OrBooleanExpression):
+        return sum(_dnf_size(o) for o in expr.operands)
+    if isinstance(expr, sp.AndBooleanExpression):
+        return math.prod(_dnf_size(o) for o in expr.operands)
+    if isinstance(expr, sp.ParentheticalExpression):
+        return _dnf_size(expr.expression)
+    return 1
 
 
 def _dnf(expr: Any) -> list[list[Any]]:
