@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import stix2
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
@@ -81,3 +82,34 @@ def test_intel_stats_counts_by_kind(tmp_path: Path) -> None:
         and "'ipv6-address': 1" in res.stdout
     )
     assert "list.txt:4" in res.stdout  # the bad line is named
+
+
+@pytest.mark.parametrize(
+    "case", ["empty-list", "missing-feed-files", "directory-named-json", "only-unsupported"]
+)
+def test_a_named_source_that_yields_nothing_fails_the_hunt(tmp_path: Path, case: str) -> None:
+    """'0 hits' from a source that held nothing usable must not look like a clean hunt (issue 15, 12)."""
+    flows_dir = tmp_path / "flows"
+    flows_dir.mkdir()
+    batch = flow_batch([{"src": "192.0.2.1", "dst": "203.0.113.66", "sport": 50000, "dport": 443}])
+    pq.write_table(pa.Table.from_batches([batch]), flows_dir / "part-0.parquet")
+    if case == "empty-list":
+        source = tmp_path / "empty.txt"
+        source.write_text("# nothing yet\n")
+    elif case == "missing-feed-files":
+        source = tmp_path / "feed"
+        source.mkdir()
+        (source / "manifest.json").write_text('{"5d3e7f1a-0000-4000-8000-000000000001": {}}')
+    elif case == "directory-named-json":
+        source = tmp_path / "x.json"
+        source.mkdir()
+    else:
+        source = tmp_path / "domains.json"
+        ind = stix2.Indicator(pattern="[domain-name:value = 'evil.example']", pattern_type="stix",
+                              valid_from="2026-01-01T00:00:00Z")  # fmt: skip
+        source.write_text(stix2.Bundle(ind).serialize())
+    res = shoal(
+        "match", "--intel", str(source), "--flows", str(flows_dir), "--alerts", str(tmp_path / "a.jsonl")
+    )
+    assert res.returncode != 0
+    assert f"{source}: no usable indicator" in res.stderr, res.stderr
