@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.decode.budget import VariableRecordBudget
 from pipeline.decode.netflow_v5 import V5_RECORD, V5_TEMPLATE
 from pipeline.decode.pending import PendingBuffer
 from pipeline.decode.records import RecordGroups, Run
@@ -131,6 +132,7 @@ class BlockWalker:
         sampling: SamplingState,
         sequence: SequenceTracker,
         pending: PendingBuffer,
+        budget: VariableRecordBudget,
         groups: RecordGroups,
     ) -> None:
         self.stats = stats
@@ -139,6 +141,7 @@ class BlockWalker:
         self.sampling = sampling
         self.sequence = sequence
         self.pending = pending
+        self.budget = budget
         self.groups = groups
 
     def walk(self, hdr: BlockHeaders, walk_packet: PacketWalk) -> None:
@@ -181,9 +184,10 @@ class BlockWalker:
 
     def _fast_rows(self, hdr: BlockHeaders, first: int, stop: int) -> int:
         """Rows ``first..stop-1`` passed the header checks. Take them up to the first one whose
-        template is unknown (or options, or variable-length) or whose template refresh is not a pure
-        repeat; count their packets, check their sequence numbers and append their records to new
-        runs, exactly as the per-packet walk would. Returns where it stopped."""
+        template is unknown (or options, or without addresses), whose template refresh is not a
+        pure repeat, or whose variable-length records the exporter's budget would cut; count their
+        packets, check their sequence numbers and append their records to new runs, exactly as the
+        per-packet walk would. Returns where it stopped."""
         rows = slice(first, stop)
         kind = hdr.kind[rows]
         version = np.where(kind > _REFRESH, kind - _REFRESH, kind)
@@ -202,7 +206,7 @@ class BlockWalker:
                 continue
             table = self.templates.tables.get(tkey)
             t = table.get(k & 0xFFFF) if table is not None else None
-            templates.append(None if t is None or t.options or t.variable or not t.usable else t)
+            templates.append(None if t is None or t.options or not t.usable else t)
         end = stop - first
         unknown = np.flatnonzero(np.array([t is None for t in templates])[template_of])
         if len(unknown):
@@ -213,16 +217,25 @@ class BlockWalker:
             if known is None:
                 end = r
                 break
-            refreshed.append(known)
-        if end == 0:
-            return first
-        for known in refreshed:
-            for t in known:
-                t.last_seen = max(t.last_seen, hdr.received)
+            refreshed.append((r, known))
         stream_of, template_of, version = stream_of[:end], template_of[:end], version[:end]
         size = hdr.size[first : first + end]
-        record_length = np.array([t.record_length if t is not None else 1 for t in templates])[template_of]
-        count = np.where(version == _FAST_V5, size, (size - 4) // record_length)
+        record_length = np.array([t.record_length or 1 if t is not None else 1 for t in templates])
+        count = np.where(version == _FAST_V5, size, (size - 4) // record_length[template_of])
+        if any(t is not None and t.variable for t in templates):
+            end = self._variable_rows(hdr, first, streams, stream_of, templates, template_of, count)
+            stream_of, template_of, version, count = (
+                stream_of[:end],
+                template_of[:end],
+                version[:end],
+                count[:end],
+            )
+        if end == 0:
+            return first
+        for r, known in refreshed:
+            if r < end:
+                for t in known:
+                    t.last_seen = max(t.last_seen, hdr.received)
         units = np.where(version == _FAST_V9, 1, count)
         packets = self.stats.packets
         per_stream = np.bincount(stream_of, minlength=len(streams)).tolist()
@@ -253,6 +266,60 @@ class BlockWalker:
                 stream=stream_of[at],
             )
         return first + end
+
+    def _variable_rows(
+        self,
+        hdr: BlockHeaders,
+        first: int,
+        streams: list[StreamEntry],
+        stream_of: np.ndarray,
+        templates: list[Template | None],
+        template_of: np.ndarray,
+        count: np.ndarray,
+    ) -> int:
+        """Count the records of the rows of variable-length templates (into ``count``), then take
+        each exporter's from the budget it has left, as the per-packet walk would. Returns how many
+        rows stay fast: the rest, from the first row the budget would cut (or whose exporter's new
+        budget would evict another's), take the per-packet walk, which cuts and counts exactly."""
+        from pipeline.decode.variable_length import count_sets
+
+        end = len(stream_of)
+        flat = hdr.data.reshape(-1)
+        variable = np.zeros(end, dtype=bool)
+        for t, template in enumerate(templates):
+            if template is None or not template.variable:
+                continue
+            mine = np.flatnonzero(template_of == t)
+            if not len(mine):
+                continue
+            variable[mine] = True
+            rows = mine + first
+            starts = rows * hdr.data.shape[1] + hdr.offset[rows]
+            counts = np.empty(len(mine), dtype=np.int64)
+            count_sets(flat, starts, starts + hdr.size[rows] - 4, template.runs, counts)
+            count[mine] = counts
+        rows = np.flatnonzero(variable)
+        if not len(rows):
+            return end
+        names = [tkey[0] for tkey, _, _ in streams]
+        exporter_of = np.unique(names, return_inverse=True)[1].ravel()[stream_of[rows]]
+        spent = []
+        for e in _distinct(exporter_of, values_only=True)[0].tolist():
+            mine = rows[exporter_of == e]
+            if mine[0] >= end:
+                break
+            name = names[int(stream_of[mine[0]])]
+            if self.budget.would_evict(name):
+                end = int(mine[0])
+                break
+            left = self.budget.left(name, hdr.received)
+            over = np.flatnonzero(np.cumsum(count[mine]) >= left)
+            if len(over):
+                end = min(end, int(mine[over[0]]))
+            spent.append((name, mine))
+        for name, mine in spent:
+            self.budget.spend(name, int(count[mine[mine < end]].sum()))
+        return end
 
     def _refresh_of(
         self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, hdr: BlockHeaders

@@ -76,8 +76,9 @@ class FlowDecoder:
             self.budget, self.groups,
         )  # fmt: skip
         self._block = BlockWalker(
-            stats, self.streams, self.templates, self.sampling, self.sequence, self.pending, self.groups
-        )
+            stats, self.streams, self.templates, self.sampling, self.sequence, self.pending, self.budget,
+            self.groups,
+        )  # fmt: skip
         self._time_bounds = (EARLIEST_US, int(config.max_time_ahead_seconds * 1_000_000))
 
     # -- public surface ----------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 The per-packet walk and the block path only find records; they append them to their template's
 :class:`Group` in arrival order, as a per-packet piece (the set's bytes, its record count, its packet
 context) or a :class:`Run` of block rows. At the end of the call each group becomes field arrays with
-one ``np.frombuffer`` over all its records (an offsets pass first for variable-length templates), and
-per-record packet context columns.
+one ``np.frombuffer`` over all its records, and per-record packet context columns. Records of a
+variable-length template are first packed into fixed records by one compiled pass per stretch of
+pieces (:mod:`pipeline.decode.variable_length`); from there both kinds take the same path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from pipeline.decode.columns import Context, FieldArrays
 from pipeline.decode.streams import DomainKey
-from pipeline.decode.templates import Template, variable_offsets
+from pipeline.decode.templates import Template
 
 if TYPE_CHECKING:
     from pipeline.decode.block import BlockHeaders
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 @dataclass
 class Group:
     """Records of one template gathered from the current call, in arrival order: each piece is
-    either ``(data, count, ctx)`` (``(data, count, ctx, starts)`` for variable-length records) from
-    the per-packet walk or a :class:`Run` of block rows."""
+    either ``(data, count, ctx)`` from the per-packet walk (``count`` whole records at the start of
+    ``data``) or a :class:`Run` of block rows."""
 
     template: Template
     domain: DomainKey
@@ -63,62 +64,58 @@ class RecordGroups(dict[int, Group]):
             group = self[id(template)] = Group(template, dkey)
         return group
 
-    def add(
-        self, template: Template, dkey: DomainKey, data: Any, count: int, ctx: tuple, starts: Any = None
-    ) -> None:
-        """Per-packet records: ``count`` records in ``data``, with the packet's context tuple."""
-        piece = (data, count, ctx) if starts is None else (data, count, ctx, starts)
-        self.group(template, dkey).pieces.append(piece)
+    def add(self, template: Template, dkey: DomainKey, data: Any, count: int, ctx: tuple) -> None:
+        """Per-packet records: ``count`` records at the start of ``data``, with the packet's context
+        tuple."""
+        self.group(template, dkey).pieces.append((data, count, ctx))
 
 
-def decode_fields(template: Template, data: bytes, starts: Any = None) -> tuple[FieldArrays, int]:
-    """Decode records of one template: one frombuffer, or offsets-then-gather when variable
-    (``starts``: the offsets when already walked)."""
-    if not template.variable:
-        usable = len(data) - len(data) % template.record_length  # sets may end in padding
-        rec = np.frombuffer(data, dtype=template.dtype, count=usable // template.record_length)
-        return {ie: rec[name] for ie, name in template.names.items()}, len(rec)
-    if starts is None:
-        starts, _, _ = variable_offsets(template, data)
-    raw = np.frombuffer(data, dtype=np.uint8)
-    out: FieldArrays = {}
-    for j, f in enumerate(template.fields):
-        if f.ie in template.names and f.ie not in out and f.length != 65535 and f.mapped:
-            idx = starts[:, j][:, None] + np.arange(f.length)
-            out[f.ie] = raw[idx] if len(starts) else np.zeros((0, f.length), np.uint8)
-    return out, len(starts)
+def decode_fields(template: Template, data: Any) -> tuple[FieldArrays, int]:
+    """The records of one data set (bytes), every whole one (options data: no budget applies)."""
+    if template.variable:
+        from pipeline.decode import variable_length
+
+        raw = np.frombuffer(data, dtype=np.uint8)
+        n, _ = variable_length.count_records(raw, 0, len(raw), template.runs, -1)
+        if not template.dtype.itemsize:
+            return {}, n
+        bounds, counts = np.array([0], dtype=np.int64), np.array([n], dtype=np.int64)
+        data = variable_length.pack(template, raw, bounds, np.array([len(raw)], dtype=np.int64), counts)
+    return _fields(template, data)
+
+
+def _fields(template: Template, data: Any) -> tuple[FieldArrays, int]:
+    """Fixed records (a variable-length template's packed ones) decoded with one frombuffer; bytes
+    after the last whole record (set padding) are left out."""
+    size = template.dtype.itemsize
+    rec = np.frombuffer(data, dtype=template.dtype, count=len(data) // size)
+    return {ie: rec[name] for ie, name in template.names.items()}, len(rec)
 
 
 def group_fields(group: Group) -> tuple[FieldArrays, int, Context | None]:
     """A template group's records as field arrays, their count and their packet context."""
     template = group.template
-    if template.variable:  # only the per-packet walk feeds variable-length templates
-        pieces, counts = [], []
-        for piece in group.pieces:
-            fields, n = decode_fields(template, bytes(piece[0]), piece[3] if len(piece) > 3 else None)
-            pieces.append(fields)
-            counts.append(n)
-        n = sum(counts)
-        fields = {ie: np.concatenate([p[ie] for p in pieces]) for ie in pieces[0]} if pieces else {}
-        contexts = [_packet_context(counts, [p[2] for p in group.pieces], n)] if n else []
-    else:
-        chunks: list[Any] = []
-        contexts = []
-        packed: list[tuple] = []
-        for piece in [*group.pieces, None]:
-            if isinstance(piece, tuple):
-                packed.append(piece)
-                continue
-            if packed:  # consecutive per-packet pieces: one join, context as the walk saw it
-                counts = [c for _, c, _ in packed]
+    variable = template.variable
+    chunks: list[Any] = []
+    contexts = []
+    packed: list[tuple] = []
+    for piece in [*group.pieces, None]:
+        if isinstance(piece, tuple):
+            packed.append(piece)
+            continue
+        if packed:  # consecutive per-packet pieces: one join, context as the walk saw it
+            counts = [c for _, c, _ in packed]
+            if variable:
+                chunks.append(_pack_pieces(template, [part for part, _, _ in packed], counts))
+            else:
                 chunks.extend(part for part, _, _ in packed)
-                contexts.append(_packet_context(counts, [c for _, _, c in packed], sum(counts)))
-                packed = []
-            if piece is not None:
-                records, context = _gather_run(piece, template.record_length)
-                chunks.append(records)
-                contexts.append(context)
-        fields, n = decode_fields(template, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            contexts.append(_packet_context(counts, [c for _, _, c in packed], sum(counts)))
+            packed = []
+        if piece is not None:
+            records, context = _pack_run(piece, template) if variable else _gather_run(piece, template)
+            chunks.append(records)
+            contexts.append(context)
+    fields, n = _fields(template, chunks[0] if len(chunks) == 1 else b"".join(chunks))
     if n == 0:
         return fields, 0, None
     if len(contexts) == 1:
@@ -180,10 +177,11 @@ def _per_record(values: np.ndarray, counts: np.ndarray, n: int, dtype: Any) -> n
     return np.repeat(values.astype(dtype), counts)
 
 
-def _gather_run(run: Run, record_length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _gather_run(run: Run, template: Template) -> tuple[np.ndarray, list[np.ndarray]]:
     """A run's records copied out of the block, and their context columns. Rows with different
     record counts take one take: the block seen as one record at every byte offset, indexed by each
     record's start."""
+    record_length = template.record_length
     hdr = run.block
     rows = np.asarray(run.rows, dtype=np.intp)
     counts = np.asarray(run.counts, dtype=np.int64)
@@ -209,6 +207,30 @@ def _gather_run(run: Run, record_length: int) -> tuple[np.ndarray, list[np.ndarr
         )
         records = every[starts].view(np.uint8)
     return records, _run_context(run, rows, counts, n)
+
+
+def _pack_pieces(template: Template, parts: list[Any], counts: list[int]) -> np.ndarray:
+    """Per-packet pieces of a variable-length template, packed (each piece holds exactly its
+    records: the walk cut it where the last one ended)."""
+    from pipeline.decode import variable_length
+
+    data = np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), dtype=np.uint8)
+    ends = np.cumsum([len(part) for part in parts], dtype=np.int64)
+    starts = ends - [len(part) for part in parts]
+    return variable_length.pack(template, data, starts, ends, np.asarray(counts, dtype=np.int64))
+
+
+def _pack_run(run: Run, template: Template) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A run's variable-length records packed straight out of the block, and their context columns."""
+    from pipeline.decode import variable_length
+
+    hdr = run.block
+    rows = np.asarray(run.rows, dtype=np.intp)
+    counts = np.asarray(run.counts, dtype=np.int64)
+    starts = rows * hdr.data.shape[1] + hdr.offset[rows]
+    ends = starts + hdr.size[rows] - 4
+    records = variable_length.pack(template, hdr.data.reshape(-1), starts, ends, counts)
+    return records, _run_context(run, rows, counts, int(counts.sum()))
 
 
 def _run_context(run: Run, rows: np.ndarray, counts: np.ndarray, n: int) -> list[np.ndarray]:

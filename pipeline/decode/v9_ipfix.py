@@ -2,8 +2,9 @@
 
 Only headers and set boundaries are walked here in Python. Template sets update the stream's
 templates (and release data that waited for them); data sets are appended to their template's group
-(:mod:`pipeline.decode.records`) and decoded later with the rest of the call's records; options data
-updates sampling state. Never raises on input: each reject is counted by reason and the walk goes on
+(:mod:`pipeline.decode.records`) and decoded later with the rest of the call's records (a
+variable-length set's records are counted here, compiled, within the exporter's budget: the count
+is what IPFIX sequence numbers and the budget need); options data updates sampling state. Never raises on input: each reject is counted by reason and the walk goes on
 with the next set.
 
 A packet's context travels as a tuple (cheaper than an object on this path): 16-byte exporter, port,
@@ -15,6 +16,9 @@ sampling rate.
 from __future__ import annotations
 
 import struct
+from typing import Any
+
+import numpy as np
 
 from pipeline.decode.budget import VariableRecordBudget
 from pipeline.decode.datagram import DecoderConfig
@@ -25,7 +29,7 @@ from pipeline.decode.sequence import SequenceTracker
 from pipeline.decode.stats import DecoderStats
 from pipeline.decode.streams import Streams, TemplateKey
 from pipeline.decode.template_state import TemplateStore
-from pipeline.decode.templates import Template, TemplateError, parse_template_set, variable_offsets
+from pipeline.decode.templates import Template, TemplateError, parse_template_set
 
 V9_HEADER = struct.Struct("!HHIIII")
 IPFIX_HEADER = struct.Struct("!HHIII")
@@ -56,6 +60,7 @@ class MessageDecoder:
         self.pending = pending
         self.budget = budget
         self.groups = groups
+        self._count_records: Any = None
 
     def v9(self, payload: bytes, exporter: str, port: int, received: float) -> None:
         if len(payload) < V9_HEADER.size:
@@ -107,19 +112,22 @@ class MessageDecoder:
             pos += length
             if set_id >= 256:
                 template = templates.get(set_id) if templates is not None else None
-                if template is not None and template.usable and not template.variable:
-                    # Hot path: a fixed-length data set is just appended to its template's group.
+                if template is not None and template.usable:
+                    # Hot path: a data set of a known flow template is appended to its group.
                     template.last_used = received
-                    count = (length - 4) // template.record_length
-                    if count:
-                        if full is None:
-                            full = self._full_context(tkey, ctx)
-                        group = groups.get(id(template))
-                        if group is None:
-                            group = groups.group(template, (tkey[0], tkey[1], tkey[2]))
-                        group.pieces.append(
-                            (view[start : start + count * template.record_length], count, full)
-                        )
+                    if full is None:
+                        full = self._full_context(tkey, ctx)
+                    if template.variable:
+                        count = self._variable_records(template, tkey, payload, start, pos, full)
+                    else:
+                        count = (length - 4) // template.record_length
+                        if count:
+                            group = groups.get(id(template))
+                            if group is None:
+                                group = groups.group(template, (tkey[0], tkey[1], tkey[2]))
+                            group.pieces.append(
+                                (view[start : start + count * template.record_length], count, full)
+                            )
                     if records is not None:
                         records += count
                     continue
@@ -187,8 +195,9 @@ class MessageDecoder:
     def apply(
         self, template: Template, tkey: TemplateKey, body: memoryview | bytes, ctx: tuple
     ) -> int | None:
-        """One data set of a known template: options data updates sampling state, flow records join
-        their group. Returns the records it held (None if not counted)."""
+        """One data set of a known template off the hot path of :meth:`_sets`: data that waited for
+        its template, options data (updates sampling state), data of a template without addresses
+        (not read). Returns the records it held (None if not counted)."""
         dkey = (tkey[0], tkey[1], tkey[2])
         template.last_used = ctx[4]
         if template.options:
@@ -200,15 +209,32 @@ class MessageDecoder:
             return len(body) // template.record_length if template.record_length else None
         full = (*ctx[:7], self.sampling.sysinit.get(dkey, -1), self.sampling.default_rate(dkey))
         if template.variable:
-            limit = self.budget.left(tkey[0], ctx[4])
-            starts, _, used = variable_offsets(template, bytes(body), limit)
-            self.budget.spend(tkey[0], len(starts))
-            if len(starts) == limit and any(bytes(body[used:])):
-                self.stats.error(tkey[0], "variable_budget")  # the rest of this set is not read
-            if len(starts):
-                self.groups.add(template, dkey, bytes(body[:used]), len(starts), full, starts)
-            return len(starts)
+            return self._variable_records(template, tkey, body, 0, len(body), full)
         count = len(body) // template.record_length
         if count:
             self.groups.add(template, dkey, body[: count * template.record_length], count, full)
         return count
+
+    def _variable_records(
+        self, template: Template, tkey: TemplateKey, data: Any, start: int, end: int, full: tuple
+    ) -> int:
+        """Count the whole records of a variable-length set (``data[start:end]``) within the
+        exporter's budget (the rest of a set the budget cuts is not read, counted); they are packed
+        with their group later."""
+        count_records = self._count_records
+        if count_records is None:  # the compiler loads with the first variable-length set
+            from pipeline.decode.variable_length import count_records
+
+            self._count_records = count_records
+        exporter = tkey[0]
+        limit = self.budget.left(exporter, full[4])
+        # bytes go to the compiled count as they are (a numpy view of them costs as much as the count)
+        raw = data if type(data) is bytes else np.frombuffer(data, dtype=np.uint8)
+        n, used = count_records(raw, start, end, template.runs, limit)
+        self.budget.spend(exporter, n)
+        if n == limit and any(data[used:end]):
+            self.stats.error(exporter, "variable_budget")
+        if n:
+            piece = memoryview(data)[start:used]
+            self.groups.add(template, (tkey[0], tkey[1], tkey[2]), piece, n, full)
+        return n
