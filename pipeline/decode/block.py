@@ -225,10 +225,7 @@ class BlockWalker:
         if any(t is not None and t.variable for t in templates):
             end = self._variable_rows(hdr, first, streams, stream_of, templates, template_of, count)
             stream_of, template_of, version, count = (
-                stream_of[:end],
-                template_of[:end],
-                version[:end],
-                count[:end],
+                a[:end] for a in (stream_of, template_of, version, count)
             )
         if end == 0:
             return first
