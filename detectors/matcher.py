@@ -135,7 +135,7 @@ class Matcher:
         maybe = np.flatnonzero(repeated[pos] == inds)
         if not len(maybe):
             return rows, inds, sides
-        key = (rows[maybe].astype(np.int64) * len(self.index.indicators) + inds[maybe]) * 3 + sides[maybe]
+        key = (rows[maybe].astype(np.int64) * self.index.count + inds[maybe]) * 3 + sides[maybe]
         _, first = np.unique(key, return_index=True)
         keep = np.ones(len(rows), dtype=bool)
         keep[maybe] = False
