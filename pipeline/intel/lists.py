@@ -28,7 +28,7 @@ from pipeline.intel import textscan
 from pipeline.intel.load import IntelError, IntelLoad
 from pipeline.intel.model import Condition
 from pipeline.intel.progress import Progress
-from pipeline.intel.table import IndicatorTable, mapped_v4
+from pipeline.intel.table import IndicatorTable
 
 BLOCK_BYTES = 32 << 20
 """Bytes read and scanned at a time: bounds the parser's working memory whatever the file's size."""
@@ -65,7 +65,9 @@ class _Rows:
     def __init__(self, n: int) -> None:
         self.kind = np.empty(n, np.int8)
         self.line = np.empty(n, np.int64)
-        self.address = np.empty(n, np.uint32)
+        self.version = np.empty(n, np.uint8)
+        self.hi = np.empty(n, np.uint64)
+        self.lo = np.empty(n, np.uint64)
         self.prefix = np.empty(n, np.uint8)
         self.port = np.empty(n, np.int32)
         self.entry = np.full((n, 2), -1, np.int64)
@@ -77,14 +79,21 @@ class _Rows:
             setattr(self, key, value[:n])
 
 
-def _fill_slow(rows: _Rows, r: int, condition: Condition, network: np.ndarray, version: np.ndarray) -> None:
+def _fill_slow(rows: _Rows, r: int, condition: Condition) -> None:
     """Row ``r`` from the Python parser's condition."""
     net = condition.network
     assert net is not None
-    packed = net.network_address.packed
-    network[r] = np.frombuffer(packed if len(packed) == 16 else bytes(10) + b"\xff\xff" + packed, np.uint8)
-    rows.prefix[r], version[r] = net.prefixlen, net.version
+    value = int(net.network_address) | (0xFFFF << 32 if net.version == 4 else 0)
+    rows.hi[r], rows.lo[r] = value >> 64, value & (2**64 - 1)
+    rows.prefix[r], rows.version[r] = net.prefixlen, net.version
     rows.port[r] = next(iter(condition.dst_ports)) if condition.dst_ports else -1
+
+
+def _network_bytes(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 network-order bytes of 128-bit (hi, lo) words."""
+    words = np.empty((len(hi), 2), ">u8")
+    words[:, 0], words[:, 1] = hi, lo
+    return words.view(np.uint8).reshape(-1, 16)
 
 
 def _strings(src: np.ndarray, spans: np.ndarray, collapse: np.ndarray, prefix: bytes = b"") -> pa.Array:
@@ -104,15 +113,15 @@ def _strings(src: np.ndarray, spans: np.ndarray, collapse: np.ndarray, prefix: b
     return array if kind == pa.string() else array.cast(pa.string())
 
 
-def _scan_block(load: IntelLoad, path: Path, block: bytes, offset: int, first_line: int) -> tuple[IndicatorTable, int]:
+def _scan_block(
+    load: IntelLoad, path: Path, block: bytes, offset: int, first_line: int
+) -> tuple[IndicatorTable, int]:
     """(the block's indicators, its line count); bad lines become errors in ``load``."""
     buf = np.frombuffer(block, np.uint8)
     rows = _Rows(int(textscan.count_breaks(buf)))
-    n, lines = textscan.scan_lines(buf, rows.kind, rows.line, rows.address, rows.prefix, rows.port, rows.entry,
-                                   rows.name, rows.collapse)  # fmt: skip
+    n, lines = textscan.scan_lines(buf, rows.kind, rows.line, rows.version, rows.hi, rows.lo, rows.prefix,
+                                   rows.port, rows.entry, rows.name, rows.collapse)  # fmt: skip
     rows.cut(n)
-    network = mapped_v4(rows.address)
-    version = np.full(n, 4, np.uint8)
     ok = np.ones(n, bool)
     extra: list[bytes] = []  # text of rows the Python parser read, appended after the block
     extra_at = len(block)
@@ -141,7 +150,7 @@ def _scan_block(load: IntelLoad, path: Path, block: bytes, offset: int, first_li
         else:
             text = block[start:end].decode("ascii")
         try:
-            _fill_slow(rows, r, parse_entry(text), network, version)
+            _fill_slow(rows, r, parse_entry(text))
         except ValueError as exc:
             load.errors.append(f"{where}: {exc}")
             ok[r] = False
@@ -150,7 +159,7 @@ def _scan_block(load: IntelLoad, path: Path, block: bytes, offset: int, first_li
     entry = rows.entry[keep]
     no_collapse = np.zeros(len(keep), bool)
     table = IndicatorTable.from_columns(
-        network[keep], rows.prefix[keep], version[keep], rows.port[keep],
+        _network_bytes(rows.hi[keep], rows.lo[keep]), rows.prefix[keep], rows.version[keep], rows.port[keep],
         ids=_strings(src, entry, no_collapse, f"{path.name}:".encode()), values=_strings(src, entry, no_collapse),
         source=path.stem, names=_strings(src, rows.name[keep], rows.collapse[keep]),
     )  # fmt: skip
@@ -233,7 +242,9 @@ def _load_csv_columns(path: Path, value_column: str, port_column: str | None) ->
             read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
             parse_options=pacsv.ParseOptions(invalid_row_handler=invalid),
             convert_options=pacsv.ConvertOptions(
-                include_columns=columns, strings_can_be_null=False, column_types=dict.fromkeys(columns, pa.string())
+                include_columns=columns,
+                strings_can_be_null=False,
+                column_types=dict.fromkeys(columns, pa.string()),
             ),
         )
     except pa.ArrowInvalid as exc:
@@ -268,27 +279,25 @@ def _csv_batch(load: IntelLoad, path: Path, batch: pa.RecordBatch, value_column:
     text = text.cast(pa.large_string())  # 64-bit offsets for the kernel, whatever the size
     n = len(text)
     offsets = np.frombuffer(text.buffers()[1], np.int64, n + 1 + text.offset)[text.offset :]
-    data = np.frombuffer(text.buffers()[2], np.uint8) if text.buffers()[2] is not None else np.empty(0, np.uint8)
-    kind, address = np.empty(n, np.int8), np.empty(n, np.uint32)
-    prefix, port_no = np.empty(n, np.uint8), np.empty(n, np.int32)
-    textscan.parse_entries(data, offsets, kind, address, prefix, port_no)
-    network = mapped_v4(address)
-    version = np.full(n, 4, np.uint8)
+    data = (
+        np.frombuffer(text.buffers()[2], np.uint8) if text.buffers()[2] is not None else np.empty(0, np.uint8)
+    )
+    rows = _Rows(n)
+    textscan.parse_entries(data, offsets, rows.kind, rows.version, rows.hi, rows.lo, rows.prefix, rows.port)
     ok = np.ones(n, bool)
-    rows = _Rows(0)
-    rows.prefix, rows.port = prefix, port_no
-    for r in np.flatnonzero(kind != textscan.FAST).tolist():
+    for r in np.flatnonzero(rows.kind != textscan.FAST).tolist():
         entry = bytes(data[offsets[r] : offsets[r + 1]]).decode()
         try:
-            _fill_slow(rows, r, parse_entry(entry), network, version)
+            _fill_slow(rows, r, parse_entry(entry))
         except ValueError as exc:
             load.errors.append(f"{path}:{number + r}: {exc}")
             ok[r] = False
     keep = np.flatnonzero(ok)
     values = text.cast(pa.string()).take(pa.array(keep))
     ids = pc.binary_join_element_wise(pa.scalar(f"{path.name}:"), values, "")
-    return IndicatorTable.from_columns(network[keep], prefix[keep], version[keep], port_no[keep], ids=ids,
-                                       values=values, source=path.stem)  # fmt: skip
+    return IndicatorTable.from_columns(_network_bytes(rows.hi[keep], rows.lo[keep]), rows.prefix[keep],
+                                       rows.version[keep], rows.port[keep], ids=ids, values=values,
+                                       source=path.stem)  # fmt: skip
 
 
 def _load_csv_rows(path: Path, value_column: str, port_column: str | None) -> IntelLoad:

@@ -165,10 +165,11 @@ class IndicatorTable:
             return np.arange(n, dtype=np.int64)
         raw = self.network_bytes()
         words = np.ascontiguousarray(raw).view(">u8").reshape(-1, 2).astype(np.uint64)
-        meta = (self.numbers("prefix").astype(np.uint64) << np.uint64(24)) | (
-            self.numbers("version").astype(np.uint64) << np.uint64(20)
-        ) | (self.numbers("side").astype(np.uint64) << np.uint64(17)) | (
-            (self.numbers("dst_port") + 1).astype(np.uint64)
+        meta = (
+            (self.numbers("prefix").astype(np.uint64) << np.uint64(24))
+            | (self.numbers("version").astype(np.uint64) << np.uint64(20))
+            | (self.numbers("side").astype(np.uint64) << np.uint64(17))
+            | ((self.numbers("dst_port") + 1).astype(np.uint64))
         )
         keys = [meta, words[:, 1], words[:, 0]]
         for name in ("source", "valid_from", "valid_until"):  # constant in a list or CSV: skipped

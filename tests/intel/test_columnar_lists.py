@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.intel import IntelError, lists, load_source
+from pipeline.intel import IntelError, lists, load_source, textscan
 from pipeline.intel.load import IntelLoad
 from pipeline.intel.model import Indicator
 
@@ -23,7 +25,9 @@ def reference_list(path: Path) -> IntelLoad:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise IntelError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): a binary file?") from exc
+        raise IntelError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): a binary file?"
+        ) from exc
     load = IntelLoad(str(path))
     for number, line in enumerate(lines, 1):
         text, name = lists.split_line(line)
@@ -150,3 +154,43 @@ def test_a_large_list_is_read_in_blocks_with_line_numbers(tmp_path: Path, monkey
     load = load_source(str(path))
     assert load.count == 49_999 and not load.objects
     assert load.errors == [f"{path}:31338: '10.0.0.300' does not appear to be an IPv4 or IPv6 network"]
+
+
+def _python_entry(text: str) -> tuple[int, int, int, int] | None:
+    """(version, 128-bit network value (IPv4 mapped), prefix, port or -1) by the Python parser."""
+    try:
+        condition = lists.parse_entry(text)
+    except ValueError:
+        return None
+    net = condition.network
+    value = int(net.network_address) | (0xFFFF << 32 if net.version == 4 else 0)
+    return net.version, value, net.prefixlen, next(iter(condition.dst_ports)) if condition.dst_ports else -1
+
+
+ADDRESS_TEXT = st.one_of(
+    st.text(st.sampled_from("0123456789abcdefABCDEF:./|"), max_size=45),
+    st.builds(
+        lambda v, p, fmt: (
+            f"{ipaddress.IPv6Address(v).exploded if fmt else ipaddress.IPv6Address(v)}"
+            + (f"/{p}" if p <= 128 else "")
+        ),
+        st.integers(0, 2**128 - 1) | st.sampled_from([0, 1, 2**64, 2**128 - 1, 0x20010DB8 << 96]),
+        st.integers(0, 130),
+        st.booleans(),
+    ),
+    st.builds(lambda v, p: f"{ipaddress.IPv4Address(v)}/{p}", st.integers(0, 2**32 - 1), st.integers(0, 33)),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(ADDRESS_TEXT, st.sampled_from(["", "|443", "|0", "|65536", "|x"]))
+def test_compiled_entry_parser_claims_only_what_ipaddress_reads_the_same(text: str, port: str) -> None:
+    entry = (text + port).encode()
+    ok, version, hi, lo, prefix, number = textscan.parse_entry(np.frombuffer(entry, np.uint8), 0, len(entry))
+    expected = _python_entry(entry.decode())
+    if ok:
+        assert expected == (version, (int(hi) << 64) | int(lo), prefix, number)
+    elif expected is not None:  # left to Python: only forms the compiled parser does not read
+        assert (
+            "." in text.split("/", maxsplit=1)[0].rsplit(":", 1)[-1] or "|" in text or text.count("/") > 1
+        ), entry
