@@ -292,6 +292,13 @@ class IndicatorIndex:
     def __len__(self) -> int:
         return self.count
 
+    removed = np.empty(0, np.int32)
+    """Positions withdrawn since the build: none (see :class:`detectors.layers.LayeredIndex`)."""
+
+    def layers(self) -> list[tuple[IndicatorIndex, int]]:
+        """(index, position offset) of each layer the matcher searches: this one alone."""
+        return [(self, 0)]
+
     def source_counts(self) -> dict[str, int]:
         """Indicators per source."""
         counts = np.bincount(self.source_code, minlength=len(self.source_names))
