@@ -190,3 +190,14 @@ def split_hits(rows, payload, code, plain_rows, plain_inds, c_rows, c_entries): 
         c_entries[c] = ~v
         c += v < 0
     return p, c
+
+
+@_jit(f"int64({_KEYS}, uint8[::1], {_I64})")
+def coarse_candidates(keys, covered16, out):  # pragma: no cover - compiled
+    """Positions of the keys whose /16 some range touches (``covered16``: one byte per /16, 64 KiB,
+    cache-resident), compacted into ``out``: a small index then looks up only those."""
+    k = 0
+    for i in range(len(keys)):
+        out[k] = i
+        k += covered16[np.int64(keys[i]) >> 16]
+    return k

@@ -5,12 +5,14 @@ other — mixed with object indicators, across updates that withdraw and add ind
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest.mock import patch
 
 from flowbatch import WHEN
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_matcher_reference import EDGE_POOL, EDGE_PREFIXES, V6_POOL, _rows, conditions, networks, reference
 
+from detectors import index as index_module
 from detectors.index import IndicatorIndex
 from detectors.layers import LayeredIndex
 from detectors.matcher import Matcher
@@ -72,8 +74,12 @@ ALLOW = st.lists(st.tuples(networks(POOL, EDGE_PREFIXES), st.none() | st.sampled
 def test_index_of_rows_and_objects_equals_reference(indicators, flow_list, allow_pairs) -> None:
     allow = [(net, port, "allow") for net, port in allow_pairs]
     objects, table = split(indicators)
+    expected = reference(indicators, flow_list, allow)
+    with patch.object(index_module, "COARSE_MAX_RANGES", 0):  # the large-set path: no /16 filter
+        assert hits(Matcher(IndicatorIndex.build(objects, Allowlist(entries=allow), table)), flow_list) == expected
     matcher = Matcher(IndicatorIndex.build(objects, Allowlist(entries=allow), table))
-    assert hits(matcher, flow_list) == reference(indicators, flow_list, allow)
+    assert matcher.index.table.covered16 is not None
+    assert hits(matcher, flow_list) == expected
     by_source: dict[str, int] = {}
     for _, ind_id, _ in hits(
         Matcher(IndicatorIndex.build(objects, Allowlist(entries=allow), table)), flow_list
