@@ -77,7 +77,7 @@ class IntelLoad:
             for ident, network, version in zip(refused.column("id").to_pylist(), refused.network_texts(),
                                                refused.column("version").to_pylist(), strict=True):  # fmt: skip
                 self._refuse(ident, network, version, min_prefix_v4, min_prefix_v6)
-            self.table = self.table.take(np.flatnonzero(~broad_rows))
+            self.table = self.table.without_copy_of(np.flatnonzero(~broad_rows))
         return self
 
     def _refuse(self, ident: str, network: str, version: int, min_prefix_v4: int, min_prefix_v6: int) -> None:
@@ -101,5 +101,5 @@ class IntelLoad:
         first = self.table.first_of_duplicates()
         if len(first) < len(self.table):
             self.duplicates += len(self.table) - len(first)
-            self.table = self.table.take(first)
+            self.table = self.table.without_copy_of(first)
         return self

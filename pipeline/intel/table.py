@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,6 +99,18 @@ class IndicatorTable:
     def take(self, rows: np.ndarray) -> IndicatorTable:
         return IndicatorTable(self.table.take(pa.array(rows, type=pa.int64())))
 
+    def without_copy_of(self, rows: np.ndarray) -> IndicatorTable:
+        """:meth:`take`, column by column, dropping each old column as its copy is made (the caller
+        drops this table): peak memory is one table and one column, not two tables."""
+        if len(rows) == len(self):
+            return self
+        indices = pa.array(rows, type=pa.int64())
+        columns = list(self.table.columns)
+        self.table = SCHEMA.empty_table()
+        for k in range(len(columns)):
+            columns[k] = columns[k].take(indices)
+        return IndicatorTable(pa.table(columns, schema=SCHEMA))
+
     def column(self, name: str) -> pa.ChunkedArray:
         return self.table.column(name)
 
@@ -159,39 +172,37 @@ class IndicatorTable:
 
     def first_of_duplicates(self) -> np.ndarray:
         """Row positions, ascending, of the first row of each (source, network, port, side, validity):
-        one indicator per condition per source, as :meth:`IntelLoad.collapse_duplicates` keeps."""
+        one indicator per condition per source, as :meth:`IntelLoad.collapse_duplicates` keeps.
+        Rows are sorted by a 64-bit hash of their key, then adjacent rows compared on the key itself."""
         n = len(self)
         if n < 2:
             return np.arange(n, dtype=np.int64)
-        raw = self.network_bytes()
-        words = np.ascontiguousarray(raw).view(">u8").reshape(-1, 2).astype(np.uint64)
-        meta = (
-            (self.numbers("prefix").astype(np.uint64) << np.uint64(24))
-            | (self.numbers("version").astype(np.uint64) << np.uint64(20))
-            | (self.numbers("side").astype(np.uint64) << np.uint64(17))
-            | ((self.numbers("dst_port") + 1).astype(np.uint64))
-        )
-        keys = [meta, words[:, 1], words[:, 0]]
+        extra = []
         for name in ("source", "valid_from", "valid_until"):  # constant in a list or CSV: skipped
             column = self.table.column(name)
             if column.null_count == n or pc.count_distinct(column, mode="all").as_py() <= 1:
                 continue
             if name == "source":
                 codes = column.combine_chunks().dictionary_encode().indices
-                keys.append(codes.to_numpy(zero_copy_only=False).astype(np.int64))
+                extra.append(codes.to_numpy(zero_copy_only=False).astype(np.int64))
             else:
-                keys.append(self.numbers(name, null=np.iinfo(np.int64).min))
-        if len(keys) == 3 and not words[:, 0].any():  # IPv4 only (mapped: hi is 0): one packed key
-            key = (words[:, 1] << np.uint64(32)) ^ meta if meta.max() < 2**32 else None
-            if key is not None:
-                _, first = np.unique(key, return_index=True)
-                return np.sort(first)
-        order = np.lexsort(keys)  # stable: the first of equal keys is the earliest row
-        same = np.ones(n - 1, dtype=bool)
-        for k in keys:
-            sk = k[order]
-            same &= sk[1:] == sk[:-1]
-        return np.sort(order[np.r_[True, ~same]])
+                extra.append(self.numbers(name, null=np.iinfo(np.int64).min))
+        others = np.stack(extra, axis=1) if extra else np.zeros((n, 0), np.int64)
+        network = self.network_bytes()
+        prefix, version = _numpy(self.table.column("prefix")), _numpy(self.table.column("version"))
+        side, port = _numpy(self.table.column("side")), _numpy(self.table.column("dst_port").fill_null(-1))
+        hashes = np.empty(n, np.uint64)
+        _row_hashes(network, prefix, version, side, port, others, hashes)
+        order = np.argsort(hashes, kind="stable")  # stable: of equal rows, the earliest comes first
+        duplicate = np.zeros(n, np.bool_)
+        if _mark_duplicates(order, hashes, network, prefix, version, side, port, others, duplicate):
+            # two different rows share a hash (about once in 10^5 loads of 10M rows): compare exactly
+            keys = [prefix, version, side, port, *others.T, *np.ascontiguousarray(network).view(">u8").T]
+            order = np.lexsort(keys[::-1])
+            duplicate[:] = False
+            _mark_duplicates(order, np.zeros(n, np.uint64), network, prefix, version, side, port, others,
+                             duplicate)  # fmt: skip
+        return np.flatnonzero(~duplicate)
 
     def to_indicators(self) -> list[Indicator]:
         """The rows as objects (small tables: tests, ``shoal intel stats``; millions would cost ~1 KB each)."""
@@ -236,6 +247,47 @@ class IndicatorTable:
             "dst_port": [next(iter(c.dst_ports)) if c.dst_ports else None for _, c in fit],
         }  # fmt: skip
         return cls(pa.table(columns, schema=SCHEMA)), rest
+
+
+def _numpy(column: pa.ChunkedArray) -> np.ndarray:
+    return column.combine_chunks().to_numpy(zero_copy_only=False)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_hashes(network, prefix, version, side, port, others, out):  # pragma: no cover - compiled
+    """A 64-bit hash (multiply-xorshift mixing) of each row's key fields."""
+    m = np.uint64(0x9E3779B97F4A7C15)
+    for r in range(len(out)):
+        h = np.uint64(prefix[r]) | (np.uint64(version[r]) << np.uint64(8)) | (np.uint64(side[r] & 3) << np.uint64(12))
+        h ^= np.uint64(port[r] & 0xFFFFFFFF) << np.uint64(16)
+        for j in range(16):
+            h = (h ^ np.uint64(network[r, j])) * m
+            h ^= h >> np.uint64(29)
+        for j in range(others.shape[1]):
+            h = (h ^ np.uint64(others[r, j])) * m
+            h ^= h >> np.uint64(31)
+        out[r] = h
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_duplicates(order, hashes, network, prefix, version, side, port, others, out):  # pragma: no cover
+    """Mark each row equal to the row before it in ``order``; returns whether two adjacent rows had
+    the same hash but different keys (then the caller sorts by the keys themselves)."""
+    collision = False
+    for t in range(1, len(order)):
+        a, b = order[t - 1], order[t]
+        if hashes[a] != hashes[b]:
+            continue
+        same = prefix[a] == prefix[b] and version[a] == version[b] and side[a] == side[b] and port[a] == port[b]
+        for j in range(16):
+            same = same and network[a, j] == network[b, j]
+        for j in range(others.shape[1]):
+            same = same and others[a, j] == others[b, j]
+        if same:
+            out[b] = True
+        else:
+            collision = True
+    return collision
 
 
 def repeat_string(text: str, n: int) -> pa.Array:

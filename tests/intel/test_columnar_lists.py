@@ -194,3 +194,19 @@ def test_compiled_entry_parser_claims_only_what_ipaddress_reads_the_same(text: s
         assert (
             "." in text.split("/", maxsplit=1)[0].rsplit(":", 1)[-1] or "|" in text or text.count("/") > 1
         ), entry
+
+
+def test_duplicates_are_found_exactly_when_hashes_collide(tmp_path: Path, monkeypatch) -> None:
+    """Every row hashing alike (a collision everywhere) must still collapse exactly the duplicates."""
+    from pipeline.intel import table as table_module
+
+    path = tmp_path / "dups.txt"
+    path.write_text("203.0.113.5\n198.51.100.0/24\n203.0.113.5|80\n203.0.113.5\n2001:db8::1\n198.51.100.9/24\n")
+    expected = summary(reference_list(path))
+
+    def same_hash(network, prefix, version, side, port, others, out) -> None:
+        out[:] = 7
+
+    monkeypatch.setattr(table_module, "_row_hashes", same_hash)
+    got = load_source(str(path))
+    assert summary(got) == expected and got.duplicates == 2
