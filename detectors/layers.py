@@ -91,14 +91,17 @@ class LayeredIndex:
         self.delta_objects, self.delta_table = delta_objects, delta_table
         self.delta = IndicatorIndex.build(delta_objects, allowlist, delta_table)
         self.removed = np.unique(main_removed).astype(np.int32)
-        self.count = main.count + self.delta.count
+        self.count = main.count - len(self.removed) + self.delta.count
+        """Indicators in use (withdrawn ones not counted)."""
         self._ids = ids
         self.allow, self.allow_port, self.allow_name = main.allow, main.allow_port, main.allow_name
         self.attributes = _aligned(main.attributes, self.delta.attributes)
 
     @classmethod
-    def of(cls, main: IndicatorIndex, allowlist: Allowlist | None = None) -> LayeredIndex:
-        return cls(main, np.empty(0, np.int32), [], IndicatorTable.empty(), allowlist)
+    def of(
+        cls, main: IndicatorIndex, allowlist: Allowlist | None = None, ids: IdLookup | None = None
+    ) -> LayeredIndex:
+        return cls(main, np.empty(0, np.int32), [], IndicatorTable.empty(), allowlist, ids)
 
     def ids(self) -> IdLookup:
         """The main index's id lookup, made on first use (~1 s at 10M; the follower makes it in the
