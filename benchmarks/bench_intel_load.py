@@ -31,7 +31,8 @@ DATA = Path(os.environ.get("SHOAL_BENCH_DATA", "/tmp/shoal-bench-intel"))
 
 
 def _entries(n: int, seed: int = 3) -> list[str]:
-    """``n`` mixed entries (vectorised draws; the text is made per line, once, by the parent)."""
+    """``n`` mixed entries (vectorised draws; the text is made per line, once, by the parent); IPv6
+    ones are numbered from ``seed``, so chunks of a large file do not repeat them."""
     rng = np.random.default_rng(seed)
     v4 = rng.integers(1 << 24, 224 << 24, n, dtype=np.uint64)
     prefix = rng.integers(24, 31, n)
@@ -39,7 +40,8 @@ def _entries(n: int, seed: int = 3) -> list[str]:
     out = []
     for k in range(n):
         if k % 10 == 9:
-            out.append(f"2001:db8:{k >> 16 & 0xFFFF:x}:{k & 0xFFFF:x}::{k % 977:x}" + ("" if k % 20 else "/48"))
+            g = seed + k
+            out.append(f"2001:db8:{g >> 16 & 0xFFFF:x}:{g & 0xFFFF:x}::{g % 977:x}" + ("" if k % 20 else "/48"))
             continue
         a = int(v4[k])
         text = f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"
@@ -52,7 +54,7 @@ def _entries(n: int, seed: int = 3) -> list[str]:
 
 
 def make_list(n: int) -> Path:
-    path = DATA / f"list-{n}.txt"
+    path = DATA / f"list-{n}-v2.txt"
     if not path.exists():
         DATA.mkdir(parents=True, exist_ok=True)
         with path.open("w") as fh:
@@ -62,7 +64,7 @@ def make_list(n: int) -> Path:
 
 
 def make_csv(n: int) -> Path:
-    path = DATA / f"feed-{n}.csv"
+    path = DATA / f"feed-{n}-v2.csv"
     if not path.exists():
         DATA.mkdir(parents=True, exist_ok=True)
         with path.open("w") as fh:
