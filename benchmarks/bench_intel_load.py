@@ -200,6 +200,52 @@ def child_update(spec: str, changes: int, flows: int, repeat: int) -> dict:
             "find_main": base, "find_layered": layered_rate}  # fmt: skip
 
 
+def publish_topic(bootstrap: str, topic: str, n: int) -> None:
+    """``n`` indicators on a compacted topic in the indicators-topic format (one JSON message each,
+    as ``shoal intel publish`` writes them), produced directly (publish itself would first read the
+    topic and build ``n`` objects)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from pipeline.transport.indicators import INDICATOR_SCHEMA_VALUE, SCHEMA_HEADER
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})]).values():
+        future.result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 1_000_000})  # fmt: skip
+    headers = [(SCHEMA_HEADER, INDICATOR_SCHEMA_VALUE)]
+    for start in range(0, n, 1_000_000):
+        for k, text in enumerate(_entries(min(n - start, 1_000_000), seed=start)):
+            value, _, port = text.partition("|")
+            ident = f"topic:{start + k}"
+            ports = f',"dst_ports":[{port}]' if port else ""
+            body = (f'{{"conditions":[{{"network":"{value}","side":"any"{ports}}}],"confidence":null,'
+                    f'"feed":"bench","id":"{ident}","labels":[],"name":null,"revoked":false,"source":"bench",'
+                    f'"tlp":null,"valid_from":null,"valid_until":null,"value":"{text}"}}')  # fmt: skip
+            while True:
+                try:
+                    producer.produce(topic, body.encode(), key=ident.encode(), headers=headers)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+    producer.flush(120)
+
+
+def child_topic(bootstrap: str, topic: str) -> dict:
+    """What a worker's start costs: the topic read to its end, then the index built."""
+    from detectors.index import IndicatorIndex
+    from pipeline.transport.indicators import read_state
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    state = read_state(bootstrap, topic)
+    read_wall, read_cpu, read_peak = time.perf_counter() - t0, time.process_time() - c0, _peak_gib()
+    index = IndicatorIndex.build(list(state.indicators.values()))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "peak_gib": _peak_gib(), "indicators": index.count, "errors": state.errors,
+            "duplicates": 0, "read_s": read_wall, "read_cpu_s": read_cpu, "read_peak_gib": read_peak}  # fmt: skip
+
+
 def run_child(args: list[str], tree: str | None) -> dict:
     env = dict(os.environ)
     if tree:
@@ -219,6 +265,8 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--flows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--kafka", metavar="BOOTSTRAP", help="a broker for the topic case (scripts/kafka.sh start)")
+    parser.add_argument("--topic-size", type=int, default=1_000_000, help="indicators on the topic")
     parser.add_argument("--tree", help="run against another checkout's pipeline and detectors packages")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -226,6 +274,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "load":
             print(json.dumps(child_load(rest[0])))
+        elif kind == "topic":
+            print(json.dumps(child_topic(rest[0], rest[1])))
         elif kind == "update":
             print(json.dumps(child_update(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))))
         return
@@ -248,6 +298,16 @@ def main() -> None:
             lines = sum(1 for _ in path.open("rb"))
             r = run_child(["load", str(path)], args.tree)
             print(f"plain list {mb} MB ({lines:,} IPv4 addresses) -> active index: {_fmt(r)}")
+    if args.kafka:
+        topic = f"bench.indicators.{args.topic_size}.{int(time.time())}"
+        t0 = time.perf_counter()
+        publish_topic(args.kafka, topic, args.topic_size)
+        made = time.perf_counter() - t0
+        r = run_child(["topic", args.kafka, topic], args.tree)
+        extra = (f"; of which the read {r['read_s']:.1f} s wall, {r['read_cpu_s']:.1f} CPU-s, peak {r['read_peak_gib']:.2f} "
+                 f"GiB ({args.topic_size / r['read_s'] / 1e3:.0f}k messages/s)" if "read_s" in r else "")  # fmt: skip
+        print(f"topic of {args.topic_size:,} indicator messages (produced in {made:.0f} s) -> active index: "
+              f"{_fmt(r)}{extra}")
     if "update" in cases:
         path = make_list(args.size)
         r = run_child(["update", str(path), str(args.changes), str(args.flows), str(args.repeat)], args.tree)
