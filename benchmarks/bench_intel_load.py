@@ -15,6 +15,7 @@ shape of issue 15's large lists, one IPv4 address per line (20 MB = 1.4M lines).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import resource
@@ -127,8 +128,6 @@ def _flows(n: int, index, rng: np.random.Generator):
     ids = index.attributes.column("indicator").combine_chunks()
     hot = rng.choice(2 * n, 2 * n // 100, replace=False)
     picks = rng.choice(len(ids), len(hot))
-    import ipaddress
-
     for row, k in zip(hot.tolist(), picks.tolist(), strict=True):
         text = ids[k].as_py().partition("|")[0]
         raw = ipaddress.ip_network(text, strict=False).network_address.packed
@@ -218,6 +217,8 @@ def publish_topic(bootstrap: str, topic: str, n: int) -> None:
     for start in range(0, n, 1_000_000):
         for k, text in enumerate(_entries(min(n - start, 1_000_000), seed=start)):
             value, _, port = text.partition("|")
+            if "/" in value:  # the topic holds networks as shoal writes them: host bits cleared
+                value = str(ipaddress.ip_network(value, strict=False))
             ident = f"topic:{start + k}"
             ports = f',"dst_ports":[{port}]' if port else ""
             body = (f'{{"conditions":[{{"network":"{value}","side":"any"{ports}}}],"confidence":null,'
@@ -249,7 +250,7 @@ def child_topic(bootstrap: str, topic: str) -> dict:
 def run_child(args: list[str], tree: str | None) -> dict:
     env = dict(os.environ)
     if tree:
-        env["PYTHONPATH"] = f"{tree}{os.pathsep}{ROOT}"
+        env["SHOAL_BENCH_TREE"] = tree
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_intel_load", "--child", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, check=False)  # fmt: skip
     if proc.returncode:
@@ -271,6 +272,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if os.environ.get("SHOAL_BENCH_TREE"):  # ahead of the working directory, which -m puts first
+            sys.path.insert(0, os.environ["SHOAL_BENCH_TREE"])
         kind, *rest = args.child
         if kind == "load":
             print(json.dumps(child_load(rest[0])))
