@@ -42,7 +42,9 @@ def _entries(n: int, seed: int = 3) -> list[str]:
     for k in range(n):
         if k % 10 == 9:
             g = seed + k
-            out.append(f"2001:db8:{g >> 16 & 0xFFFF:x}:{g & 0xFFFF:x}::{g % 977:x}" + ("" if k % 20 else "/48"))
+            out.append(
+                f"2001:db8:{g >> 16 & 0xFFFF:x}:{g & 0xFFFF:x}::{g % 977:x}" + ("" if k % 20 else "/48")
+            )
             continue
         a = int(v4[k])
         text = f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"
@@ -136,7 +138,9 @@ def _flows(n: int, index, rng: np.random.Generator):
     for f in FLOW_SCHEMA:
         if f.name in ("src_addr", "dst_addr"):
             part = addrs[:n] if f.name == "src_addr" else addrs[n:]
-            cols[f.name] = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(np.ascontiguousarray(part))])
+            cols[f.name] = pa.Array.from_buffers(
+                pa.binary(16), n, [None, pa.py_buffer(np.ascontiguousarray(part))]
+            )
         elif pa.types.is_timestamp(f.type):
             cols[f.name] = pa.array(np.full(n, 1_790_000_000_000_000, "datetime64[us]"), type=f.type)
         elif f.type == pa.binary(16):
@@ -259,14 +263,18 @@ def run_child(args: list[str], tree: str | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=10_000_000, help="indicators in the list and CSV cases")
     parser.add_argument("--cases", default="list,csv,update,plain")
     parser.add_argument("--plain-mb", default="20,200", help="sizes of the plain lists, MB")
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--flows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--kafka", metavar="BOOTSTRAP", help="a broker for the topic case (scripts/kafka.sh start)")
+    parser.add_argument(
+        "--kafka", metavar="BOOTSTRAP", help="a broker for the topic case (scripts/kafka.sh start)"
+    )
     parser.add_argument("--topic-size", type=int, default=1_000_000, help="indicators on the topic")
     parser.add_argument("--tree", help="run against another checkout's pipeline and detectors packages")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -309,8 +317,10 @@ def main() -> None:
         r = run_child(["topic", args.kafka, topic], args.tree)
         extra = (f"; of which the read {r['read_s']:.1f} s wall, {r['read_cpu_s']:.1f} CPU-s, peak {r['read_peak_gib']:.2f} "
                  f"GiB ({args.topic_size / r['read_s'] / 1e3:.0f}k messages/s)" if "read_s" in r else "")  # fmt: skip
-        print(f"topic of {args.topic_size:,} indicator messages (produced in {made:.0f} s) -> active index: "
-              f"{_fmt(r)}{extra}")
+        print(
+            f"topic of {args.topic_size:,} indicator messages (produced in {made:.0f} s) -> active index: "
+            f"{_fmt(r)}{extra}"
+        )
     if "update" in cases:
         path = make_list(args.size)
         r = run_child(["update", str(path), str(args.changes), str(args.flows), str(args.repeat)], args.tree)

@@ -105,7 +105,9 @@ def _suppressed_by_allowlist(index: Any, load: Any) -> int:
     from pipeline.schemas import ip_to_bytes16
 
     rows = [ip_to_bytes16(c.network.network_address) for i in load.objects for c in i.conditions if c.network]
-    raw = np.concatenate([np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16), load.table.network_bytes()])
+    raw = np.concatenate(
+        [np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16), load.table.network_bytes()]
+    )
     if not len(raw):
         return 0
     hit, _ = index.allow.lookup(Addresses(np.ascontiguousarray(raw)))

@@ -258,7 +258,11 @@ def _row_hashes(network, prefix, version, side, port, others, out):  # pragma: n
     """A 64-bit hash (multiply-xorshift mixing) of each row's key fields."""
     m = np.uint64(0x9E3779B97F4A7C15)
     for r in range(len(out)):
-        h = np.uint64(prefix[r]) | (np.uint64(version[r]) << np.uint64(8)) | (np.uint64(side[r] & 3) << np.uint64(12))
+        h = (
+            np.uint64(prefix[r])
+            | (np.uint64(version[r]) << np.uint64(8))
+            | (np.uint64(side[r] & 3) << np.uint64(12))
+        )
         h ^= np.uint64(port[r] & 0xFFFFFFFF) << np.uint64(16)
         for j in range(16):
             h = (h ^ np.uint64(network[r, j])) * m
@@ -278,7 +282,9 @@ def _mark_duplicates(order, hashes, network, prefix, version, side, port, others
         a, b = order[t - 1], order[t]
         if hashes[a] != hashes[b]:
             continue
-        same = prefix[a] == prefix[b] and version[a] == version[b] and side[a] == side[b] and port[a] == port[b]
+        same = (
+            prefix[a] == prefix[b] and version[a] == version[b] and side[a] == side[b] and port[a] == port[b]
+        )
         for j in range(16):
             same = same and network[a, j] == network[b, j]
         for j in range(others.shape[1]):

@@ -76,7 +76,10 @@ def test_index_of_rows_and_objects_equals_reference(indicators, flow_list, allow
     objects, table = split(indicators)
     expected = reference(indicators, flow_list, allow)
     with patch.object(index_module, "COARSE_MAX_RANGES", 0):  # the large-set path: no /16 filter
-        assert hits(Matcher(IndicatorIndex.build(objects, Allowlist(entries=allow), table)), flow_list) == expected
+        assert (
+            hits(Matcher(IndicatorIndex.build(objects, Allowlist(entries=allow), table)), flow_list)
+            == expected
+        )
     matcher = Matcher(IndicatorIndex.build(objects, Allowlist(entries=allow), table))
     assert matcher.index.table.covered16 is not None
     assert hits(matcher, flow_list) == expected

@@ -201,7 +201,9 @@ def test_duplicates_are_found_exactly_when_hashes_collide(tmp_path: Path, monkey
     from pipeline.intel import table as table_module
 
     path = tmp_path / "dups.txt"
-    path.write_text("203.0.113.5\n198.51.100.0/24\n203.0.113.5|80\n203.0.113.5\n2001:db8::1\n198.51.100.9/24\n")
+    path.write_text(
+        "203.0.113.5\n198.51.100.0/24\n203.0.113.5|80\n203.0.113.5\n2001:db8::1\n198.51.100.9/24\n"
+    )
     expected = summary(reference_list(path))
 
     def same_hash(network, prefix, version, side, port, others, out) -> None:
