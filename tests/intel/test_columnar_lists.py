@@ -212,3 +212,17 @@ def test_duplicates_are_found_exactly_when_hashes_collide(tmp_path: Path, monkey
     monkeypatch.setattr(table_module, "_row_hashes", same_hash)
     got = load_source(str(path))
     assert summary(got) == expected and got.duplicates == 2
+
+
+def test_long_loads_log_their_progress_when_not_on_a_terminal(tmp_path: Path, monkeypatch, caplog) -> None:
+    from pipeline.intel import progress
+
+    monkeypatch.setattr(lists, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
+    path = tmp_path / "long.txt"
+    path.write_text("".join(f"10.0.{k >> 8}.{k & 255}\n" for k in range(2000)))
+    with caplog.at_level("INFO", logger="shoal.intel"):
+        assert load_source(str(path)).count == 2000
+    lines = [r.getMessage() for r in caplog.records if r.name == "shoal.intel"]
+    assert any("B read (" in m and "indicators" in m for m in lines), lines
+    assert lines[-1].startswith(f"{path}: done, 2,000 indicators")
