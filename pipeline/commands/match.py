@@ -59,15 +59,13 @@ def build_index(args: argparse.Namespace, now: datetime | None = None) -> tuple[
         for error in load.errors:
             print(f"shoal: intel: {error}", file=sys.stderr)
     for spec, load in zip(args.intel, loads, strict=True):
-        if not load.indicators:
+        if not load.count:
             # A named source that yields nothing (a manifest of missing files, an empty list, only
             # expired or unsupported items) must not pass for a hunt that found nothing.
             why = {"errors": len(load.errors), **dict(load.unsupported), **dict(load.skipped)}
             detail = ", ".join(f"{k}: {v}" for k, v in why.items() if v) or "it is empty"
             raise SystemExit(f"shoal: intel: {spec}: no usable indicator ({detail})")
-    return IndicatorIndex.build(
-        [i for load in loads for i in load.indicators], load_allowlists(args.allowlist)
-    ), loads
+    return IndicatorIndex.from_loads(loads, load_allowlists(args.allowlist)), loads
 
 
 def load_allowlists(paths: list[str]) -> Any:
