@@ -125,6 +125,26 @@ class Matcher:
                 self.stats.hits[ix.source_names[code]] += int(per_source[code])
         return Hits(rows, inds, sides)
 
+    def candidate_columns(self) -> list[str]:
+        """The flow columns :meth:`candidates` reads."""
+        return ["src_addr", "dst_addr"] + (["src_as", "dst_as"] if len(self.index.asn_values) else [])
+
+    def candidates(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """Sorted rows of ``batch`` that some index entry covers by address (or by AS, for AS
+        indicators): a superset of the rows :meth:`find` reports, from :meth:`candidate_columns` only,
+        so that a scan of an archive reads the other columns for these rows alone. Not counted."""
+        batch, ix = one_batch(batch), self.index
+        found = []
+        for side in ("src", "dst"):
+            addrs = Addresses.from_column(batch.column(f"{side}_addr"))
+            found.append(ix.table.lookup(addrs)[0])
+            if len(ix.asn_values):
+                asns = _at(batch, f"{side}_as", None)
+                if self.geoip is not None:
+                    asns = self.geoip.fill_asn(addrs.keys16(), asns)
+                found.append(np.flatnonzero(np.isin(asns, ix.asn_values)))
+        return np.unique(np.concatenate(found))
+
     def _unique(self, rows, inds, sides):
         """One hit per (flow, indicator, side). Only indicators indexed under several entries (OR of
         conditions, several ports, overlapping networks) can hit twice; the others pass untouched."""
