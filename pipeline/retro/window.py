@@ -10,8 +10,9 @@ The archive is partitioned (``date=/hour=`` folders) and has row-group statistic
 collector *received* each flow, not by the flow's own times. Receipt follows a flow's end closely but
 can come long after its start (exporters split long flows at an active timeout, commonly 1-30 min),
 and exporter clocks drift: files and row groups are therefore skipped only when their receipt times
-lie more than :data:`RECEIPT_MARGIN_US` outside the window. A flow received more than an hour outside
-the window is not reported even if its own times overlap it.
+lie more than :data:`RECEIPT_MARGIN_US` (an hour) outside the window. So that what a hunt reports
+never depends on how flows happened to be grouped into files, the same rule holds row by row: a flow
+received more than an hour outside the window is not reported even if its own times overlap it.
 """
 
 from __future__ import annotations
@@ -84,11 +85,6 @@ class TimeWindow:
     def bounded(self) -> bool:
         return self.since_us != NO_LIMIT[0] or self.until_us != NO_LIMIT[1]
 
-    def may_hold_received(self, first_us: int, last_us: int) -> bool:
-        """Whether flows received between ``first_us`` and ``last_us`` (inclusive) may be in the window:
-        False lets a file or row group go unread."""
-        return last_us >= self.since_us - RECEIPT_MARGIN_US and first_us < self.until_us + RECEIPT_MARGIN_US
-
     def may_hold_path(self, path: str) -> bool:
         """Whether a file under a ``date=YYYY-MM-DD[/hour=HH]`` partition (the collector's layout, by
         receipt time) may hold flows in the window; paths without one may."""
@@ -107,15 +103,38 @@ class TimeWindow:
             return self.may_hold_received(start, start + US_PER_HOUR - 1)
         return self.may_hold_received(start, start + 24 * US_PER_HOUR - 1)
 
-    def holds(self, batch: pa.RecordBatch) -> np.ndarray:
+    def receipt_bounds(self) -> tuple[int, int]:
+        """[first, last) receipt times (µs) a flow in the window may have."""
+        return (
+            max(self.since_us - RECEIPT_MARGIN_US, NO_LIMIT[0]),
+            min(self.until_us + RECEIPT_MARGIN_US, NO_LIMIT[1]),
+        )
+
+    def may_hold_received(self, first_us: int, last_us: int) -> bool:
+        """Whether flows received between ``first_us`` and ``last_us`` (inclusive) may be in the window:
+        False lets a file or row group go unread."""
+        low, high = self.receipt_bounds()
+        return last_us >= low and first_us < high
+
+    def holds(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
         """Which rows of ``batch`` (with ``time_received``, ``flow_start``, ``flow_end``) are in the
-        window: a boolean array."""
+        window: a boolean array. A row without a receipt time is not."""
         received = batch.column("time_received").cast(pa.int64())
         end = pc.coalesce(batch.column("flow_end").cast(pa.int64()), received)
         start = pc.coalesce(batch.column("flow_start").cast(pa.int64()), end)
-        end_us = end.to_numpy(zero_copy_only=False)
-        start_us = start.to_numpy(zero_copy_only=False)
-        return (end_us >= self.since_us) & (start_us < self.until_us)
+        received_us, end_us, start_us = (
+            np.asarray(c.to_numpy(zero_copy_only=False)) for c in (received, end, start)
+        )
+        low, high = self.receipt_bounds()
+        inside = (
+            (end_us >= self.since_us)
+            & (start_us < self.until_us)
+            & (received_us >= low)
+            & (received_us < high)
+        )
+        if received.null_count:  # NaN compared false above once to_numpy made floats; be explicit
+            inside &= np.asarray(received.is_valid().to_numpy(zero_copy_only=False))
+        return inside
 
 
 __all__ = ["RECEIPT_MARGIN_US", "TimeWindow", "WindowError", "parse_time"]
