@@ -89,7 +89,7 @@ def edge_flows(first_id: int) -> dict[int, list[dict]]:
     """Flows at the edges of :data:`WINDOW` and of its receipt margin, by the quarter that holds them."""
     since, until = WINDOW
     us = timedelta(microseconds=1)
-    cases = [  # (received, start, end)
+    cases = [  # (received, start, end[, written with the quarter of this time])
         (since + timedelta(minutes=1), since - timedelta(minutes=5), since),  # ends at since: in
         (since + timedelta(minutes=1), since - timedelta(minutes=5), since - us),  # just before: out
         (until + timedelta(minutes=2), until, until + timedelta(minutes=1)),  # starts at until: out
@@ -99,10 +99,12 @@ def edge_flows(first_id: int) -> dict[int, list[dict]]:
         (until + MARGIN - us, since, until + MARGIN),  # latest receipt kept (long flow): in
         (until + MARGIN, since, until + MARGIN),  # received too late: out
         (since + timedelta(minutes=3), None, None),  # no flow times: its receipt, in
+        # received too late, in a row group that is read (it holds earlier receipts): out all the same
+        (until + MARGIN + timedelta(minutes=5), since, until, until + MARGIN - timedelta(minutes=10)),
     ]
     by_quarter: dict[int, list[dict]] = {}
-    for k, (received, start, end) in enumerate(cases):
-        quarter = (received - T0) // QUARTER
+    for k, (received, start, end, *written) in enumerate(cases):
+        quarter = ((written[0] if written else received) - T0) // QUARTER
         flow = {"src": BAD_V4[0], "dst": CLEAN[0], "sport": 30000 + k, "dport": 443, "time": start, "end": end,
                 "received": received, "octets": first_id + k}  # fmt: skip
         by_quarter.setdefault(quarter, []).append(flow)
