@@ -5,13 +5,12 @@ opened, row groups outside it by their receipt-time statistics are not read (see
 :mod:`pipeline.retro.window`). Of each row group that is read, only the columns that find candidate
 rows are decoded first (the two address columns, and AS numbers for AS indicators); the remaining
 flow columns are decoded only for row groups that hold a candidate, and kept only for those rows.
-Memory stays bounded by one row group's batch whatever the size of the archive.
+Memory is bounded by a few row groups (:data:`READ_AHEAD`), whatever the size of the archive.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -24,8 +23,6 @@ import pyarrow.parquet as pq
 
 from pipeline.retro.window import TimeWindow
 from pipeline.schemas import FLOW_SCHEMA
-
-log = logging.getLogger(__name__)
 
 BATCH_ROWS = 65536
 """Rows decoded at a time (the collector writes row groups of at most this many)."""
@@ -238,7 +235,9 @@ class _ReadAhead:
                     parquet = pq.ParquetFile(plan.path)
                     for group in plan.row_groups:
                         found = list(
-                            parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=self._columns)
+                            parquet.iter_batches(
+                                BATCH_ROWS, row_groups=[group], columns=self._columns, use_threads=False
+                            )
                         )
                         if not self._put((plan, group, found)):
                             return
@@ -268,7 +267,7 @@ def _candidates(
 def _fetch(parquet: pq.ParquetFile, group: int, wanted: np.ndarray, columns: list[str]) -> pa.Table:
     """The ``wanted`` rows (ascending positions) of one row group, with ``columns``."""
     parts, start = [], 0
-    for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns):
+    for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns, use_threads=True):
         inside = wanted[(wanted >= start) & (wanted < start + batch.num_rows)] - start
         if len(inside):
             parts.append(batch.take(pa.array(inside, type=pa.int64())))
