@@ -26,6 +26,13 @@ directory, plain list (IP, CIDR or IP|port per line), csv:PATH:COLUMN[:PORT_COLU
 (credentials in SHOAL_TAXII_USER/SHOAL_TAXII_PASSWORD), misp:URL (key in SHOAL_MISP_KEY).
 A file that is not a readable flow archive (corrupt, empty, another schema) is skipped and named, and
 the hunt goes on: the exit status is then 1 (2 when no file could be read).
+
+--since/--until keep the flows whose own time span overlaps [since, until): ended at or after --since,
+started before --until (no end time: its receipt; no start: its end). Times: ISO 8601 (2026-12-01,
+2026-12-01T10:00Z; UTC unless a zone is given) or a time before now (24h, 90m, 7d, 2w). Files and row
+groups received more than an hour outside the window are not read, and flows received more than an
+hour outside it are not reported. Progress over files and flows goes to stderr: a bar on a terminal,
+a line every 10 s otherwise.
 """
 
 
@@ -171,19 +178,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """``batches`` gathered into batches of at least ``rows`` rows (the last may have fewer): a
-    row group's few candidate flows are matched together with the next ones'."""
+def rebatch(batches: Iterator[pa.RecordBatch], rows: int, seconds: float = 1.0) -> Iterator[pa.RecordBatch]:
+    """``batches`` gathered into batches of ``rows`` rows or of what ``seconds`` brought: a row group's
+    few candidate flows are matched together with the next ones', and hits still show as they come."""
     import pyarrow as pa
 
     held: list[pa.RecordBatch] = []
-    count = 0
+    count, since = 0, time.monotonic()
     for batch in batches:
         held.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        if count >= rows or time.monotonic() - since >= seconds:
             yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
-            held, count = [], 0
+            held, count, since = [], 0, time.monotonic()
     if held:
         yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
 
@@ -211,12 +218,16 @@ def report(
     s = matcher.stats
     print(f"shoal match: {stats.flows_read} flows scanned, {hits} hits, {sum(s.suppressed.values())} suppressed by "
           f"allowlists, {s.inactive} on indicators not valid at the flow's time", file=sys.stderr)  # fmt: skip
-    pruned = " by --since/--until" if window.bounded else ""
-    print(f"shoal match: read {stats.files_read} of {stats.files} files ({stats.files_pruned} pruned{pruned} by "
-          f"their date=/hour= folder), {stats.row_groups_read} of {stats.row_groups} row groups "
-          f"({stats.row_groups_pruned} pruned{pruned} by receipt-time statistics, {stats.row_groups_fetched} "
-          f"read in full for {stats.candidates} candidate flows, {stats.in_window} of them in the window)",
-          file=sys.stderr)  # fmt: skip
+    files, groups = "", ""
+    if window.bounded:
+        files = f" ({stats.files_pruned} outside the window by their date=/hour= folder)"
+        groups = (f"{stats.row_groups_pruned} outside the window by their receipt-time statistics; "
+                  f"{stats.row_groups_fetched} decoded whole for {stats.in_window} candidate flows in the "
+                  f"window of {stats.candidates}")  # fmt: skip
+    else:
+        groups = f"{stats.row_groups_fetched} decoded whole for {stats.candidates} candidate flows"
+    print(f"shoal match: read {stats.files_read} of {stats.files} files{files}, {stats.row_groups_read} of "
+          f"{stats.row_groups} row groups ({groups})", file=sys.stderr)  # fmt: skip
     load_s, scan_s, scan_cpu = timing
     rate = f" = {stats.flows_read / scan_cpu / 1e6:.1f}M flows per CPU-second" if scan_cpu > 0 else ""
     print(f"shoal match: intel loaded and indexed in {load_s:.2f} s; scan {scan_s:.2f} s, {scan_cpu:.2f} CPU-s{rate}",

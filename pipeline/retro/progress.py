@@ -55,6 +55,7 @@ class ScanProgress(Progress):
 
     def close(self) -> None:
         if self._bar is not None:
+            self._bar.set_postfix(hits=self.hits, refresh=True)
             self._bar.close()
 
 
