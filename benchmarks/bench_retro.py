@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks.machine import machine_line
 from pipeline.schemas import FLOW_SCHEMA
@@ -170,6 +172,7 @@ def run_match(tree: Path, args: list[str]) -> dict:
         raise SystemExit(f"shoal match failed in {tree}:\n{stderr}")
     scanned = re.search(r"(\d+) flows scanned, (\d+) hits", stderr)
     groups = re.search(r"(\d+) of (\d+) row groups", stderr)
+    whole = re.search(r"(\d+) decoded whole", stderr)
     files = re.search(r"read (\d+) of (\d+) files", stderr)
     timing = re.search(r"scan ([\d.]+) s, ([\d.]+) CPU-s", stderr)
     return {
@@ -179,6 +182,7 @@ def run_match(tree: Path, args: list[str]) -> dict:
         "flows": int(scanned.group(1)) if scanned else 0,
         "hits": int(scanned.group(2)) if scanned else 0,
         "groups": f"{groups.group(1)}/{groups.group(2)}" if groups else "-",
+        "whole": whole.group(1) if whole else "-",
         "files": f"{files.group(1)}/{files.group(2)}" if files else "-",
         "scan": (float(timing.group(1)), float(timing.group(2))) if timing else None,
     }
@@ -193,8 +197,29 @@ def line(name: str, total: int, r: dict) -> str:
     return (
         f"{name:34s} {r['wall']:6.2f} s wall {r['cpu']:6.2f} CPU-s {total / r['cpu'] / 1e6:5.1f}M flows/CPU-s "
         f"{total / r['wall'] / 1e6:5.1f}M flows/s wall, peak RSS {r['rss'] / 2**20:5.0f} MiB, "
-        f"{r['hits']:,} hits, {r['flows']:,} flows read, files {r['files']}, row groups {r['groups']}{scan}"
+        f"{r['hits']:,} hits, {r['flows']:,} flows read, files {r['files']}, row groups {r['groups']} "
+        f"({r['whole']} decoded whole){scan}"
     )
+
+
+def decode_floor(files: list[Path]) -> str:
+    """CPU per flow of pyarrow decoding alone (this process, one thread), for the address columns a hunt
+    reads first and for every column an alert carries: what any reader of this archive pays."""
+    from detectors.matcher import FLOW_COLUMNS
+
+    out = []
+    for name, columns in (
+        ("2 address columns", ["src_addr", "dst_addr"]),
+        ("18 alert columns", list(FLOW_COLUMNS)),
+    ):
+        usage, rows = resource.getrusage(resource.RUSAGE_SELF), 0
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(ROWS, columns=columns, use_threads=False):
+                rows += batch.num_rows
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+        out.append(f"{name} {cpu / rows * 1e9:.0f} ns/flow")
+    return f"pyarrow decode alone ({len(files)} files): " + ", ".join(out)
 
 
 def _window(hours: int) -> tuple[str, str, int]:
@@ -227,6 +252,7 @@ def main() -> None:
     print(machine_line())
     print(f"archive: {args.flows:,} flows in {len(files)} files, {size / 2**30:.2f} GiB on disk "
           f"({size / args.flows:.1f} B/flow), {args.hours} hours, {flows}")  # fmt: skip
+    print(decode_floor(files[:8]), flush=True)
     window = _window(args.hours)
     print(f"window: --since {window[0]} --until {window[1]}")
     trees = [("new", ROOT)]
