@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import resource
 import sys
 import time
@@ -151,27 +152,40 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout if args.alerts == "-" else open(args.alerts, "wb")  # noqa: SIM115
     write = out.buffer.write if out is sys.stdout else out.write
     progress = ScanProgress(plans)
-    hits, dropped = 0, [0, 0]
+    hits, dropped, closed = 0, [0, 0], False
     loaded, cpu = time.perf_counter(), _cpu_seconds()
+    flows = scan_archive(
+        plans, columns, matcher.candidate_columns(), matcher.candidates, window, stats, progress
+    )
     try:
-        flows = scan_archive(
-            plans, columns, matcher.candidate_columns(), matcher.candidates, window, stats, progress
-        )
         for batch in rebatch(flows, MATCH_ROWS):
             alerts, bad_flows, bad_alerts = match_rows(matcher.match, batch, alert_records)
             dropped[0], dropped[1] = dropped[0] + bad_flows, dropped[1] + bad_alerts
             if alerts:
-                write(b"".join(orjson.dumps(alert, default=str) + b"\n" for alert in alerts))
+                try:
+                    write(b"".join(orjson.dumps(alert, default=str) + b"\n" for alert in alerts))
+                except BrokenPipeError:  # `shoal match ... --alerts - | head`: the reader has gone
+                    closed = True
+                    break
             hits += len(alerts)
             progress.hits = hits
     finally:
+        flows.close()  # stops the read-ahead thread
         progress.close()
-        if out is sys.stdout:
-            out.flush()
-        else:
+        if out is not sys.stdout:
             out.close()
+        elif closed:  # nothing more can be written there, not even at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        else:
+            out.flush()
     timing = (loaded - began, time.perf_counter() - loaded, _cpu_seconds() - cpu)
     report(stats, matcher, loads, hits, dropped, window, timing)
+    if closed:
+        print(
+            f"shoal match: the alerts output was closed after {hits} hits; the hunt stopped there",
+            file=sys.stderr,
+        )
+        return 1
     if stats.files_skipped:
         print(f"shoal match: {len(stats.files_skipped)} of {len(files)} files skipped", file=sys.stderr)
         return 2 if not stats.files_read else 1

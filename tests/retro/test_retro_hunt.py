@@ -253,3 +253,16 @@ def test_bad_window_is_refused(archive: Path, tmp_path: Path) -> None:
     ):
         _, stderr, code = hunt(archive, tmp_path, *args)
         assert code != 0 and message in stderr
+
+
+def test_alerts_to_a_pipe_that_closes(archive: Path, tmp_path: Path) -> None:
+    """``shoal match --alerts - | head``, the reader gone: the hunt stops, says so, and no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "match", *intel(tmp_path), "--flows", str(archive), "--alerts", "-"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "the alerts output was closed after 0 hits" in stderr
