@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
         geoip = GeoIP([Path(p) for p in args.geoip])
     matcher = Matcher(index, geoip)
+    loaded, cpu = time.perf_counter(), _cpu_seconds()
     files = flow_files(args.flows)
     if not files:
         print(f"shoal: no Parquet files at {args.flows}", file=sys.stderr)
@@ -153,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     write = out.buffer.write if out is sys.stdout else out.write
     progress = ScanProgress(plans)
     hits, dropped, closed = 0, [0, 0], False
-    loaded, cpu = time.perf_counter(), _cpu_seconds()
     flows = scan_archive(
         plans, columns, matcher.candidate_columns(), matcher.candidates, window, stats, progress
     )

@@ -64,9 +64,8 @@ class ScanStats:
     in_window: int = 0
     """Candidate rows inside the window (all of them without one)."""
 
-    @property
-    def files_read(self) -> int:
-        return self.files - self.files_pruned - len(self.files_skipped)
+    files_read: int = 0
+    """Files of which at least one row group was read."""
 
 
 def _received_range(meta: pq.RowGroupMetaData, column: int) -> tuple[int, int] | None:
@@ -108,11 +107,13 @@ def plan_archive(
             if wrong:
                 raise ValueError(f"not a flow archive (column {', '.join(wrong)} missing or of another type)")
             meta = parquet.metadata
-            time_column = schema.get_field_index("time_received")
+            leaves = [meta.schema.column(j).path for j in range(meta.num_columns)]
+            time_column = leaves.index("time_received") if "time_received" in leaves else None
             keep, rows = [], 0
             for i in range(meta.num_row_groups):
                 group = meta.row_group(i)
-                received = _received_range(group, time_column) if window.bounded else None
+                bounded = window.bounded and time_column is not None
+                received = _received_range(group, time_column) if bounded else None
                 if received is not None and not window.may_hold_received(*received):
                     stats.row_groups_pruned += 1
                     continue
@@ -157,6 +158,7 @@ def scan_archive(
         for plan, group, found in ahead:
             if plan is not current:
                 current, parquet, broken = plan, None, False
+                stats.files_read += 1
                 progress.next_file(plan)
             if broken:
                 continue
