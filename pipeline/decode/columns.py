@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.decode import ies
+from pipeline.decode.mapped import v4_mapped_into
 from pipeline.schemas import FLOW_SCHEMA
 
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
@@ -64,11 +65,8 @@ def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.
     if a4 is None and a6 is None:
         out[...] = 0
         return None
-    if a6 is None:  # fill as four 32-bit words: 0, 0, 0x0000ffff (big-endian), the address bytes
-        words = out.view(np.uint32)
-        words[:, :2] = 0
-        words[:, 2] = _V4_MAPPED_WORD
-        words[:, 3:] = a4.view(np.uint32)  # a strided view of the records: no copy on the way
+    if a6 is None:  # one compiled pass straight from the records (a strided view): no copy
+        v4_mapped_into(a4, out)
         return np.zeros(n, dtype=bool)
     if a4 is None:
         out[...] = a6
@@ -81,9 +79,6 @@ def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.
     out[~is_v6, 10:12] = 0xFF
     out[~is_v6, 12:] = a4[~is_v6]
     return is_v6
-
-
-_V4_MAPPED_WORD = np.frombuffer(b"\x00\x00\xff\xff", dtype=np.uint32)[0]
 
 
 def _ntp_us(values: np.ndarray) -> np.ndarray:
