@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -191,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    # What exists now (modules, numba's and pyarrow's objects, templates) lives as long as the
+    # collector: out of the garbage collector's reach, so neither the full collections that per-batch
+    # objects trigger nor the one at exit walk it (benchmarks/README.md, Collector).
+    gc.freeze()
     print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):
         pass
