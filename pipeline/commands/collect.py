@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--parquet",
         metavar="DIR",
-        help="write flows as zstd Parquet under DIR/date=YYYY-MM-DD/hour=HH/ (files appear "
+        help="write flows as Parquet (LZ4) under DIR/date=YYYY-MM-DD/hour=HH/ (files appear "
         "atomically when complete). Overrides parquet.dir.",
     )
     p.add_argument(

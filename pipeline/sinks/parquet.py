@@ -45,7 +45,7 @@ class ParquetSink:
         *,
         roll_seconds: float = 300.0,
         roll_bytes: int = 256 * 1024 * 1024,
-        compression: str = "zstd",
+        compression: str = "lz4",
         compression_level: int | None = 1,
         schema: pa.Schema = FLOW_SCHEMA,
         time_column: str = "time_received",
