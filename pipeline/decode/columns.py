@@ -177,6 +177,11 @@ def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
     return np.dtype(arrow_type.to_pandas_dtype())
 
 
+_DTYPES = [(f.name, _numpy_dtype(f.type)) for f in FLOW_SCHEMA]
+"""Each column's numpy dtype, worked out once (``to_pandas_dtype`` per column per batch cost ~6 ns
+per row of a 64k-row batch)."""
+
+
 class FlowColumns:
     """Flow-schema columns preallocated for ``capacity`` rows and filled in place (:func:`fill`).
 
@@ -190,8 +195,8 @@ class FlowColumns:
         self.rows = 0
         """Rows handed out so far (filled, or being filled by the current decode call)."""
         self.values = {
-            f.name: np.empty((capacity, 16) if f.name in _FIXED_BINARY else capacity, _numpy_dtype(f.type))
-            for f in FLOW_SCHEMA
+            name: np.empty((capacity, 16) if name in _FIXED_BINARY else capacity, dtype)
+            for name, dtype in _DTYPES
         }
         self.valid = {name: np.empty(capacity, dtype=bool) for name in _NULLABLE}
         self._discarded: list[tuple[int, int]] = []

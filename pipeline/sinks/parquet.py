@@ -132,10 +132,10 @@ class ParquetSink:
     # -- internals ------------------------------------------------------------------------------
     def _split_by_hour(self, batch: pa.RecordBatch) -> list[tuple[int, pa.RecordBatch]]:
         micros = batch.column(self.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        hours = micros // _US_PER_HOUR
-        first = int(hours[0])
-        if (hours == first).all():
+        first = int(micros.min()) // _US_PER_HOUR
+        if int(micros.max()) // _US_PER_HOUR == first:  # the usual case: no per-row division
             return [(first, batch)]
+        hours = micros // _US_PER_HOUR
         out = []
         for hour in np.unique(hours).tolist():
             out.append((hour, batch.filter(pa.array(hours == hour))))
