@@ -371,10 +371,18 @@ class Result:
 
 
 def run_collector(
-    name: str, cmd: list[str], port: int, count, output: Path, args, stream, env: dict | None = None
+    name: str,
+    cmd: list[str],
+    port: int,
+    count,
+    output: Path,
+    args,
+    stream,
+    env: dict | None = None,
+    cwd: Path | None = None,
 ) -> Result:
     exporters, per_round = stream
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     try:
         wait_bound(port, proc)
         time.sleep(0.5)
@@ -402,12 +410,16 @@ def run_collector(
     return result
 
 
-def bench_shoal(args, stream, work: Path, compression: str = "") -> Result:
+def bench_shoal(args, stream, work: Path, compression: str = "", source: Path | None = None) -> Result:
     """Shoal with its Parquet sink as configured by default, or with ``compression`` ("codec" or
-    "codec:level", set through the environment)."""
+    "codec:level", set through the environment); from another checkout's ``source`` tree if given
+    (same virtualenv), for before/after figures in one run."""
     name = f"shoal/{compression}" if compression else "shoal"
-    port, out = free_port(), work / name.replace("/", "-").replace(":", "_")
+    name += f"@{source.name}" if source else ""
+    port, out = free_port(), work / name.replace("/", "-").replace(":", "_").replace("@", "_")
     env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = str(source)
     if compression:
         codec, _, level = compression.partition(":")
         env["SHOAL_COLLECT__PARQUET__COMPRESSION"] = codec
@@ -424,7 +436,7 @@ def bench_shoal(args, stream, work: Path, compression: str = "") -> Result:
         files = [p for p in out.rglob("*.parquet") if not p.name.startswith(".")]
         return sum(pq.read_metadata(p).num_rows for p in files)
 
-    return run_collector(name, cmd, port, count, out, args, stream, env)
+    return run_collector(name, cmd, port, count, out, args, stream, env, cwd=source)
 
 
 def bench_nfcapd(args, stream, work: Path, lz4: bool = False) -> Result:
@@ -536,6 +548,11 @@ def main() -> int:
     )
     ap.add_argument("--goflow2", help="path to a goflow2 binary")
     ap.add_argument(
+        "--shoal-baseline",
+        type=Path,
+        help="also run Shoal's default archive from this checkout (e.g. /work/main), after Shoal's own runs",
+    )
+    ap.add_argument(
         "--shoal-compression",
         default="",
         help="Shoal's runs, comma-separated: empty for its default archive, else a Parquet codec "
@@ -555,6 +572,8 @@ def main() -> int:
             ("shoal", functools.partial(bench_shoal, compression=codec))
             for codec in args.shoal_compression.split(",")
         ]
+        if args.shoal_baseline:
+            runs.append(("shoal", functools.partial(bench_shoal, source=args.shoal_baseline.resolve())))
         peers = [
             ("nfcapd-y", functools.partial(bench_nfcapd, lz4=True)),
             ("nfcapd", bench_nfcapd),
