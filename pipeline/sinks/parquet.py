@@ -85,16 +85,28 @@ class ParquetSink:
 
     # -- Sink interface -------------------------------------------------------------------------
     def check(self) -> None:
-        """Fail at start, not after accepting data, if the directory cannot take files."""
+        """Fail at start, not after accepting data, if the directory cannot take files or this
+        pyarrow cannot write the codec (builds without LZ4 or zstd exist): a one-row file with the
+        archive's settings, written under a dot-name and removed. The writer's first-use set-up is
+        then paid at start, not by the first batch."""
         probe = self.directory / f".shoal-probe-{uuid.uuid4().hex}"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise SinkError(
-                f"{self.name}: cannot write under {self.directory}: {exc.strerror or exc}"
-            ) from exc
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+            except OSError as exc:
+                raise SinkError(
+                    f"{self.name}: cannot write under {self.directory}: {exc.strerror or exc}"
+                ) from exc
+            try:  # pyarrow reports an unsupported codec as OSError or ArrowException
+                with pq.ParquetWriter(probe, self.schema, **self._writer_settings()) as writer:
+                    writer.write_batch(_zero_row(self.schema))
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                raise SinkError(
+                    f"{self.name}: cannot write Parquet with {self.compression!r}: {exc}"
+                ) from exc
+        finally:
+            _unlink_quietly(probe)
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._closed:
@@ -153,13 +165,7 @@ class ParquetSink:
             tmp, final = self._path_for(hour)
             try:
                 tmp.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(
-                    tmp,
-                    self.schema,
-                    compression=self.compression,
-                    compression_level=self.compression_level,
-                    **self._writer_options,
-                )
+                writer = pq.ParquetWriter(tmp, self.schema, **self._writer_settings())
             except OSError as exc:
                 raise SinkError(f"{self.name}: cannot open {tmp}: {exc}") from exc
             current = self._open[hour] = _OpenFile(tmp, final, writer, time.monotonic())
@@ -171,6 +177,13 @@ class ParquetSink:
             self._abandon(hour)
             raise SinkError(f"{self.name}: write to {current.tmp} failed: {exc}") from exc
         current.rows += part.num_rows
+
+    def _writer_settings(self) -> dict:
+        return {
+            "compression": self.compression,
+            "compression_level": self.compression_level,
+            **self._writer_options,
+        }
 
     def _roll_due(self) -> None:
         now = time.monotonic()
@@ -218,6 +231,17 @@ class ParquetSink:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
+
+
+def _zero_row(schema: pa.Schema) -> pa.RecordBatch:
+    """One row of zeros in ``schema`` (integers, timestamps, fixed-size binary)."""
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([bytes(f.type.byte_width) if pa.types.is_fixed_size_binary(f.type) else 0], f.type)
+            for f in schema
+        ],
+        schema=schema,
+    )
 
 
 def read_flows(directory: str | Path) -> pa.Table:

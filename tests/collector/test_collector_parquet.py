@@ -105,6 +105,17 @@ def test_default_archive_reads_back_identically_in_duckdb_and_pyarrow(tmp_path: 
         assert got[name] == want, name
 
 
+@pytest.mark.parametrize("codec", ["lzo", "bogus"])
+def test_a_codec_this_pyarrow_cannot_write_fails_at_check(tmp_path: Path, codec: str):
+    """pyarrow writes no LZO (and builds without LZ4 or zstd exist): the collector must refuse to
+    start rather than buffer every batch forever; the probe leaves nothing behind."""
+    with pytest.raises(SinkError, match="cannot write Parquet"):
+        ParquetSink(tmp_path / "archive", compression=codec).check()
+    assert _files(tmp_path) == []
+    ParquetSink(tmp_path / "archive").check()  # the default works and leaves nothing either
+    assert _files(tmp_path) == []
+
+
 def test_open_files_are_invisible_until_complete(tmp_path: Path):
     sink = ParquetSink(tmp_path, roll_seconds=3600)
     sink.write(flow_batch(10, T0))
