@@ -194,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     # What exists now (modules, numba's and pyarrow's objects, templates) lives as long as the
     # collector: out of the garbage collector's reach, so neither the full collections that per-batch
-    # objects trigger nor the one at exit walk it (benchmarks/README.md, Collector).
+    # objects trigger nor the one at exit walk it (benchmarks/README.md, Collector). Garbage first,
+    # so none of it is kept for good.
+    gc.collect()
     gc.freeze()
     print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):

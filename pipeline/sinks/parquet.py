@@ -234,14 +234,18 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def _zero_row(schema: pa.Schema) -> pa.RecordBatch:
-    """One row of zeros in ``schema`` (integers, timestamps, fixed-size binary)."""
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array([bytes(f.type.byte_width) if pa.types.is_fixed_size_binary(f.type) else 0], f.type)
-            for f in schema
-        ],
-        schema=schema,
-    )
+    """One row of zeros (empty strings, false) in ``schema``."""
+
+    def zero(t: pa.DataType) -> object:
+        if pa.types.is_fixed_size_binary(t):
+            return bytes(t.byte_width)
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return b""
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return ""
+        return False if pa.types.is_boolean(t) else 0
+
+    return pa.RecordBatch.from_arrays([pa.array([zero(f.type)], f.type) for f in schema], schema=schema)
 
 
 def read_flows(directory: str | Path) -> pa.Table:
