@@ -143,7 +143,8 @@ class ParquetSink:
 
     # -- internals ------------------------------------------------------------------------------
     def _split_by_hour(self, batch: pa.RecordBatch) -> list[tuple[int, pa.RecordBatch]]:
-        micros = batch.column(self.time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        # the same buffer read as int64 (a cast would copy it: ~2 ns/row)
+        micros = batch.column(self.time_column).view(pa.int64()).to_numpy(zero_copy_only=False)
         first = int(micros.min()) // _US_PER_HOUR
         if int(micros.max()) // _US_PER_HOUR == first:  # the usual case: no per-row division
             return [(first, batch)]
