@@ -76,7 +76,7 @@ class ParquetConfig:
     roll_bytes: int = 256 * 1024 * 1024
     compression: str = "lz4"
     """Parquet codec; lz4 (Parquet's LZ4_RAW) is the cheapest per flow that still writes a fraction
-    of nfcapd's bytes (benchmarks/README.md, Collector); zstd writes ~30% fewer bytes for ~12% more
+    of nfcapd's bytes (benchmarks/README.md, Collector); zstd writes ~27% fewer bytes for 12-20% more
     collector CPU."""
     compression_level: int = 1
     """For zstd, gzip and brotli only."""
