@@ -31,9 +31,19 @@ _US_PER_HOUR = 3_600_000_000
 class _OpenFile:
     tmp: Path
     final: Path
+    stream: pa.NativeFile
+    """Opened by the sink, not the writer: pyarrow's ``ParquetWriter.close`` leaves a file it opened
+    itself open when writing the footer fails (a full disk), until garbage collection."""
     writer: pq.ParquetWriter
     opened: float
     rows: int = 0
+
+    def close(self) -> None:
+        """Footer written, then the file closed whatever happened to the footer."""
+        try:
+            self.writer.close()
+        finally:
+            self.stream.close()
 
 
 class ParquetSink:
@@ -166,10 +176,15 @@ class ParquetSink:
             tmp, final = self._path_for(hour)
             try:
                 tmp.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(tmp, self.schema, **self._writer_settings())
+                stream = pa.OSFile(str(tmp), "wb")
             except OSError as exc:
                 raise SinkError(f"{self.name}: cannot open {tmp}: {exc}") from exc
-            current = self._open[hour] = _OpenFile(tmp, final, writer, time.monotonic())
+            try:
+                writer = pq.ParquetWriter(stream, self.schema, **self._writer_settings())
+            except BaseException:
+                stream.close()
+                raise
+            current = self._open[hour] = _OpenFile(tmp, final, stream, writer, time.monotonic())
         try:
             current.writer.write_batch(part)
         except (OSError, pa.ArrowException) as exc:
@@ -203,7 +218,7 @@ class ParquetSink:
     def _finish(self, hour: int) -> None:
         f = self._open.pop(hour)
         try:
-            f.writer.close()
+            f.close()
             os.replace(f.tmp, f.final)
         except (OSError, pa.ArrowException) as exc:
             self.rows_lost += f.rows
@@ -216,7 +231,7 @@ class ParquetSink:
     def _abandon(self, hour: int) -> None:
         f = self._open.pop(hour)
         try:
-            f.writer.close()
+            f.close()
             # Keep the file only if its footer lists exactly the rows accepted before the failure.
             if pq.read_metadata(f.tmp).num_rows != f.rows:
                 raise OSError("row count mismatch after failed write")
@@ -254,7 +269,13 @@ def read_flows(directory: str | Path) -> pa.Table:
     files = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.startswith("."))
     if not files:
         return FLOW_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(p, schema=FLOW_SCHEMA) for p in files)
+    tables = []
+    for path in files:
+        # Opened and closed here: pq.read_table(path) leaves its file open until garbage collection
+        # (a reference cycle), which keeps a deleted file's space, or a file system, busy.
+        with pa.OSFile(str(path)) as source:
+            tables.append(pq.read_table(source, schema=FLOW_SCHEMA))
+    return pa.concat_tables(tables)
 
 
 __all__ = ["ParquetSink", "read_flows"]

@@ -1,3 +1,4 @@
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -161,6 +162,18 @@ def test_unwritable_directory_raises_sink_error_and_recovers(tmp_path: Path):
     assert len(read_flows(target)) == 10
 
 
+def _open_under(directory: Path) -> list[str]:
+    """Files under ``directory`` this process still holds open."""
+    fds = Path("/proc/self/fd")
+    held = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(f"{directory}/"):
+                held.append(target)
+    return held
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
 def test_disk_full_raises_sink_error_and_keeps_completed_files(tmp_path: Path):
     mnt = _mount_point()
@@ -176,6 +189,7 @@ def test_disk_full_raises_sink_error_and_keeps_completed_files(tmp_path: Path):
         kept = len(read_flows(mnt))
         assert 0 < kept <= written
         assert kept + sink.rows_lost == written
+        assert _open_under(mnt) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
         mnt.rmdir()
@@ -209,6 +223,7 @@ def test_disk_full_every_row_is_written_or_counted_as_dropped(tmp_path: Path):
             registry.get_sample_value("shoal_sink_dropped_rows_total", {"sink": "parquet"})
             == offered - on_disk
         )
+        assert _open_under(mnt) == []  # a full disk leaks no file handle (it would keep the space)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
         mnt.rmdir()
