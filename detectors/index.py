@@ -164,7 +164,7 @@ class AddressTable:
         keep = np.flatnonzero(np.take(addresses.is_v4, r4))  # IPv6 rows' last words meant nothing
         r4, e4 = np.take(r4, keep), np.take(e4, keep)
         v6_rows = np.flatnonzero(~addresses.is_v4)
-        r6, e6 = self.v6.lookup(addresses.keys16(v6_rows), v6_rows)
+        r6, e6 = self.v6.lookup(addresses.raw, v6_rows)
         return np.concatenate([r4, r6]), np.concatenate([e4, e6])
 
     def nbytes(self, fixed: bool = True) -> int:

@@ -299,11 +299,34 @@ def to_keys(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return pairs.view("S16").ravel()
 
 
+V6_LEVELS = (64, 48, 32, 16, 0)
+"""Prefix lengths of the IPv6 levels: a range goes to the longest level whose prefix holds all of it
+(a /128 or /64 to 64, a /56 or /48 to 48, a /36 to 32, ...)."""
+_V6_LOAD = 0.5  # slots in use: 2 uint32 slots per /prefix holding boundaries (8 B)
+_V6_FILTER_BITS = 16  # filter bits per /prefix holding boundaries (three tested: ~1% of others pass)
+
+
 @dataclass
 class V6Intervals:
-    boundaries: np.ndarray  # S16, sorted
+    """IPv6 ranges, split by width into levels (:data:`V6_LEVELS`: a /128 and a /32 never share
+    one). Each level's ranges make elementary intervals over sorted 128-bit boundaries (one array
+    for all levels, each level's part starting at ::), and a level indexes each /prefix (of its
+    prefix length) that holds a boundary: a blocked Bloom filter, then a hash table from the
+    /prefix to its first boundary. An address's /prefix in a level either holds no boundary, and
+    no range of that level covers the address (a range lies within one /prefix), or it does, and
+    the search starts from its first boundary. Most addresses are dismissed by one filter word per
+    level; none of it sorts the queries or keeps anything between batches."""
+
+    bounds: np.ndarray  # uint64 [m, 2]: (hi, lo) of each boundary; ascending within a level
+    head: np.ndarray  # int32 per interval (see _heads), floor, and the CSR of the multi ones
+    floor: int
     offsets: np.ndarray
     ids: np.ndarray
+    levels: np.ndarray  # int64 [k, 6]: shift (64 - prefix), bounds end, filter at/len, slots at/len
+    bloom: np.ndarray  # uint64 filter words of every level
+    slots: np.ndarray  # uint32: fingerprint << s_bits | (first boundary + 1), 0 empty
+    s_bits: int
+    ranges: int
 
     @classmethod
     def build(
@@ -314,23 +337,77 @@ class V6Intervals:
         last_lo: np.ndarray,
         payload: np.ndarray,
     ) -> V6Intervals:
+        """Inclusive (hi, lo) uint64 bounds of each range, and its payload."""
         end_hi, end_lo, wrapped = _plus_one(last_hi, last_lo)
-        starts = to_keys(first_hi, first_lo)
-        ends = to_keys(end_hi[~wrapped], end_lo[~wrapped])
-        boundaries = sorted_unique(
-            np.concatenate([starts, ends, to_keys(np.zeros(1, np.uint64), np.zeros(1, np.uint64))])
-        )
-        end_idx = np.full(len(starts), len(boundaries), dtype=np.int64)
-        end_idx[~wrapped] = np.searchsorted(boundaries, ends, side="left")
-        offsets, ids = _csr(boundaries, starts, end_idx, payload)
-        return cls(boundaries, offsets, ids)
+        level_of = np.full(len(first_hi), len(V6_LEVELS) - 1, dtype=np.int64)
+        for k in reversed(range(len(V6_LEVELS) - 1)):  # the longest prefix holding first and last
+            shift = np.uint64(64 - V6_LEVELS[k])
+            level_of[(first_hi >> shift) == (last_hi >> shift)] = k
+        zero = to_keys(np.zeros(1, np.uint64), np.zeros(1, np.uint64))
+        parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        for k, prefix in enumerate(V6_LEVELS):
+            sel = np.flatnonzero(level_of == k)
+            if not len(sel) and (parts or k < len(V6_LEVELS) - 1):
+                continue  # (an empty set keeps one level: a single interval, empty)
+            starts = to_keys(first_hi[sel], first_lo[sel])
+            ends = to_keys(end_hi[sel], end_lo[sel])[~wrapped[sel]]
+            boundaries = sorted_unique(np.concatenate([starts, ends, zero]))
+            end_idx = np.full(len(sel), len(boundaries), dtype=np.int64)
+            end_idx[~wrapped[sel]] = np.searchsorted(boundaries, ends, side="left")
+            offsets, ids = _csr(boundaries, starts, end_idx, payload[sel])
+            parts.append((prefix, boundaries.view(">u8").reshape(-1, 2).astype(np.uint64), offsets, ids))
+            del starts, ends, boundaries, end_idx
+        prefixes = [prefix for prefix, _, _, _ in parts]
+        bounds = np.concatenate([b for _, b, _, _ in parts])
+        seg_end = np.cumsum([len(b) for _, b, _, _ in parts])
+        seg_start = np.r_[0, seg_end[:-1]]
+        payloads = np.cumsum([0] + [len(ids) for _, _, _, ids in parts])
+        offsets = np.concatenate([parts[0][2][:1].astype(np.int64)] + [
+            o[1:].astype(np.int64) + payloads[k] for k, (_, _, o, _) in enumerate(parts)])  # fmt: skip
+        ids = np.concatenate([ids for _, _, _, ids in parts])
+        del parts
+        head, floor, offsets, ids = _heads(offsets, ids)
+        s_bits = max(len(bounds).bit_length(), 1)
+        if s_bits > 28:
+            raise ValueError("too many IPv6 boundaries")
+        levels = np.zeros((len(prefixes), 6), dtype=np.int64)
+        keys_of, firsts_of = [], []
+        for k, (start, end) in enumerate(zip(seg_start.tolist(), seg_end.tolist(), strict=True)):
+            shift = 64 - prefixes[k]
+            keys = kernels.v6_prefix_keys(bounds[start:end], shift)
+            first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])  # each /prefix's first boundary
+            keys_of.append(keys[first])
+            firsts_of.append(first + start)
+            levels[k, :2] = shift, end
+            levels[k, 3] = max(len(first) * _V6_FILTER_BITS // 64, 1)
+            levels[k, 5] = max(int(len(first) / _V6_LOAD), 2)
+        levels[1:, 2] = np.cumsum(levels[:-1, 3])
+        levels[1:, 4] = np.cumsum(levels[:-1, 5])
+        bloom = np.zeros(int(levels[:, 3].sum()), dtype=np.uint64)
+        slots = np.zeros(int(levels[:, 5].sum()), dtype=np.uint32)
+        for k, (keys, firsts) in enumerate(zip(keys_of, firsts_of, strict=True)):
+            at, size, slot_at, slot_size = levels[k, 2:].tolist()
+            kernels.v6_fill(keys, firsts, s_bits, bloom[at : at + size], slots[slot_at : slot_at + slot_size])
+        return cls(bounds, head, floor, offsets, ids, levels, bloom, slots, s_bits, len(first_hi))
 
     def nbytes(self) -> int:
-        return self.boundaries.nbytes + self.offsets.nbytes + self.ids.nbytes
+        arrays = (self.bounds, self.head, self.offsets, self.ids, self.levels, self.bloom, self.slots)
+        return sum(a.nbytes for a in arrays)
 
-    def lookup(self, keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not len(self.ids) or not len(keys):
+    def lookup(self, addresses: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``addresses``: (n, 16) uint8 in network order; ``rows``: which of them to look up.
+        Returns (row, payload) pairs."""
+        if not self.ranges or not len(rows):
             return np.empty(0, np.int64), np.empty(0, np.int32)
-        unique, inverse = np.unique(keys, return_inverse=True)
-        intervals = np.searchsorted(self.boundaries, unique, side="right") - 1
-        return expand(self.offsets, self.ids, rows, intervals[inverse])
+        words = np.ascontiguousarray(addresses).view(np.uint64).reshape(-1, 2)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        n = len(rows) * len(self.levels)
+        pos, interval = np.empty(n, np.int64), np.empty(n, np.int64)
+        found = kernels.v6_locate(words, rows, self.levels, self.bloom, self.slots, self.s_bits, self.bounds,
+                                  pos, interval)  # fmt: skip
+        heads = np.empty(found, np.int32)
+        total = kernels.heads(interval, found, self.head, self.floor, self.offsets, heads)
+        out_rows, out_payload = np.empty(total, np.int64), np.empty(total, np.int32)
+        kernels.emit(pos, heads, found, self.floor, self.offsets, self.ids, np.empty(0, np.int64), out_rows,
+                     out_payload)  # fmt: skip
+        return out_rows, out_payload

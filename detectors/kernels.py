@@ -234,3 +234,188 @@ def csr_fill(first, end, payload, offsets, ids):  # pragma: no cover - compiled
         for i in range(first[k], end[k]):
             ids[cursor[i]] = payload[k]
             cursor[i] += 1
+
+
+# IPv6 levels (see ``intervals.V6Level``): per level, a blocked Bloom filter of the /prefixes that
+# hold boundaries (one uint64 word per key read, three bits tested), then, for the few addresses it
+# passes, a hash table (linear probing) from each such /prefix to its first boundary; slots are
+# uint32, ``fingerprint << s_bits | (first + 1)``, 0 empty.
+_MIX1, _MIX2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+_U29, _U32, _U1, _U63 = np.uint64(29), np.uint64(32), np.uint64(1), np.uint64(63)
+_BYTES1, _BYTES2 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
+_V6_CHUNK = 2048  # addresses per round of passes: what one pass reads is still cached for the next
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mix(key):  # pragma: no cover - compiled
+    """A multiply-xorshift hash: the high bits (filter word, slot) depend on every key bit, and so,
+    through the xorshift, do the low ones (filter bits, fingerprint)."""
+    h = (key ^ (key >> _U29)) * _MIX1
+    return h ^ (h >> _U32)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bswap(x):  # pragma: no cover - compiled
+    """A big-endian word read as native (little-endian) back to its numeric value (one movbe)."""
+    x = ((x & _BYTES1) << np.uint64(8)) | ((x >> np.uint64(8)) & _BYTES1)
+    x = ((x & _BYTES2) << np.uint64(16)) | ((x >> np.uint64(16)) & _BYTES2)
+    return (x << _U32) | (x >> _U32)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefix_key(hi, shift):  # pragma: no cover - compiled
+    """The /(64 - shift) prefix of an address's high word (shift 64: the one /0)."""
+    return hi >> np.uint64(shift) if shift < 64 else np.uint64(0)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _filter_bits(h):  # pragma: no cover - compiled
+    """Three bits of a filter word, from hash bits the word's index does not use."""
+    return (
+        (_U1 << (h & _U63)) | (_U1 << ((h >> np.uint64(6)) & _U63)) | (_U1 << ((h >> np.uint64(12)) & _U63))
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scaled(h, size):  # pragma: no cover - compiled
+    """The hash's high 32 bits scaled to [0, size) (multiply-shift: any size, no modulo)."""
+    return np.int64(((h >> _U32) * np.uint64(size)) >> _U32)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _at_or_below(bounds, k, hi, lo):  # pragma: no cover - compiled
+    """bounds[k] <= (hi, lo), as 128-bit numbers."""
+    b = bounds[k, 0]
+    return (b < hi) | ((b == hi) & (bounds[k, 1] <= lo))
+
+
+@_jit(f"{_U64}(uint64[:, ::1], int64)")
+def v6_prefix_keys(bounds, shift):  # pragma: no cover - compiled
+    out = np.empty(bounds.shape[0], np.uint64)
+    for k in range(bounds.shape[0]):
+        out[k] = _prefix_key(bounds[k, 0], shift)
+    return out
+
+
+@_jit(f"void({_U64}, {_I64}, int64, {_U64}, uint32[::1])")
+def v6_fill(keys, firsts, s_bits, bloom, slots):  # pragma: no cover - compiled
+    """Each /prefix's key into the filter and the table, its slot holding its fingerprint and the
+    position + 1 of its first boundary."""
+    fp_mask = (_U1 << np.uint64(32 - s_bits)) - _U1
+    for b in range(len(keys)):
+        h = _mix(keys[b])
+        bloom[_scaled(h, len(bloom))] |= _filter_bits(h)
+        j = _scaled(h, len(slots))
+        while slots[j] != 0:
+            j = j + 1 if j + 1 < len(slots) else 0
+        slots[j] = np.uint32(((h & fp_mask) << np.uint64(s_bits)) | np.uint64(firsts[b] + 1))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _v6_search(bounds, s, end, hi, lo):  # pragma: no cover - compiled
+    """The last boundary <= (hi, lo) before ``end``, from its /prefix's first one ``s``: doubling
+    steps, then halving (boundaries past the /prefix are all above the address, so the /prefix's
+    own end is not needed)."""
+    if not _at_or_below(bounds, s, hi, lo):
+        return s - 1
+    iv, step = s, 1
+    while iv + step < end and _at_or_below(bounds, iv + step, hi, lo):
+        iv += step
+        step *= 2
+    top = min(iv + step, end)
+    while top - iv > 1:
+        mid = (iv + top) >> 1
+        if _at_or_below(bounds, mid, hi, lo):
+            iv = mid
+        else:
+            top = mid
+    return iv
+
+
+@_jit(
+    f"int64(uint64[:, ::1], {_I64}, int64[:, ::1], {_U64}, uint32[::1], int64, uint64[:, ::1], {_I64}, {_I64})"
+)
+def v6_locate(words, rows, levels, bloom, slots, s_bits, bounds, out_rows, interval):  # pragma: no cover
+    """For each of ``rows`` (its address: ``words[row]``, two big-endian words read natively) and
+    each level whose /prefix of the address holds boundaries: the row and the interval, compacted
+    into ``out_rows``/``interval``. In rounds of ``_V6_CHUNK`` rows, each pass reading what the one
+    before left in cache: read the filter word of each row and level (a loop that does nothing
+    else, so the misses overlap); keep what the filter passes (most rows are dismissed here),
+    branch-free; read their slots; follow the probe to the slot whose fingerprint matches; read
+    that boundary; check that it lies in the address's /prefix and search from it. Returns how
+    many (row, interval) pairs were found."""
+    n_levels = levels.shape[0]
+    sb = np.uint64(s_bits)
+    s_mask = (_U1 << sb) - _U1
+    fp_mask = (_U1 << np.uint64(32 - s_bits)) - _U1
+    high = np.empty(_V6_CHUNK, np.uint64)
+    hashes = np.empty(_V6_CHUNK * n_levels, np.uint64)  # [level * _V6_CHUNK + t]
+    seen = np.empty(_V6_CHUNK * n_levels, np.uint64)
+    maybe = np.empty(_V6_CHUNK * n_levels, np.int64)
+    first = np.empty(_V6_CHUNK * n_levels, np.int64)
+    found = 0
+    for c0 in range(0, len(rows), _V6_CHUNK):
+        c1 = min(len(rows), c0 + _V6_CHUNK)
+        for t in range(c1 - c0):
+            high[t] = _bswap(words[rows[c0 + t], 0])
+        for k in range(n_levels):
+            shift, at, size = levels[k, 0], levels[k, 2], levels[k, 3]
+            for t in range(c1 - c0):
+                h = _mix(_prefix_key(high[t], shift))
+                hashes[k * _V6_CHUNK + t] = h
+                bits = _filter_bits(h)
+                seen[k * _V6_CHUNK + t] = (bloom[at + _scaled(h, size)] & bits) == bits
+        kept = 0
+        for t in range(c1 - c0):  # in row order
+            for k in range(n_levels):
+                u = k * _V6_CHUNK + t
+                maybe[kept] = u
+                kept += seen[u]
+        for v in range(kept):
+            u = maybe[v]
+            k = u // _V6_CHUNK
+            seen[v] = slots[levels[k, 4] + _scaled(hashes[u], levels[k, 5])]
+        for v in range(kept):  # the slot whose fingerprint matches (-1: none, a filter false positive)
+            u = maybe[v]
+            k = u // _V6_CHUNK
+            h = hashes[u]
+            fp = h & fp_mask
+            j = _scaled(h, levels[k, 5])
+            slot = seen[v]
+            s = -1
+            while slot != 0:
+                if (slot >> sb) == fp:
+                    s = np.int64(slot & s_mask) - 1
+                    break
+                j = j + 1 if j + 1 < levels[k, 5] else 0
+                slot = np.uint64(slots[levels[k, 4] + j])
+            first[v] = s
+            seen[v] = bounds[max(s, 0), 0]
+        for v in range(kept):
+            s = first[v]
+            if s < 0:
+                continue
+            u = maybe[v]
+            k = u // _V6_CHUNK
+            shift = levels[k, 0]
+            row = rows[c0 + u % _V6_CHUNK]
+            hi = _bswap(words[row, 0])
+            key = _prefix_key(hi, shift)
+            if _prefix_key(seen[v], shift) != key:  # another /prefix's fingerprint: probe on (rare)
+                h = hashes[u]
+                fp = h & fp_mask
+                j = _scaled(h, levels[k, 5])
+                s = -1
+                while slots[levels[k, 4] + j] != 0:
+                    slot = np.uint64(slots[levels[k, 4] + j])
+                    b = np.int64(slot & s_mask) - 1
+                    if (slot >> sb) == fp and _prefix_key(bounds[b, 0], shift) == key:
+                        s = b
+                        break
+                    j = j + 1 if j + 1 < levels[k, 5] else 0
+                if s < 0:
+                    continue
+            out_rows[found] = row
+            interval[found] = _v6_search(bounds, s, levels[k, 1], hi, _bswap(words[row, 1]))
+            found += 1
+    return found
