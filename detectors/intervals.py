@@ -302,8 +302,8 @@ def to_keys(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
 V6_LEVELS = (64, 48, 32, 16, 0)
 """Prefix lengths of the IPv6 levels: a range goes to the longest level whose prefix holds all of it
 (a /128 or /64 to 64, a /56 or /48 to 48, a /36 to 32, ...)."""
-_V6_LOAD = 0.5  # slots in use: 2 uint32 slots per /prefix holding boundaries (8 B)
-_V6_FILTER_BITS = 16  # filter bits per /prefix holding boundaries (three tested: ~1% of others pass)
+_V6_LOAD = 0.75  # slots in use (linear probing; only addresses the filter passes probe)
+_V6_FILTER_BITS = 16  # filter bits per /prefix indexed (three tested: ~1% of the others pass)
 
 
 @dataclass
@@ -345,6 +345,7 @@ class V6Intervals:
             level_of[(first_hi >> shift) == (last_hi >> shift)] = k
         zero = to_keys(np.zeros(1, np.uint64), np.zeros(1, np.uint64))
         parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        start_keys = []  # per level: the /prefixes where a range starts, the only ones a range covers
         for k, prefix in enumerate(V6_LEVELS):
             sel = np.flatnonzero(level_of == k)
             if not len(sel) and (parts or k < len(V6_LEVELS) - 1):
@@ -356,6 +357,9 @@ class V6Intervals:
             end_idx[~wrapped[sel]] = np.searchsorted(boundaries, ends, side="left")
             offsets, ids = _csr(boundaries, starts, end_idx, payload[sel])
             parts.append((prefix, boundaries.view(">u8").reshape(-1, 2).astype(np.uint64), offsets, ids))
+            start_keys.append(
+                np.unique(first_hi[sel] >> np.uint64(64 - prefix) if prefix else np.zeros(1, np.uint64))
+            )
             del starts, ends, boundaries, end_idx
         prefixes = [prefix for prefix, _, _, _ in parts]
         bounds = np.concatenate([b for _, b, _, _ in parts])
@@ -376,11 +380,12 @@ class V6Intervals:
             shift = 64 - prefixes[k]
             keys = kernels.v6_prefix_keys(bounds[start:end], shift)
             first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])  # each /prefix's first boundary
+            first = first[np.isin(keys[first], start_keys[k], assume_unique=True)]  # not only range ends
             keys_of.append(keys[first])
             firsts_of.append(first + start)
             levels[k, :2] = shift, end
             levels[k, 3] = max(len(first) * _V6_FILTER_BITS // 64, 1)
-            levels[k, 5] = max(int(len(first) / _V6_LOAD), 2)
+            levels[k, 5] = int(len(first) / _V6_LOAD) + 1  # at least one slot empty: every probe ends
         levels[1:, 2] = np.cumsum(levels[:-1, 3])
         levels[1:, 4] = np.cumsum(levels[:-1, 5])
         bloom = np.zeros(int(levels[:, 3].sum()), dtype=np.uint64)

@@ -363,14 +363,14 @@ def v6_locate(words, rows, levels, bloom, slots, s_bits, bounds, out_rows, inter
             for t in range(c1 - c0):
                 h = _mix(_prefix_key(high[t], shift))
                 hashes[k * _V6_CHUNK + t] = h
-                bits = _filter_bits(h)
-                seen[k * _V6_CHUNK + t] = (bloom[at + _scaled(h, size)] & bits) == bits
+                seen[k * _V6_CHUNK + t] = bloom[at + _scaled(h, size)]
         kept = 0
         for t in range(c1 - c0):  # in row order
             for k in range(n_levels):
                 u = k * _V6_CHUNK + t
+                bits = _filter_bits(hashes[u])
                 maybe[kept] = u
-                kept += seen[u]
+                kept += (seen[u] & bits) == bits
         for v in range(kept):
             u = maybe[v]
             k = u // _V6_CHUNK
