@@ -161,7 +161,8 @@ def emit(pos, heads, n, floor, offsets, ids, rows_in, out_rows, out_payload):  #
 )
 def ipv4_words(words, v4, is_v4):  # pragma: no cover - compiled
     """16-byte addresses seen as four native uint32 ``words`` per row: IPv4-mapped rows flagged and
-    their address byte-swapped into numeric order, in one pass. Returns whether every row is IPv4."""
+    their address byte-swapped into numeric order (other rows: 0), in one pass. Returns whether every
+    row is IPv4."""
     mapped = np.uint32(0xFFFF0000)  # bytes 00 00 ff ff read as a little-endian word
     every = True
     for i in range(len(v4)):
@@ -169,7 +170,8 @@ def ipv4_words(words, v4, is_v4):  # pragma: no cover - compiled
         flag = (words[i, 0] == 0) & (words[i, 1] == 0) & (words[i, 2] == mapped)
         is_v4[i] = flag
         every &= flag
-        v4[i] = (w3 >> 24) | ((w3 >> 8) & 0xFF00) | ((w3 << 8) & 0xFF0000) | ((w3 << 24) & 0xFF000000)
+        swapped = (w3 >> 24) | ((w3 >> 8) & 0xFF00) | ((w3 << 8) & 0xFF0000) | ((w3 << 24) & 0xFF000000)
+        v4[i] = swapped * flag  # IPv6 rows: 0, whose /24 entry stays cached when they go through the IPv4 lookup
     return every
 
 
