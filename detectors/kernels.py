@@ -171,7 +171,7 @@ def ipv4_words(words, v4, is_v4):  # pragma: no cover - compiled
         is_v4[i] = flag
         every &= flag
         swapped = (w3 >> 24) | ((w3 >> 8) & 0xFF00) | ((w3 << 8) & 0xFF0000) | ((w3 << 24) & 0xFF000000)
-        v4[i] = swapped * flag  # IPv6 rows: 0, whose /24 entry stays cached when they go through the IPv4 lookup
+        v4[i] = swapped * flag  # IPv6 rows: 0, one /24 entry that stays cached in the IPv4 lookup
     return every
 
 
