@@ -157,6 +157,21 @@ class Matcher:
         has_asn = any(len(layer.asn_values) for layer, _ in self.index.layers())
         return ["src_addr", "dst_addr"] + (["src_as", "dst_as"] if has_asn else [])
 
+    def find_columns(self) -> list[str]:
+        """The flow columns :meth:`find` reads with this index: :meth:`candidate_columns`, and the
+        ports, protocol and AS of constrained entries, the times of indicators with a validity window,
+        the ports of allowlist entries, where the index has any."""
+        layers = [layer for layer, _ in self.index.layers()]
+        extra = []
+        if any(len(layer.entry_ind) for layer in layers):
+            extra += ["src_port", "dst_port", "protocol", "src_as", "dst_as"]
+        if any(len(layer.valid_ind) for layer in layers):
+            extra += ["flow_end", "time_received"]
+        if len(self.index.allow_port):
+            extra += ["src_port", "dst_port"]
+        columns = self.candidate_columns()
+        return columns + [name for name in dict.fromkeys(extra) if name not in columns]
+
     def candidates(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
         """Sorted rows of ``batch`` that some index entry covers by address (or by AS, for AS
         indicators), in any layer: a superset of the rows :meth:`find` reports, from

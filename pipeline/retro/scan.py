@@ -62,7 +62,13 @@ class ScanStats:
     candidates: int = 0
     """Rows some indicator covers by address (or AS), before the time window."""
     in_window: int = 0
-    """Candidate rows inside the window (all of them without one)."""
+    """Candidate rows inside the window (with one)."""
+    confirming: bool = False
+    """Whether the scan had a confirm step (:class:`Reads`)."""
+    confirmed: int = 0
+    """Candidate rows (in the window) that hit, by the confirm step."""
+    flows_kept: int = 0
+    """Rows yielded: the candidates that are in the window and hit."""
 
     files_read: int = 0
     """Files of which at least one row group was read."""
@@ -136,24 +142,45 @@ class Progress:
     def advance(self, rows: int) -> None: ...
 
 
+@dataclass(frozen=True)
+class Reads:
+    """What a scan decodes of each row group, step by step, each step for the rows the one before
+    kept: every row's ``find_columns``, which ``candidates`` narrows to the rows some indicator may
+    hit; for those, the window's time columns and ``confirm_columns``, which the window and then
+    ``confirm`` narrow to the rows that hit; for those, the rest of ``columns``. Without a confirm
+    step (nothing to confirm beyond what ``candidates`` read), a candidate's row group is decoded
+    whole; with one, only a row group that holds a hit is."""
+
+    columns: list[str]
+    """Of the rows yielded."""
+    find_columns: list[str]
+    candidates: Callable[[pa.RecordBatch], np.ndarray]
+    """Sorted positions of the rows of a batch of ``find_columns`` that some indicator may hit."""
+    confirm_columns: list[str] = field(default_factory=list)
+    confirm: Callable[[pa.RecordBatch], np.ndarray] | None = None
+    """Positions of the rows of a batch of candidates (find, time and confirm columns) that hit."""
+
+
 def scan_archive(
     plans: list[FilePlan],
-    columns: list[str],
-    find_columns: list[str],
-    candidates: Callable[[pa.RecordBatch], np.ndarray],
+    reads: Reads,
     window: TimeWindow,
     stats: ScanStats,
     progress: Progress | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of the candidate flows (``candidates`` of each batch of ``find_columns``) that are in
-    ``window``, with ``columns`` (which must hold the flow times when the window is bounded), in
-    archive order. A file that breaks while being read (corrupt past its footer) is named in
+    """Batches of the flows of ``plans`` that ``reads`` keeps and that are in ``window``, with
+    ``reads.columns`` (which must hold the flow times when the window is bounded), in archive order.
+    A file that breaks while being read (corrupt past its footer) is named in
     ``stats.files_skipped``; what was read of it before the damage is kept."""
     progress = progress or Progress()
-    schema = pa.schema([FLOW_SCHEMA.field(name) for name in columns])
-    times = [name for name in TIME_COLUMNS if window.bounded and name not in find_columns]
-    rest = [name for name in columns if name not in find_columns and name not in times]
-    with _ReadAhead(plans, find_columns) as ahead:
+    schema = pa.schema([FLOW_SCHEMA.field(name) for name in reads.columns])
+    have = set(reads.find_columns)
+    narrow = [name for name in TIME_COLUMNS if window.bounded and name not in have]
+    if reads.confirm is not None:
+        narrow += [name for name in reads.confirm_columns if name not in have and name not in narrow]
+    rest = [name for name in reads.columns if name not in have and name not in narrow]
+    stats.confirming = reads.confirm is not None
+    with _ReadAhead(plans, reads.find_columns) as ahead:
         current, parquet, broken = None, None, False
         for plan, group, found in ahead:
             if plan is not current:
@@ -169,18 +196,24 @@ def scan_archive(
                 stats.row_groups_read += 1
                 stats.flows_read += rows
                 progress.advance(rows)
-                wanted, table = _candidates(found, candidates)
+                wanted, table = _candidates(found, reads.candidates)
                 stats.candidates += len(wanted)
                 if not len(wanted):
                     continue
                 # Decoded in this thread from a handle of its own: a ParquetFile is not shared.
                 parquet = parquet or pq.ParquetFile(plan.path)
-                if times:  # the window first: the other columns only if a candidate is inside it
-                    table = _join(table, _fetch(parquet, group, wanted, times))
+                if narrow:  # the window and the confirm step first: the rest only for the rows they keep
+                    table = _join(table, _fetch(parquet, group, wanted, narrow))
+                if window.bounded:
                     inside = window.holds(table)
                     wanted, table = wanted[inside], table.filter(pa.array(inside))
-                    if not len(wanted):
-                        continue
+                    stats.in_window += len(wanted)
+                if reads.confirm is not None and len(wanted):
+                    hit = reads.confirm(table)
+                    wanted, table = wanted[hit], table.take(pa.array(hit, type=pa.int64()))
+                    stats.confirmed += len(wanted)
+                if not len(wanted):
+                    continue
                 stats.row_groups_fetched += 1
                 if rest:
                     table = _join(table, _fetch(parquet, group, wanted, rest))
@@ -188,7 +221,7 @@ def scan_archive(
                 stats.files_skipped.append(f"{plan.path}: {exc} (read up to the damage)")
                 broken = True
                 continue
-            stats.in_window += table.num_rows
+            stats.flows_kept += table.num_rows
             yield pa.table([table.column(f.name) for f in schema], schema=schema).to_batches()[0]
 
 
@@ -287,4 +320,4 @@ def _join(left: pa.Table, right: pa.Table) -> pa.Table:
     return left
 
 
-__all__ = ["BATCH_ROWS", "FilePlan", "Progress", "ScanStats", "plan_archive", "scan_archive"]
+__all__ = ["BATCH_ROWS", "FilePlan", "Progress", "Reads", "ScanStats", "plan_archive", "scan_archive"]
