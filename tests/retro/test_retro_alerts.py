@@ -195,3 +195,49 @@ def test_candidates_cover_every_hit() -> None:
     assert set(matcher.candidate_columns()) == {"src_addr", "dst_addr", "src_as", "dst_as"}
     as_only = [i for i in indicators() if i.id != "as"]
     assert Matcher(IndicatorIndex.build(as_only)).candidate_columns() == ["src_addr", "dst_addr"]
+
+
+def _only(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([batch.column(c) for c in columns], names=columns)
+
+
+@pytest.mark.parametrize(
+    "kinds, expected",
+    [
+        ({"plain"}, {"src_addr", "dst_addr"}),
+        ({"plain", "port"}, {"src_addr", "dst_addr", "src_port", "dst_port", "protocol", "src_as", "dst_as"}),
+        ({"plain", "timed"}, {"src_addr", "dst_addr", "flow_end", "time_received"}),
+        ({"plain", "allow"}, {"src_addr", "dst_addr", "src_port", "dst_port"}),
+        ({"as"}, {"src_addr", "dst_addr", "src_as", "dst_as", "flow_end", "time_received"}),  # valid 5 hours
+        ({"plain", "port", "timed", "allow", "as"},
+         {"src_addr", "dst_addr", "src_port", "dst_port", "protocol", "src_as", "dst_as", "flow_end", "time_received"}),
+    ],
+)  # fmt: skip
+def test_find_columns_are_all_that_find_reads(kinds: set[str], expected: set[str]) -> None:
+    """``find`` on the flows cut down to ``find_columns`` finds what it finds on whole flows (a column
+    it reads and is not named would be missing: KeyError)."""
+    from detectors.index import network_of
+    from pipeline.intel.allowlists import Allowlist
+
+    chosen = [
+        i
+        for i in indicators()
+        if (
+            "plain" in kinds and i.id in ("list:203.0.113.66", "list:198.51.100.0/28", "list:2001:db8:bad::1")
+        )
+        or ("port" in kinds and i.id == "list:192.0.2.77|443")
+        or ("as" in kinds and i.id == "as")
+    ]
+    if "timed" in kinds:
+        chosen.append(Indicator(id="timed", value="192.0.2.1", source="stix", conditions=(parse_entry("192.0.2.1"),),
+                                valid_from=T0, valid_until=T0 + timedelta(hours=3)))  # fmt: skip
+    allow = Allowlist([(network_of("203.0.113.66"), 443, "cdn")]) if "allow" in kinds else None
+    matcher = Matcher(IndicatorIndex.build(chosen, allow))
+    batch = random_flows(np.random.default_rng(9), 3000)
+    assert set(matcher.find_columns()) == expected
+    assert matcher.find_columns()[:2] == ["src_addr", "dst_addr"]
+    whole = matcher.find(batch)
+    cut = matcher.find(_only(batch, matcher.find_columns()))
+    assert len(whole.rows) > 100
+    for got, want in zip(cut, whole, strict=True):
+        assert np.array_equal(got, want)
