@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from detectors.matcher import Matcher
+    from pipeline.retro import Reads
+
 HELP = """\
 Read flows archived by `shoal collect` (a Parquet file, a directory such as the collector's output,
 or a glob) and write one JSON line per (flow, indicator, side) hit. Indicators are checked at the
@@ -187,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def hunt_reads(matcher: Any, columns: list[str]) -> Any:
+def hunt_reads(matcher: Matcher, columns: list[str]) -> Reads:
     """What the scan decodes for ``matcher``: the candidate columns of every flow; when the matcher's
     ``find`` reads more (ports, times, AS for constrained, time-bound or allowlisted indicators), those
     of the candidates, then the rest only for the flows ``find`` confirms (a list of IP|port entries

@@ -241,3 +241,24 @@ def test_find_columns_are_all_that_find_reads(kinds: set[str], expected: set[str
     assert len(whole.rows) > 100
     for got, want in zip(cut, whole, strict=True):
         assert np.array_equal(got, want)
+
+
+def test_the_hunt_confirms_with_find_and_keeps_every_candidate_when_find_fails() -> None:
+    """The confirm step keeps the rows ``find`` reports; should ``find`` fail on a row group, every
+    candidate goes on to the matching stage, where failing rows are isolated and counted."""
+    from detectors.matcher import FLOW_COLUMNS
+    from pipeline.commands.match import hunt_reads
+
+    plain = Matcher(IndicatorIndex.build([i for i in indicators() if i.id == "list:203.0.113.66"]))
+    assert hunt_reads(plain, list(FLOW_COLUMNS)).confirm is None  # nothing to confirm: candidates hit
+    matcher = Matcher(IndicatorIndex.build(indicators()))
+    reads = hunt_reads(matcher, list(FLOW_COLUMNS))
+    assert reads.confirm is not None and reads.confirm_columns == matcher.find_columns()
+    batch = random_flows(np.random.default_rng(4), 2000)
+    candidates = batch.take(pa.array(matcher.candidates(batch)))
+    confirmed = reads.confirm(_only(candidates, reads.confirm_columns))
+    assert list(confirmed) == sorted(set(matcher.find(candidates).rows.tolist()))
+    assert 0 < len(confirmed) < candidates.num_rows
+    assert matcher.stats.flows == candidates.num_rows  # the confirm step counted apart
+    broken = _only(candidates, [c for c in reads.confirm_columns if c != "protocol"])
+    assert list(reads.confirm(broken)) == list(range(candidates.num_rows))
