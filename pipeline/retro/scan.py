@@ -25,7 +25,10 @@ from pipeline.retro.window import TimeWindow
 from pipeline.schemas import FLOW_SCHEMA
 
 BATCH_ROWS = 65536
-"""Rows decoded at a time (the collector writes row groups of at most this many)."""
+"""Rows decoded at a time in row groups larger than :data:`WHOLE_ROWS` (the collector writes row groups
+of at most this many)."""
+WHOLE_ROWS = 4 * BATCH_ROWS
+"""Row groups up to this many rows are decoded whole, in one call."""
 
 TIME_COLUMNS = ("time_received", "flow_start", "flow_end")
 """What the exact window test reads (:meth:`TimeWindow.holds`)."""
@@ -192,7 +195,7 @@ def scan_archive(
             try:
                 if isinstance(found, BaseException):
                     raise found
-                rows = sum(b.num_rows for b in found)
+                rows = found.num_rows
                 stats.row_groups_read += 1
                 stats.flows_read += rows
                 progress.advance(rows)
@@ -203,7 +206,7 @@ def scan_archive(
                 # Decoded in this thread from a handle of its own: a ParquetFile is not shared.
                 parquet = parquet or pq.ParquetFile(plan.path)
                 if narrow:  # the window and the confirm step first: the rest only for the rows they keep
-                    table = _join(table, _fetch(parquet, group, wanted, narrow))
+                    table = _join(table, _fetch(parquet, group, wanted, narrow, rows))
                 if window.bounded:
                     inside = window.holds(table)
                     wanted, table = wanted[inside], table.filter(pa.array(inside))
@@ -216,7 +219,7 @@ def scan_archive(
                     continue
                 stats.row_groups_fetched += 1
                 if rest:
-                    table = _join(table, _fetch(parquet, group, wanted, rest))
+                    table = _join(table, _fetch(parquet, group, wanted, rest, rows))
             except ArchiveErrors as exc:
                 stats.files_skipped.append(f"{plan.path}: {exc} (read up to the damage)")
                 broken = True
@@ -225,7 +228,7 @@ def scan_archive(
             yield pa.table([table.column(f.name) for f in schema], schema=schema).to_batches()[0]
 
 
-_Item = tuple[FilePlan, int, "list[pa.RecordBatch] | BaseException"]
+_Item = tuple[FilePlan, int, "pa.Table | BaseException"]
 
 
 class _ReadAhead:
@@ -269,11 +272,7 @@ class _ReadAhead:
                 try:
                     parquet = pq.ParquetFile(plan.path)
                     for group in plan.row_groups:
-                        found = list(
-                            parquet.iter_batches(
-                                BATCH_ROWS, row_groups=[group], columns=self._columns, use_threads=False
-                            )
-                        )
+                        found = parquet.read_row_group(group, columns=self._columns, use_threads=False)
                         if not self._put((plan, group, found)):
                             return
                 except ArchiveErrors as exc:
@@ -284,33 +283,35 @@ class _ReadAhead:
 
 
 def _candidates(
-    found: list[pa.RecordBatch], candidates: Callable[[pa.RecordBatch], np.ndarray]
+    found: pa.Table, candidates: Callable[[pa.RecordBatch], np.ndarray]
 ) -> tuple[np.ndarray, pa.Table]:
     """Candidate rows of a row group (positions in it) and their find columns."""
-    offsets, parts, taken = [], [], 0
-    for batch in found:
-        rows = candidates(batch)
-        if len(rows):
-            offsets.append(rows + taken)
-            parts.append(batch.take(pa.array(rows, type=pa.int64())))
-        taken += batch.num_rows
-    if not parts:
-        return np.empty(0, np.int64), pa.table({})
-    return np.concatenate(offsets), pa.Table.from_batches(parts).combine_chunks()
+    rows = candidates(found)
+    if not len(rows):
+        return rows, pa.table({})
+    return rows, found.take(pa.array(rows, type=pa.int64())).combine_chunks()
 
 
-def _fetch(parquet: pq.ParquetFile, group: int, wanted: np.ndarray, columns: list[str]) -> pa.Table:
-    """The ``wanted`` rows (ascending positions) of one row group, with ``columns``."""
+def _fetch(
+    parquet: pq.ParquetFile, group: int, wanted: np.ndarray, columns: list[str], rows: int
+) -> pa.Table:
+    """The ``wanted`` rows (ascending positions) of one row group of ``rows`` rows, with ``columns``:
+    decoded in one call (~0.8 ms less per row group than a batch reader) unless the row group is
+    larger than :data:`WHOLE_ROWS`, then batch by batch to bound memory."""
+    if rows <= WHOLE_ROWS:
+        table = parquet.read_row_group(group, columns=columns, use_threads=False)
+        if table.num_rows != rows:
+            raise ValueError(f"row group {group} has {table.num_rows} rows in {columns[0]}, {rows} in others")
+        return table.take(pa.array(wanted, type=pa.int64())).combine_chunks()
     parts, start = [], 0
-    for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns, use_threads=True):
+    for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns, use_threads=False):
         inside = wanted[(wanted >= start) & (wanted < start + batch.num_rows)] - start
         if len(inside):
             parts.append(batch.take(pa.array(inside, type=pa.int64())))
         start += batch.num_rows
-    table = pa.Table.from_batches(parts).combine_chunks() if parts else None
-    if table is None or table.num_rows != len(wanted):
-        raise ValueError(f"row group {group} has fewer rows than its footer says")
-    return table
+    if start != rows:
+        raise ValueError(f"row group {group} has {start} rows in {columns[0]}, {rows} in others")
+    return pa.Table.from_batches(parts).combine_chunks()
 
 
 def _join(left: pa.Table, right: pa.Table) -> pa.Table:
