@@ -3,9 +3,12 @@
 Per file, then per row group: files outside the time window by their ``date=/hour=`` folder are not
 opened, row groups outside it by their receipt-time statistics are not read (see
 :mod:`pipeline.retro.window`). Of each row group that is read, only the columns that find candidate
-rows are decoded first (the two address columns, and AS numbers for AS indicators); the remaining
-flow columns are decoded only for row groups that hold a candidate, and kept only for those rows.
-Memory is bounded by a few row groups (:data:`READ_AHEAD`), whatever the size of the archive.
+rows are decoded first (the two address columns, and AS numbers for AS indicators); then, for the
+candidates, the columns that narrow them (the window's times, what the matcher confirms a hit with:
+ports, protocol, validity times); the remaining flow columns are decoded only for row groups that
+still hold a row, and kept only for those rows (:class:`Reads`). pyarrow decodes a column chunk
+whole, so a row group with one such row costs as much as one with a thousand. Memory is bounded by a
+few row groups (:data:`READ_AHEAD`), whatever the size of the archive.
 """
 
 from __future__ import annotations
