@@ -101,7 +101,7 @@ class IntelFollower:
         """A main index of the whole state and its id lookup (made now, so updates never wait for it)."""
         started = time.monotonic()
         index = IndicatorIndex.build(indicators, self.allowlist)
-        ids = IdLookup(index.attributes.column("indicator_id"))
+        ids = IdLookup(index.attributes)
         self.build_seconds.observe(time.monotonic() - started)
         self.builds.inc()
         return index, self.allowlist, ids
