@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import numba
 import numpy as np
 import pyarrow as pa
 
-from pipeline.intel.table import TIME, part_column, part_constants
+from pipeline.intel.table import TIME, part_column, part_id_hashes
 
 FIELDS = (("indicator_id", "id"), ("indicator", "value"), ("indicator_name", "name"), ("source", "source"),
           ("confidence", "confidence"), ("tlp", "tlp"), ("valid_until", "valid_until"))  # fmt: skip
@@ -89,56 +88,8 @@ class Attributes:
         return pa.chunked_array([part_column(p, source) for p in self.parts], type=SCHEMA.field(name).type)
 
     def id_hashes(self) -> np.ndarray:
-        """A 64-bit hash (FNV-1a) of each position's id, computed from the Arrow buffers; a list's ids
-        (prefix + value) hash as the joined text would, without being joined."""
+        """A 64-bit hash of each position's id (:func:`pipeline.intel.table.part_id_hashes`)."""
         out = np.empty(self.num_rows, np.uint64)
         for p, part in enumerate(self.parts):
-            at = out[self.starts[p] : self.starts[p + 1]]
-            prefix = part_constants(part).get("id_prefix") if "id" not in part.column_names else None
-            strings = part.column("value" if prefix is not None else "id")
-            seed = _FNV_OFFSET
-            if prefix:
-                seed = _fnv1a_bytes(np.frombuffer(prefix.encode(), np.uint8), seed)
-            start = 0
-            for chunk in strings.chunks:
-                text = chunk.cast(pa.large_string())
-                offsets = np.frombuffer(text.buffers()[1], np.int64, len(text) + 1 + text.offset)[
-                    text.offset :
-                ]
-                data = text.buffers()[2]
-                raw = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
-                _fnv1a(raw, offsets, seed, at[start : start + len(text)])
-                start += len(text)
+            part_id_hashes(part, out[self.starts[p] : self.starts[p + 1]])
         return out
-
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-
-
-def string_hashes(strings: Sequence[str]) -> np.ndarray:
-    """The hashes :meth:`Attributes.id_hashes` gives these ids."""
-    array = pa.array(list(strings), type=pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], np.int64, len(array) + 1)
-    data = array.buffers()[2]
-    out = np.empty(len(array), np.uint64)
-    raw = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
-    _fnv1a(raw, offsets, _FNV_OFFSET, out)
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _fnv1a_bytes(data, h):  # pragma: no cover - compiled
-    h = np.uint64(h)
-    for j in range(len(data)):
-        h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
-    return h
-
-
-@numba.njit(cache=True, nogil=True)
-def _fnv1a(data, offsets, seed, out):  # pragma: no cover - compiled
-    """64-bit FNV-1a of each string (Arrow offsets/data), continued from ``seed``."""
-    for r in range(len(offsets) - 1):
-        h = seed
-        for j in range(offsets[r], offsets[r + 1]):
-            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
-        out[r] = h

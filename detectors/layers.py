@@ -16,9 +16,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from detectors.attributes import Attributes, string_hashes
+from detectors.attributes import Attributes
 from detectors.index import IndicatorIndex
 from pipeline.intel.allowlists import Allowlist
+from pipeline.intel.hashing import string_hashes
 from pipeline.intel.model import Indicator
 from pipeline.intel.table import IndicatorTable
 

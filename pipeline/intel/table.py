@@ -31,30 +31,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.intel.hashing import FNV_OFFSET, fnv1a_bytes, hash_strings, mix, mix_constant, null_hash
 from pipeline.intel.model import Condition, Indicator
+from pipeline.schemas import load_schema
 
 SIDE_CODES = {"any": 0, "src": 1, "dst": 2}
 SIDE_NAMES = ("any", "src", "dst")
 TIME = pa.timestamp("us", tz="UTC")
-SCHEMA = pa.schema([
-    pa.field("id", pa.string()),  # absent: id_prefix + value
-    pa.field("id_prefix", pa.string()),
-    pa.field("value", pa.string(), nullable=False),
-    pa.field("source", pa.string()),
-    pa.field("name", pa.string()),
-    pa.field("confidence", pa.int32()),
-    pa.field("tlp", pa.string()),
-    pa.field("valid_from", TIME),
-    pa.field("valid_until", TIME),
-    pa.field("network", pa.binary(16), nullable=False),  # network address, IPv4 as ::ffff:a.b.c.d
-    pa.field("prefix", pa.uint8(), nullable=False),  # prefix length within its family
-    pa.field("version", pa.uint8(), nullable=False),  # 4 or 6
-    pa.field("side", pa.int8()),  # 0 any (absent: any), 1 src, 2 dst
-    pa.field("dst_port", pa.int32()),  # null: any port
-])  # fmt: skip
-"""Every column a part may hold, with its type. ``value``, ``network``, ``prefix`` and ``version``
-are in every part; the others may be left out (null) or be a constant of the part."""
+SCHEMA = pa.schema([pa.field(f.name, f.type, f.nullable) for f in load_schema("indicator", 2)])
+"""Every column a part may hold, with its type (``schemas/indicator/v2.json``, where each is
+documented). ``value``, ``network``, ``prefix`` and ``version`` are in every part; the others may be
+left out (null) or be a constant of the part; ``id_prefix`` is only ever a constant."""
 REQUIRED = ("value", "network", "prefix", "version")
+FINGERPRINTED = ("id", "value", "source", "name", "confidence", "tlp", "valid_from", "valid_until", "prefix",
+                 "version", "side", "dst_port")  # fmt: skip
+"""The columns a row's fingerprint covers (and its network), whatever a part keeps as a constant."""
 CONSTANTS = b"shoal.constants"
 """Schema metadata key of a part's constant columns (JSON object: column -> value)."""
 _MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
@@ -138,6 +129,13 @@ def part_ints(part: pa.Table, name: str, null: int, dtype: Any = np.int64) -> np
         return out.astype(dtype, copy=False)
     value = part_constants(part).get(name)
     return np.full(n, null if value is None else value, dtype=dtype)
+
+
+def part_id_hashes(part: pa.Table, out: np.ndarray | None = None) -> np.ndarray:
+    """A 64-bit hash (FNV-1a) of each row's id; a list's ids (prefix + value) hash as the joined text
+    would, without being joined."""
+    prefix = part_constants(part).get("id_prefix") if "id" not in part.column_names else None
+    return hash_strings(part.column("value" if prefix is not None else "id"), prefix or "", out)
 
 
 def part_network_bytes(part: pa.Table) -> np.ndarray:
@@ -355,6 +353,45 @@ class IndicatorTable:
             _mark_duplicates(order, np.zeros(n, np.uint64), network, prefix, version, side, port, others,
                              duplicate)  # fmt: skip
         return np.flatnonzero(~duplicate)
+
+    def id_hashes(self) -> np.ndarray:
+        """:func:`part_id_hashes` of every row."""
+        out = np.empty(len(self), np.uint64)
+        for p, part in enumerate(self.parts):
+            part_id_hashes(part, out[self.starts[p] : self.starts[p + 1]])
+        return out
+
+    def fingerprints(self) -> np.ndarray:
+        """A 64-bit hash of each row's every column (see :mod:`pipeline.intel.hashing`): equal for
+        equal rows however their parts keep them (a column, a constant, a list's id prefix)."""
+        out = np.zeros(len(self), np.uint64)
+        for p, part in enumerate(self.parts):
+            h = out[self.starts[p] : self.starts[p + 1]]
+            n, constants, names = part.num_rows, part_constants(part), set(part.column_names)
+            everywhere = np.ones(n, np.bool_)
+            for tag, name in enumerate(FINGERPRINTED):
+                if name == "id" and "id" not in names and "id_prefix" in constants:
+                    mix(h, hash_strings(part.column("value"), constants["id_prefix"]), everywhere, tag)
+                elif name in ("prefix", "version", "side"):  # never null (side: null is "any", 0)
+                    mix(h, part_ints(part, name, 0, np.int64).view(np.uint64), everywhere, tag)
+                elif name in names:
+                    column = part.column(name)
+                    valid = column.is_valid().to_numpy(zero_copy_only=False)
+                    if pa.types.is_string(column.type):
+                        mix(h, hash_strings(column), valid, tag)
+                    else:
+                        mix(h, part_ints(part, name, 0, np.int64).view(np.uint64), valid, tag)
+                elif name in constants:
+                    value = constants[name]
+                    text = isinstance(value, str)
+                    raw = fnv1a_bytes(np.frombuffer(value.encode(), np.uint8), FNV_OFFSET) if text else value
+                    mix_constant(h, np.uint64(raw), tag)
+                else:
+                    mix_constant(h, null_hash(), tag)
+            words = np.ascontiguousarray(part_network_bytes(part)).view(np.uint64)
+            mix(h, np.ascontiguousarray(words[:, 0]), everywhere, 100)
+            mix(h, np.ascontiguousarray(words[:, 1]), everywhere, 101)
+        return out
 
     def to_indicators(self) -> list[Indicator]:
         """The rows as objects (small tables: tests, ``shoal intel stats``; millions would cost ~1 KB each)."""
