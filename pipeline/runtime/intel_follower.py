@@ -52,15 +52,19 @@ background; a change of more delta indicators than this waits for that rebuild."
 
 @dataclass(frozen=True)
 class MainIndex:
-    """A main index and where each chunk's rows sit in it: digest -> (first position, rows kept at
-    the build (None: all of them), how many)."""
+    """A main index and where each chunk's rows sit in it: digest -> (first position, the rows built
+    (None: all of them), how many). Rows chunks are built whole, their withdrawn rows dropped from
+    the hits like later withdrawals (no copy of a chunk with a few withdrawn rows); objects chunks
+    (few) without their withdrawn and unreadable objects."""
 
     index: IndicatorIndex
     spans: dict[str, tuple[int, np.ndarray | None, int]]
+    withdrawn: int
+    """Rows built although already withdrawn: positions dropped from the start, not changes since."""
 
     @classmethod
     def build(cls, live: list[LiveChunk], allowlist: Allowlist | None) -> MainIndex:
-        """Objects first (the index puts them first), then the rows of every chunk, withdrawn ones left out."""
+        """Objects first (the index puts them first), then the rows of every chunk."""
         objects: list[Indicator] = []
         parts: list[IndicatorTable] = []
         spans: dict[str, tuple[int, np.ndarray | None, int]] = {}
@@ -69,18 +73,17 @@ class MainIndex:
             alive = item.chunk.objects if kept is None else [item.chunk.objects[r] for r in kept.tolist()]
             spans[item.chunk.digest] = (len(objects), kept, len(alive))
             objects += alive  # type: ignore[arg-type]  # unreadable ones are withdrawn (dead)
-        position = len(objects)
+        position, withdrawn = len(objects), 0
         for item in (i for i in live if i.chunk.kind == "rows"):
-            kept = item.kept()
-            rows = item.chunk.rows if kept is None else item.chunk.rows.take(kept)
-            spans[item.chunk.digest] = (position, kept, len(rows))
-            parts.append(rows)
-            position += len(rows)
-        return cls(IndicatorIndex.build(objects, allowlist, IndicatorTable.concat(parts)), spans)
+            spans[item.chunk.digest] = (position, None, item.chunk.size)
+            parts.append(item.chunk.rows)
+            position += item.chunk.size
+            withdrawn += item.chunk.size - item.alive
+        return cls(IndicatorIndex.build(objects, allowlist, IndicatorTable.concat(parts)), spans, withdrawn)
 
     def layered(self, live: list[LiveChunk], allowlist: Allowlist | None) -> LayeredIndex:
         """This index with ``live`` laid over it: chunks it lacks as a delta, rows it holds that are
-        no longer live as withdrawn positions."""
+        not live (withdrawn, or of a chunk no manifest names) as withdrawn positions."""
         removed: list[np.ndarray] = []
         delta_objects: list[Indicator] = []
         delta_rows: list[IndicatorTable] = []
@@ -98,7 +101,7 @@ class MainIndex:
                 continue
             held.add(chunk.digest)
             start, built, _ = span
-            if item.dead is not None:  # rows withdrawn since, at their positions in the build
+            if item.dead is not None:  # withdrawn rows, at their positions in the build
                 dead = item.dead if built is None else item.dead[built]
                 removed.append(start + np.flatnonzero(dead))
         for digest, (start, _, count) in self.spans.items():
@@ -108,6 +111,10 @@ class MainIndex:
         return LayeredIndex(
             self.index, positions, delta_objects, IndicatorTable.concat(delta_rows), allowlist
         )
+
+    def changes(self, layered: LayeredIndex) -> int:
+        """Indicators added or withdrawn since this index was built (what a rebuild would fold in)."""
+        return layered.delta.count + len(layered.removed) - self.withdrawn
 
 
 def delta_size(main: MainIndex, live: list[LiveChunk]) -> int:
@@ -155,6 +162,11 @@ class IntelFollower:
         self.updates = Counter(
             "intel_index_updates", "Indicators added or withdrawn through a delta beside the main index", **kw
         )
+
+    @property
+    def changes(self) -> int:
+        """Indicators added or withdrawn since the main index in use was built."""
+        return 0 if self.main is None or self.index is None else self.main.changes(self.index)
 
     def start(self, timeout: float = 120.0) -> MatcherHandle:
         """Read the topic to its end, build the first index, then follow the topic in a thread.
@@ -221,10 +233,10 @@ class IntelFollower:
             self.updates.inc(_changes(previous, self.index))
             self.index_metrics.built(self.index)
             log.info("intel: changes applied (%d indicators; %d changes since the main build)", self.index.count,
-                     self.index.pending)  # fmt: skip
-        if (large or self.index.pending >= self.merge_at) and self._merging is None:
+                     self.changes)  # fmt: skip
+        if (large or self.changes >= self.merge_at) and self._merging is None:
             log.info("intel: rebuilding the main index in the background (%s)",
-                     "a change too large for a delta" if large else f"{self.index.pending} changes")  # fmt: skip
+                     "a change too large for a delta" if large else f"{self.changes} changes")  # fmt: skip
             self._merging = threading.Thread(
                 target=self._merge, args=(live,), name="intel-merge", daemon=True
             )
@@ -247,8 +259,8 @@ class IntelFollower:
         self.handle.swap(self.index)
         self.index_metrics.built(self.index)
         log.info("intel: main index rebuilt (%d indicators, %d changes laid over it)", self.index.count,
-                 self.index.pending)  # fmt: skip
-        if self.index.pending >= self.merge_at or delta_size(self.main, self.state.live()) > self.merge_at:
+                 self.changes)  # fmt: skip
+        if self.changes >= self.merge_at or delta_size(self.main, self.state.live()) > self.merge_at:
             self._pending = True  # still too far behind: the next round starts another rebuild
 
     def _follow(self) -> None:

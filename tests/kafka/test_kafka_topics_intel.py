@@ -357,7 +357,7 @@ def test_a_1k_change_to_a_larger_feed_reaches_a_running_worker_as_a_delta(kafka,
         flows = flows_for(probe)
         intel = [i for i in naive_list(listing) if i.value in set(probe)]
         wait_for(follower, flows, reference(intel, flows, []))
-        assert follower.index.main is main and follower.index.pending == 2_000  # a delta, not a rebuild
+        assert follower.index.main is main and follower.changes == 2_000  # a delta, not a rebuild
         assert follower.index.count == 100_000
     finally:
         follower.stop()

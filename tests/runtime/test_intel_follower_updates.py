@@ -127,7 +127,7 @@ def test_changes_apply_as_deltas_and_merge_in_the_background(tmp_path: Path) -> 
     feed(follower, topic.publish(feeds["list"]))
     assert topic.reports[0].mode == "delta"
     follower._apply_pending()
-    assert follower.index.main is main and follower.index.pending == 5  # 3 added, 2 withdrawn
+    assert follower.index.main is main and follower.changes == 5  # 3 added, 2 withdrawn
     assert follower._merging is None
     check(follower, feeds)
     # the object feed changes whole (a rewrite of a small feed): its old chunk's positions withdrawn
@@ -150,7 +150,7 @@ def test_changes_apply_as_deltas_and_merge_in_the_background(tmp_path: Path) -> 
     check(follower, feeds)
     follower._merging.join(30)
     follower._take_merged()
-    assert follower.index.main is not main and follower.index.pending == 1  # the change made meanwhile
+    assert follower.index.main is not main and follower.changes == 1  # the change made meanwhile
     check(follower, feeds)
     # a deleted feed (its manifest's tombstone): gone at the next update
     del feeds["stix"]
@@ -174,7 +174,7 @@ def test_a_change_too_large_for_a_delta_waits_for_the_rebuild(tmp_path: Path) ->
     assert follower.index is before and follower._merging is not None  # the old index answers meanwhile
     follower._merging.join(30)
     follower._take_merged()
-    assert follower.index.pending == 0
+    assert follower.changes == 0
     check(follower, feeds)
 
 
