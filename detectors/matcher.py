@@ -160,6 +160,31 @@ class Matcher:
             inds = inds + np.int32(offset)
         return rows, inds, sides
 
+    def candidate_columns(self) -> list[str]:
+        """The flow columns :meth:`candidates` reads."""
+        has_asn = any(len(layer.asn_values) for layer, _ in self.index.layers())
+        return ["src_addr", "dst_addr"] + (["src_as", "dst_as"] if has_asn else [])
+
+    def candidates(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """Sorted rows of ``batch`` that some index entry covers by address (or by AS, for AS
+        indicators), in any layer: a superset of the rows :meth:`find` reports, from
+        :meth:`candidate_columns` only, so that a scan of an archive reads the other columns for
+        these rows alone. Not counted."""
+        batch = one_batch(batch)
+        found = []
+        for side in ("src", "dst"):
+            addrs = Addresses.from_column(batch.column(f"{side}_addr"))
+            asns = None
+            for layer, _ in self.index.layers():
+                found.append(layer.table.lookup(addrs)[0])
+                if len(layer.asn_values):
+                    if asns is None:
+                        asns = _at(batch, f"{side}_as", None)
+                        if self.geoip is not None:
+                            asns = self.geoip.fill_asn(addrs.keys16(), asns)
+                    found.append(np.flatnonzero(np.isin(asns, layer.asn_values)))
+        return np.unique(np.concatenate(found))
+
     def _unique(self, ix: IndicatorIndex, rows, inds, sides):
         """One hit per (flow, indicator, side). Only indicators indexed under several entries (OR of
         conditions, several ports, overlapping networks) can hit twice; the others pass untouched."""
