@@ -113,6 +113,29 @@ def resident_bytes(arr: np.ndarray) -> int | None:
     return int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1)) * page
 
 
+def _heads(offsets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """One int32 per interval instead of a CSR span: most covered intervals hold one payload, which
+    is then read in the same random access as the interval. With ``floor`` the smallest payload (or
+    0), a head is that payload (>= floor), ``floor - 1`` for an empty interval, or ``floor - 2 - m``
+    for the m-th interval with several payloads, kept in a CSR of their own. Returns (head, floor,
+    multi offsets, multi payloads)."""
+    counts = np.diff(offsets)
+    floor = min(int(ids.min()), 0) if len(ids) else 0
+    multi = np.flatnonzero(counts > 1)
+    if floor - 2 - len(multi) < np.iinfo(np.int32).min:
+        raise ValueError("too many payloads for 32-bit interval heads")
+    head = np.full(len(counts), floor - 1, dtype=np.int32)
+    single = np.flatnonzero(counts == 1)
+    head[single] = ids[offsets[single]]
+    head[multi] = floor - 2 - np.arange(len(multi), dtype=np.int64)
+    m_counts = counts[multi]
+    m_offsets = np.zeros(len(multi) + 1, dtype=_offsets_dtype(int(m_counts.sum())))
+    np.cumsum(m_counts, out=m_offsets[1:])
+    starts = np.repeat(offsets[multi].astype(np.int64) - m_offsets[:-1], m_counts)
+    m_ids = ids[starts + np.arange(int(m_counts.sum()), dtype=np.int64)]
+    return head, floor, m_offsets, m_ids
+
+
 @dataclass
 class V4Intervals:
     offsets: np.ndarray  # CSR (int32 unless huge): over every interval, or (with head) the multi ones
