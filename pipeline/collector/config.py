@@ -145,30 +145,38 @@ class CollectorConfig:
                 raise ConfigError(message)
         if m.listen:
             Endpoint.parse(m.listen)
-        self.worker_count()
+        self._workers_wanted()
         return self
 
     def worker_count(self, cores: int | None = None) -> int:
         """``workers`` as a number (``auto``: ``cores``, by default :func:`usable_cores`);
-        :class:`ConfigError` unless it is in 1..cores."""
+        :class:`ConfigError` unless it is in 1..cores. (:meth:`validate` checks the form only, so
+        that a file loads the same on any machine; the command checks against the cores.)"""
         cores = usable_cores() if cores is None else cores
+        wanted = self._workers_wanted()
+        if wanted is None:
+            return cores
+        if wanted > cores:
+            raise ConfigError(
+                f"workers: {wanted} is more than the {cores} core(s) this process may use "
+                f"(1..{cores}, or 'auto'); more workers than cores only compete for them"
+            )
+        return wanted
+
+    def _workers_wanted(self) -> int | None:
+        """The number of workers asked for, None for ``auto``."""
         value = self.workers
         if isinstance(value, str):
             text = value.strip().lower()
             if text == "auto":
-                return cores
+                return None
             if not text.lstrip("-").isdigit():
                 raise ConfigError(f"workers: {value!r} is not a number of workers or 'auto'")
             value = int(text)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"workers: {value!r} is not a number of workers or 'auto'")
         if value < 1:
-            raise ConfigError(f"workers: {value} is not a number of workers (1..{cores}, or 'auto')")
-        if value > cores:
-            raise ConfigError(
-                f"workers: {value} is more than the {cores} core(s) this process may use "
-                f"(1..{cores}, or 'auto'); more workers than cores only compete for them"
-            )
+            raise ConfigError(f"workers: {value} is not a number of workers (1 or more, or 'auto')")
         return value
 
     def state_path(self, worker: int | None = None) -> Path | None:
@@ -183,16 +191,18 @@ class CollectorConfig:
         return base if worker is None else base.with_name(f"{base.name}.w{worker}")
 
 
-def usable_cores() -> int:
+def usable_cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
     """Cores this process may run on: its CPU affinity, and no more than the cgroup v2 CPU limit
     (``cpu.max``, rounded up) of its cgroup or any parent, which is what a container's CPU limit or
     systemd's ``CPUQuota=`` set."""
     cores = len(os.sched_getaffinity(0))
     try:
-        line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
+        line = next(x for x in self_cgroup.read_text().splitlines() if x.startswith("0::"))
     except (OSError, StopIteration):
         return cores
-    group = Path("/sys/fs/cgroup") / line[3:].strip().lstrip("/")
+    group = cgroup_root / line[3:].strip().lstrip("/")
     for folder in (group, *group.parents):
         try:
             quota, period = (folder / "cpu.max").read_text().split()[:2]
@@ -200,7 +210,7 @@ def usable_cores() -> int:
                 cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
         except (OSError, ValueError):
             pass
-        if folder == Path("/sys/fs/cgroup"):
+        if folder == cgroup_root:
             break
     return cores
 

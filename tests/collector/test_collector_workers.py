@@ -173,7 +173,7 @@ def test_worker_count_is_validated_with_clear_messages() -> None:
 
     assert count(1) == 1 and count("3") == 3 and count("auto") == 4 and count(" AUTO ", cores=2) == 2
     for value, message in [
-        (0, "0 is not a number of workers (1..4, or 'auto')"),
+        (0, "0 is not a number of workers (1 or more, or 'auto')"),
         (-2, "-2 is not a number of workers"),
         ("-1", "-1 is not a number of workers"),
         (5, "5 is more than the 4 core(s) this process may use"),
@@ -187,6 +187,32 @@ def test_worker_count_is_validated_with_clear_messages() -> None:
         environ={"SHOAL_COLLECT__WORKERS": "auto", "SHOAL_COLLECT__RECEIVE__LISTEN": "127.0.0.1:0"}
     )
     assert env.worker_count() == usable_cores()
+
+
+def test_a_file_asking_for_more_workers_than_cores_loads_but_does_not_run(tmp_path: Path) -> None:
+    """The file is checked for its form wherever it is read (a chart test on a small machine); the
+    number of cores is checked when the collector starts."""
+    path = tmp_path / "c.toml"
+    path.write_text('workers = 64\n[receive]\nlisten = ["127.0.0.1:0"]\n')
+    config = load_config(path)
+    assert config.worker_count(cores=64) == 64
+    with pytest.raises(ConfigError, match="64 is more than the 2 core"):
+        config.worker_count(cores=2)
+    path.write_text('workers = "auto"\n[receive]\nlisten = ["127.0.0.1:0"]\n')
+    assert load_config(path).worker_count(cores=3) == 3
+
+
+def test_usable_cores_follow_the_cgroup_cpu_limit(tmp_path: Path) -> None:
+    """A container's CPU limit (cgroup v2 cpu.max, here on a parent group) caps ``auto``."""
+    root = tmp_path / "cgroup"
+    (root / "kubepods" / "pod1").mkdir(parents=True)
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    (root / "kubepods" / "cpu.max").write_text("50000 100000\n")  # half a CPU: one worker
+    membership = tmp_path / "cgroup-of-self"
+    membership.write_text("0::/kubepods/pod1\n")
+    assert usable_cores(root, membership) == 1
+    (root / "kubepods" / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(root, membership) == len(os.sched_getaffinity(0))
 
 
 def test_bad_worker_counts_are_messages_at_the_command_line(tmp_path: Path) -> None:

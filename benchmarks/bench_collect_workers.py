@@ -1,0 +1,299 @@
+"""Collector workers (issue 14): flows/s kept by ``shoal collect`` (zstd Parquet) with 1 and with 2
+workers, in the same run, from many exporters (distinct source ports on 127.0.0.1, so the kernel's
+SO_REUSEPORT hash spreads them), each exporter replaying pre-built NetFlow v9 or IPFIX packets
+(``bench_collect``'s) with ``sendmmsg``. Two measurements, because the sender runs on the same two
+cores as the collector:
+
+* **live**: the sender offers ``--rate`` flows/s for ``--seconds``, more than one worker keeps;
+  reported: flows kept per second (kept / time until the collector went idle), drops, the CPU of each
+  collector process and of the sender thread (``CLOCK_THREAD_CPUTIME_ID``, which includes the kernel's
+  loopback delivery into the collector's sockets: part of receiving is paid by the sender here);
+* **backlog**: the collector's processes are stopped (SIGSTOP) while the sender queues ``--backlog``
+  flows in their sockets (large SO_RCVBUF), then resumed: the collector drains with the machine to
+  itself. Reported: flows kept per second of draining and its CPU.
+
+CPU is user+sys of each process (all its threads) from /proc; the end of processing is the last
+50 ms sample in which the collector's processes used more than a fifth of a core.
+
+    .venv/bin/python -m benchmarks.bench_collect_workers [--rate 4e6] [--seconds 4] [--backlog 6e6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_collect import (
+    CLK_TCK,
+    ROOT,
+    _IoVec,
+    _libc,
+    _MMsgHdr,
+    build_stream,
+    free_port,
+    udp_drops,
+)
+from benchmarks.machine import machine_line
+
+FILE_WORKER = re.compile(r"-w(\d+)-[0-9a-f]{12}\.parquet$")
+
+
+class Exporters:
+    """``count`` exporters (one connected UDP socket each, distinct source ports), alternating v9 and
+    IPFIX; each cycles through the shared pre-built packets with ``sendmmsg``."""
+
+    def __init__(self, count: int, v9: list[bytes], ipfix: list[bytes], target: tuple[str, int]) -> None:
+        self.streams = []
+        for packets, flows in ((v9, 35), (ipfix, 29)):
+            bufs = [ctypes.create_string_buffer(p, len(p)) for p in packets]
+            iov = (_IoVec * len(packets))()
+            msgs = (_MMsgHdr * len(packets))()
+            for i, b in enumerate(bufs):
+                iov[i].base, iov[i].len = ctypes.addressof(b), len(packets[i])
+                msgs[i].hdr.iov = ctypes.pointer(iov[i])
+                msgs[i].hdr.iovlen = 1
+            self.streams.append((bufs, iov, msgs, len(packets), flows))
+        self.socks, self.pos = [], [0] * count
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.connect(target)
+            self.socks.append(s)
+        self.flows_sent = 0
+
+    def round(self, per_exporter: int) -> None:
+        """Each exporter sends ``per_exporter`` packets (one ``sendmmsg``)."""
+        size = ctypes.sizeof(_MMsgHdr)
+        for k, sock in enumerate(self.socks):
+            _, _, msgs, n, flows = self.streams[k % 2]
+            pos = self.pos[k]
+            chunk = min(per_exporter, n - pos)
+            sent = _libc.sendmmsg(sock.fileno(), ctypes.byref(msgs, pos * size), chunk, 0)
+            if sent < 0:
+                err = ctypes.get_errno()
+                if err not in (11, 105, 111, 4):  # EAGAIN, ENOBUFS, ECONNREFUSED, EINTR
+                    raise OSError(err, os.strerror(err))
+                continue
+            self.pos[k] = (pos + sent) % n
+            self.flows_sent += sent * flows
+
+    def flows_per_round(self, per_exporter: int) -> float:
+        return per_exporter * sum(self.streams[k % 2][4] for k in range(len(self.socks)))
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def send_paced(
+    exporters: Exporters, rate: float, seconds: float, per_exporter: int = 2
+) -> tuple[float, float]:
+    """Offer ``rate`` flows/s for ``seconds``; (wall seconds, sender CPU-seconds)."""
+    interval = exporters.flows_per_round(per_exporter) / rate
+    cpu0, start = time.thread_time(), time.perf_counter()
+    rounds = 0
+    while time.perf_counter() - start < seconds:
+        exporters.round(per_exporter)
+        rounds += 1
+        ahead = start + rounds * interval - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
+    return time.perf_counter() - start, time.thread_time() - cpu0
+
+
+def send_all(exporters: Exporters, flows: int, per_exporter: int = 8) -> tuple[float, float]:
+    cpu0, start = time.thread_time(), time.perf_counter()
+    while exporters.flows_sent < flows:
+        exporters.round(per_exporter)
+    return time.perf_counter() - start, time.thread_time() - cpu0
+
+
+# ---------------------------------------------------------------------------------------------------
+def process_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def wait_processed(pids: list[int], quiet: float = 1.0, busy: float = 0.2) -> float:
+    """Sample the processes' CPU every 50 ms until they have been idle (< ``busy`` cores) for
+    ``quiet`` seconds; returns the end of the last busy sample (perf_counter), at the earliest now."""
+    prev, prev_t = sum(process_cpu(p) for p in pids), time.perf_counter()
+    last_busy = prev_t
+    while time.perf_counter() - last_busy < quiet:
+        time.sleep(0.05)
+        now, t = sum(process_cpu(p) for p in pids), time.perf_counter()
+        if (now - prev) / (t - prev_t) >= busy:
+            last_busy = t
+        prev, prev_t = now, t
+    return last_busy
+
+
+@dataclass
+class Run:
+    workers: int
+    mode: str
+    sent: int = 0
+    kept: int = 0
+    drops: int = 0
+    seconds: float = 0.0
+    """From the first datagram (live) or from SIGCONT (backlog) to the end of processing."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU-seconds over ``seconds`` per process (w0, w1, supervisor)."""
+    sender_cpu: float = 0.0
+    sender_seconds: float = 0.0
+    per_worker: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.kept / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        total = sum(self.cpu.values())
+        parts = ", ".join(f"{k} {v / self.seconds:.2f}" for k, v in self.cpu.items())
+        share = "/".join(f"{100 * n / max(self.kept, 1):.0f}%" for _, n in sorted(self.per_worker.items()))
+        sender = (
+            f"; sender {self.sender_cpu:.2f} CPU-s in {self.sender_seconds:.1f} s "
+            f"({self.sender_cpu / self.sender_seconds:.2f} cores)"
+            if self.sender_seconds
+            else ""
+        )
+        return (
+            f"  {self.workers} worker{'s' if self.workers > 1 else ' '} kept {self.kept:>11,} / {self.sent:,} "
+            f"(drops {1 - self.kept / max(self.sent, 1):6.2%}, kernel {self.drops:,} datagrams) in "
+            f"{self.seconds:5.2f} s: {self.rate / 1e6:5.2f}M flows/s kept; collector {total:.2f} CPU-s "
+            f"({total / self.seconds:.2f} cores: {parts}), {self.kept / max(total, 1e-9) / 1e6:.2f}M "
+            f"flows/CPU-s; rows per worker {share}{sender}"
+        )
+
+
+def run(workers: int, mode: str, args, stream, work: Path) -> Run:
+    v9, ipfix, _ = stream
+    port, out = free_port(), work / f"out-{mode}-{workers}"
+    rcvbuf = args.rcvbuf if mode == "live" else args.backlog_rcvbuf
+    cmd = [str(ROOT / ".venv/bin/python"), "-m", "pipeline.cli", "collect", "--listen", f"127.0.0.1:{port}",
+           "--parquet", str(out), "--rcvbuf", str(rcvbuf), "--workers", str(workers)]  # fmt: skip
+    env = dict(os.environ, SHOAL_COLLECT__BATCH__MAX_SECONDS="0.1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    result = Run(workers, mode)
+    try:
+        banner = proc.stdout.readline()
+        if "listening on" not in banner:
+            raise RuntimeError(f"collector did not start: {banner}{proc.stderr.read()[-2000:]}")
+        pids = {"w0": proc.pid} if workers == 1 else {}
+        if workers > 1:
+            m = re.search(r"pids ([\d, ]+)", proc.stdout.readline())
+            assert m
+            pids = {f"w{i}": int(p) for i, p in enumerate(m.group(1).split(", "))}
+            pids["supervisor"] = proc.pid
+        time.sleep(1.0)
+        exporters = Exporters(args.exporters, v9, ipfix, ("127.0.0.1", port))
+        workers_pids = [pids[k] for k in pids if k != "supervisor"]
+        if mode == "live":
+            base = {k: process_cpu(p) for k, p in pids.items()}
+            start = time.perf_counter()
+            result.sender_seconds, result.sender_cpu = send_paced(exporters, args.rate, args.seconds)
+        else:
+            for p in workers_pids:
+                os.kill(p, signal.SIGSTOP)
+            _, _ = send_all(exporters, int(args.backlog))
+            base = {k: process_cpu(p) for k, p in pids.items()}
+            start = time.perf_counter()
+            for p in workers_pids:
+                os.kill(p, signal.SIGCONT)
+        end = wait_processed(list(pids.values()))
+        result.seconds = end - start
+        result.cpu = {k: process_cpu(p) - base[k] for k, p in pids.items()}
+        result.sent = exporters.flows_sent
+        result.drops = udp_drops(port)
+        exporters.close()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        for p in children(proc.pid):
+            os.kill(p, signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        print(f"collector exit {proc.returncode}: {err[-2000:]}", file=sys.stderr)
+    import pyarrow.parquet as pq
+
+    per_worker: collections.Counter[int] = collections.Counter()
+    for path in out.rglob("*.parquet"):
+        if not path.name.startswith("."):
+            m = FILE_WORKER.search(path.name)
+            per_worker[int(m.group(1)) if m else 0] += pq.read_metadata(path).num_rows
+    result.per_worker = dict(per_worker)
+    result.kept = sum(per_worker.values())
+    shutil.rmtree(out, ignore_errors=True)  # free the page cache before the next run (bench_collect)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exporters", type=int, default=256, help="exporters (distinct source ports)")
+    ap.add_argument("--rate", type=float, default=4e6, help="live: offered flows/s")
+    ap.add_argument("--seconds", type=float, default=4.0, help="live: seconds of traffic")
+    ap.add_argument("--rcvbuf", type=int, default=32 << 20, help="live: SO_RCVBUF per socket")
+    ap.add_argument("--backlog", type=float, default=6e6, help="backlog: flows queued while stopped")
+    ap.add_argument("--backlog-rcvbuf", type=int, default=1 << 30, help="backlog: SO_RCVBUF per socket")
+    ap.add_argument("--modes", default="live,backlog")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of (1 worker, 2 workers) per mode")
+    ap.add_argument("--distinct", type=int, default=400, help="distinct pre-built packets per version")
+    args = ap.parse_args()
+    v9, ipfix, _ = build_stream(args.distinct)
+    print(machine_line())
+    print(
+        f"stream: {args.exporters} exporters on 127.0.0.1 (distinct source ports), half NetFlow v9 (35 flows "
+        f"per packet), half IPFIX (29), ~{np.mean([len(p) for p in v9 + ipfix]):.0f} B per datagram"
+    )
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-workers-") as tmp:
+        for mode in args.modes.split(","):
+            if mode == "live":
+                print(
+                    f"live: offered {args.rate:,.0f} flows/s for {args.seconds:g} s, SO_RCVBUF {args.rcvbuf}"
+                )
+            else:
+                print(
+                    f"backlog: {args.backlog:,.0f} flows queued while the collector is stopped, then drained"
+                )
+            for _ in range(args.repeat):
+                runs = [run(n, mode, args, (v9, ipfix, 0), Path(tmp)) for n in (1, 2)]
+                for r in runs:
+                    print(r.line(), flush=True)
+                one, two = runs
+                print(
+                    f"  2 workers / 1: {two.rate / max(one.rate, 1):.2f}x flows/s kept, "
+                    f"{(two.kept / sum(two.cpu.values())) / (one.kept / sum(one.cpu.values())):.2f}x flows per "
+                    f"CPU-second",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
