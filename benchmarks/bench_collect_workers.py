@@ -132,6 +132,13 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy() -> float:
+    """CPU-seconds all processes have used on this machine so far (/proc/stat, not idle or iowait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 def children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -158,6 +165,8 @@ def wait_processed(pids: list[int], quiet: float = 1.0, busy: float = 0.2) -> fl
 class Run:
     workers: int
     mode: str
+    one_core: bool = False
+    """The collector confined to one core (CPU affinity), its threads too."""
     sent: int = 0
     kept: int = 0
     drops: int = 0
@@ -167,6 +176,9 @@ class Run:
     """CPU-seconds over ``seconds`` per process (w0, w1, supervisor)."""
     sender_cpu: float = 0.0
     sender_seconds: float = 0.0
+    others: float = 0.0
+    """CPU-seconds used meanwhile by everything else on the machine (other jobs; for live runs also
+    the sender, whose own share is reported apart)."""
     per_worker: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -184,15 +196,17 @@ class Run:
             else ""
         )
         return (
-            f"  {self.workers} worker{'s' if self.workers > 1 else ' '} kept {self.kept:>11,} / {self.sent:,} "
+            f"  {self.workers} worker{'s' if self.workers > 1 else ' '}{', 1 core' if self.one_core else ''} "
+            f"kept {self.kept:>11,} / {self.sent:,} "
             f"(drops {1 - self.kept / max(self.sent, 1):6.2%}, kernel {self.drops:,} datagrams) in "
             f"{self.seconds:5.2f} s: {self.rate / 1e6:5.2f}M flows/s kept; collector {total:.2f} CPU-s "
             f"({total / self.seconds:.2f} cores: {parts}), {self.kept / max(total, 1e-9) / 1e6:.2f}M "
-            f"flows/CPU-s; rows per worker {share}{sender}"
+            f"flows/CPU-s; rows per worker {share}{sender}; everything else on the machine "
+            f"{self.others / self.seconds:.2f} cores"
         )
 
 
-def run(workers: int, mode: str, args, stream, work: Path) -> Run:
+def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = False) -> Run:
     v9, ipfix, _ = stream
     port, out = free_port(), work / f"out-{mode}-{workers}"
     rcvbuf = args.rcvbuf if mode == "live" else args.backlog_rcvbuf
@@ -200,7 +214,9 @@ def run(workers: int, mode: str, args, stream, work: Path) -> Run:
            "--parquet", str(out), "--rcvbuf", str(rcvbuf), "--workers", str(workers)]  # fmt: skip
     env = dict(os.environ, SHOAL_COLLECT__BATCH__MAX_SECONDS="0.1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    result = Run(workers, mode)
+    if one_core:  # before the interpreter starts its threads (they inherit it)
+        os.sched_setaffinity(proc.pid, {max(os.sched_getaffinity(0))})
+    result = Run(workers, mode, one_core)
     try:
         banner = proc.stdout.readline()
         if "listening on" not in banner:
@@ -215,20 +231,23 @@ def run(workers: int, mode: str, args, stream, work: Path) -> Run:
         exporters = Exporters(args.exporters, v9, ipfix, ("127.0.0.1", port))
         workers_pids = [pids[k] for k in pids if k != "supervisor"]
         if mode == "live":
-            base = {k: process_cpu(p) for k, p in pids.items()}
+            base, busy = {k: process_cpu(p) for k, p in pids.items()}, machine_busy()
             start = time.perf_counter()
             result.sender_seconds, result.sender_cpu = send_paced(exporters, args.rate, args.seconds)
         else:
             for p in workers_pids:
                 os.kill(p, signal.SIGSTOP)
             _, _ = send_all(exporters, int(args.backlog))
-            base = {k: process_cpu(p) for k, p in pids.items()}
+            base, busy = {k: process_cpu(p) for k, p in pids.items()}, machine_busy()
             start = time.perf_counter()
             for p in workers_pids:
                 os.kill(p, signal.SIGCONT)
         end = wait_processed(list(pids.values()))
         result.seconds = end - start
         result.cpu = {k: process_cpu(p) - base[k] for k, p in pids.items()}
+        # (the idle second wait_processed waits for is left out of the others' share)
+        result.others = max(0.0, machine_busy() - busy - sum(result.cpu.values()) - result.sender_cpu)
+        result.others *= result.seconds / (time.perf_counter() - start)
         result.sent = exporters.flows_sent
         result.drops = udp_drops(port)
         exporters.close()
@@ -264,6 +283,7 @@ def main() -> int:
     ap.add_argument("--modes", default="live,backlog")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of (1 worker, 2 workers) per mode")
     ap.add_argument("--distinct", type=int, default=400, help="distinct pre-built packets per version")
+    ap.add_argument("--one-core", action="store_true", help="also run 1 worker confined to one core")
     args = ap.parse_args()
     v9, ipfix, _ = build_stream(args.distinct)
     print(machine_line())
@@ -283,15 +303,21 @@ def main() -> int:
                 )
             for _ in range(args.repeat):
                 runs = [run(n, mode, args, (v9, ipfix, 0), Path(tmp)) for n in (1, 2)]
+                if args.one_core:
+                    runs.append(run(1, mode, args, (v9, ipfix, 0), Path(tmp), one_core=True))
                 for r in runs:
                     print(r.line(), flush=True)
-                one, two = runs
+                one, two = runs[:2]
                 print(
                     f"  2 workers / 1: {two.rate / max(one.rate, 1):.2f}x flows/s kept, "
                     f"{(two.kept / sum(two.cpu.values())) / (one.kept / sum(one.cpu.values())):.2f}x flows per "
                     f"CPU-second",
                     flush=True,
                 )
+                if args.one_core:
+                    print(
+                        f"  2 workers / 1 worker on 1 core: {two.rate / max(runs[2].rate, 1):.2f}x flows/s kept"
+                    )
     return 0
 
 
