@@ -11,6 +11,8 @@ cores as the collector:
 * **backlog**: the collector's processes are stopped (SIGSTOP) while the sender queues ``--backlog``
   flows in their sockets (large SO_RCVBUF), then resumed: the collector drains with the machine to
   itself. Reported: flows kept per second of draining and its CPU.
+* **streams**: the decoder alone on blocks of 2,048 datagrams from 2 to 256 export streams (why a
+  worker with fewer exporters spends less CPU per flow).
 
 CPU is user+sys of each process (all its threads) from /proc; the end of processing is the last
 50 ms sample in which the collector's processes used more than a fifth of a core. The machine is
@@ -286,6 +288,37 @@ def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = Fals
     return result
 
 
+def decode_streams(v9: list[bytes], ipfix: list[bytes], counts=(2, 16, 64, 128, 256), reps: int = 10) -> None:
+    """``FlowDecoder.decode_block`` alone on blocks of 2,048 datagrams (the collector's largest) from
+    ``counts`` export streams: the decoder works per (stream, template) group, so the cost per flow
+    depends on how many streams share a block, i.e. on how many exporters a worker has."""
+    from pipeline.collector.batcher import Batcher
+    from pipeline.decode import FlowDecoder
+    from pipeline.schemas import FLOW_SCHEMA
+
+    n = 2048
+    for streams in counts:
+        data, lengths = np.zeros((n, 1500), np.uint8), np.zeros(n, np.int64)
+        source, flows = np.arange(n, dtype=np.intp) % streams, 0
+        for i in range(n):
+            packet = (v9 if source[i] % 2 == 0 else ipfix)[(i // streams) % len(v9)]
+            data[i, : len(packet)] = np.frombuffer(packet, np.uint8)
+            lengths[i] = len(packet)
+            flows += 35 if source[i] % 2 == 0 else 29
+        senders = [("127.0.0.1", 10_000 + k) for k in range(streams)]
+        decoder, batcher = FlowDecoder(), Batcher(FLOW_SCHEMA, 65536, 1.0)
+        for _ in range(3):  # templates learnt, buffers warm
+            decoder.decode_block(data, lengths, source, senders, 1.79e9, into=batcher)
+            batcher.collect()
+        cpu = time.process_time()
+        for _ in range(reps):
+            decoder.decode_block(data, lengths, source, senders, 1.79e9, into=batcher)
+            batcher.collect()
+        cpu = time.process_time() - cpu
+        print(f"  {streams:4d} export streams per block: {flows * reps / cpu / 1e6:5.2f}M flows/CPU-s "
+              f"({cpu / reps * 1000:.1f} ms per block)", flush=True)  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exporters", type=int, default=256, help="exporters (distinct source ports)")
@@ -294,7 +327,7 @@ def main() -> int:
     ap.add_argument("--rcvbuf", type=int, default=32 << 20, help="live: SO_RCVBUF per socket")
     ap.add_argument("--backlog", type=float, default=6e6, help="backlog: flows queued while stopped")
     ap.add_argument("--backlog-rcvbuf", type=int, default=1 << 30, help="backlog: SO_RCVBUF per socket")
-    ap.add_argument("--modes", default="live,backlog")
+    ap.add_argument("--modes", default="live,backlog,streams", help="live, backlog, streams")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of (1 worker, 2 workers) per mode")
     ap.add_argument("--distinct", type=int, default=400, help="distinct pre-built packets per version")
     ap.add_argument("--one-core", action="store_true", help="also run 1 worker confined to one core")
@@ -313,6 +346,10 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="shoal-bench-workers-") as tmp:
         for mode in args.modes.split(","):
+            if mode == "streams":
+                print("streams: decode_block alone, 2,048 datagrams per block")
+                decode_streams(v9, ipfix)
+                continue
             if mode == "live":
                 print(
                     f"live: offered {args.rate:,.0f} flows/s for {args.seconds:g} s, SO_RCVBUF {args.rcvbuf}"
