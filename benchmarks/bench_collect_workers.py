@@ -135,12 +135,13 @@ def send_all(exporters: Exporters, flows: int, per_exporter: int = 8) -> tuple[f
 
 
 # ---------------------------------------------------------------------------------------------------
-def process_cpu(pid: int) -> float:
+def process_cpu(pid: int, system_only: bool = False) -> float:
+    """CPU-seconds of a process (all its threads): user+sys, or sys alone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[12]) + (0 if system_only else int(fields[11]))) / CLK_TCK
 
 
 def machine_busy() -> float:
@@ -197,6 +198,8 @@ class Run:
     """From the first datagram (live) or from SIGCONT (backlog) to the end of processing."""
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU-seconds over ``seconds`` per process (w0, w1, supervisor)."""
+    system: float = 0.0
+    """Of which kernel time (receiving, page cache), all processes."""
     sender_cpu: float = 0.0
     sender_seconds: float = 0.0
     others: float = 0.0
@@ -223,7 +226,8 @@ class Run:
             f"kept {self.kept:>11,} / {self.sent:,} "
             f"(drops {1 - self.kept / max(self.sent, 1):6.2%}, kernel {self.drops:,} datagrams) in "
             f"{self.seconds:5.2f} s: {self.rate / 1e6:5.2f}M flows/s kept; collector {total:.2f} CPU-s "
-            f"({total / self.seconds:.2f} cores: {parts}), {self.kept / max(total, 1e-9) / 1e6:.2f}M "
+            f"(sys {self.system / max(total, 1e-9):.0%}; {total / self.seconds:.2f} cores: {parts}), "
+            f"{self.kept / max(total, 1e-9) / 1e6:.2f}M "
             f"flows/CPU-s; rows per worker {share}{sender}; everything else on the machine "
             f"{self.others / self.seconds:.2f} cores"
         )
@@ -255,6 +259,7 @@ def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = Fals
         workers_pids = [pids[k] for k in pids if k != "supervisor"]
         if mode == "live":
             base, busy = {k: process_cpu(p) for k, p in pids.items()}, machine_busy()
+            base_sys = sum(process_cpu(p, system_only=True) for p in pids.values())
             start = time.perf_counter()
             result.sender_seconds, result.sender_cpu = send_paced(exporters, args.rate, args.seconds)
         else:
@@ -262,12 +267,14 @@ def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = Fals
                 os.kill(p, signal.SIGSTOP)
             _, _ = send_all(exporters, int(args.backlog))
             base, busy = {k: process_cpu(p) for k, p in pids.items()}, machine_busy()
+            base_sys = sum(process_cpu(p, system_only=True) for p in pids.values())
             start = time.perf_counter()
             for p in workers_pids:
                 os.kill(p, signal.SIGCONT)
         end = wait_processed(list(pids.values()))
         result.seconds = end - start
         result.cpu = {k: process_cpu(p) - base[k] for k, p in pids.items()}
+        result.system = sum(process_cpu(p, system_only=True) for p in pids.values()) - base_sys
         # (the idle second wait_processed waits for is left out of the others' share)
         result.others = max(0.0, machine_busy() - busy - sum(result.cpu.values()) - result.sender_cpu)
         result.others *= result.seconds / (time.perf_counter() - start)
