@@ -17,7 +17,7 @@ COPY detectors ./detectors
 COPY schemas ./schemas
 RUN /opt/shoal/venv/bin/pip install --no-cache-dir . \
     # importing the kernels compiles them for a generic x86-64 CPU into NUMBA_CACHE_DIR
-    && /opt/shoal/venv/bin/python -c "import detectors.kernels" \
+    && /opt/shoal/venv/bin/python -c "import detectors.kernels, pipeline.decode.mapped" \
     && mkdir -p /opt/shoal/samples \
     && cp pipeline/samples/demo-intel.json pipeline/samples/demo-traffic.pcap /opt/shoal/samples/
 

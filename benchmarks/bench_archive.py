@@ -4,8 +4,9 @@ The collector's writer thread spends most of its time here, so this bounds what 
 reach (bench_collect.py). Batches come from the collector's own path (bench_collect's v9 + IPFIX
 stream, ``decode_block`` into a ``Batcher``). Cases:
 
-- ``ParquetSink``: what ``shoal collect`` writes (zstd level 1, PLAIN, byte-stream-split integers,
-  statistics on the time column only, files partitioned by hour);
+- ``ParquetSink``: what ``shoal collect`` writes (LZ4, PLAIN, byte-stream-split integers, statistics
+  on the time column only, files partitioned by hour), and the same with zstd level 1 (the default
+  before issue 14);
 - the same writer options with no compression, and pyarrow's defaults (dictionary, statistics,
   snappy) for comparison;
 - DuckDB's Parquet writer (``COPY ... (FORMAT parquet)``, zstd, one thread): another maintained one;
@@ -72,11 +73,15 @@ def _integer_columns() -> list[str]:
     return [f.name for f in FLOW_SCHEMA if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)]
 
 
-def parquet_sink(batches: list[pa.RecordBatch], where: Path) -> None:
-    sink = ParquetSink(where)
+def parquet_sink(batches: list[pa.RecordBatch], where: Path, **options) -> None:
+    sink = ParquetSink(where, **options)
     for b in batches:
         sink.write(b)
     sink.close()
+
+
+def parquet_sink_zstd(batches: list[pa.RecordBatch], where: Path) -> None:
+    parquet_sink(batches, where, compression="zstd", compression_level=1)
 
 
 def parquet_uncompressed(batches: list[pa.RecordBatch], where: Path) -> None:
@@ -127,7 +132,8 @@ def arrow_ipc(codec: str | None) -> Callable[[list[pa.RecordBatch], Path], None]
 
 
 CASES: dict[str, Callable[[list[pa.RecordBatch], Path], None]] = {
-    "ParquetSink (shoal collect: zstd 1, tuned)": parquet_sink,
+    "ParquetSink (shoal collect: LZ4, tuned)": parquet_sink,
+    "ParquetSink, zstd 1 (the default before)": parquet_sink_zstd,
     "Parquet, same options, uncompressed": parquet_uncompressed,
     "Parquet, pyarrow defaults (snappy, dict, stats)": parquet_defaults,
     "Parquet by DuckDB (zstd 1, 1 thread)": duckdb_parquet,

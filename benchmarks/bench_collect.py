@@ -1,14 +1,21 @@
-"""Collector benchmark: one identical IPFIX + NetFlow v9 stream, replayed on loopback into
-``shoal collect`` (Parquet), nfcapd (nfdump) and goflow2, one after the other in the same run.
+"""Collector benchmark: one identical export stream replayed on loopback into ``shoal collect``
+(Parquet), nfcapd (nfdump) writing LZ4-compressed files (``-y``), nfcapd writing plain files and
+goflow2, one after the other in the same run.
+
+The default stream is issue 14's harness: IPFIX only, 4.5M flows cycled from 30k distinct flows with
+a backbone-like spread (addresses over a /15 per side, mixed ports, protocols, counters and times).
+``--stream v9+ipfix`` replays the earlier NetFlow v9 + IPFIX pair (254 addresses per side, fixed
+times), whose figures fill the older runs in benchmarks/README.md.
 
 Reports, per collector: flows sent, flows kept, drop rate, CPU-seconds of the collector's whole
-process tree (user+sys, from wait4/rusage minus the start-up baseline from /proc, shown split),
-flows kept per CPU-second and ratios to Shoal, and the bytes per flow each wrote: writing costs sys
-time in the page cache, which on some VMs grows sharply once fresh memory is touched
-(benchmarks/README.md). The sender uses pre-built packets and ``sendmmsg``, paced to ``--rate``
-flows/s so drops are measured at a known offered load.
+process tree (user+sys, from wait4/rusage at exit minus what it had used once idle after start-up,
+shown split), flows kept per CPU-second and ratios to Shoal, and the bytes per flow each wrote:
+writing costs sys time in the page cache, which on some VMs grows sharply once fresh memory is
+touched (benchmarks/README.md). The sender uses pre-built packets and ``sendmmsg``, paced to
+``--rate`` flows/s so drops are measured at a known offered load.
 
-    .venv/bin/python -m benchmarks.bench_collect [--flows 6000000] [--rate 1500000]
+    .venv/bin/python -m benchmarks.bench_collect [--flows 4500000] [--rate 1500000]
+    .venv/bin/python -m benchmarks.bench_collect --shoal-compression ,zstd:1,lz4 --skip goflow2
 
 goflow2 is built once with ``go install`` from the Go module proxy into ``.cache/goflow2`` (not
 committed); pass ``--goflow2 PATH`` to use another binary or ``--skip goflow2``.
@@ -123,6 +130,43 @@ def build_stream(n_packets: int, seed: int = 7) -> tuple[list[bytes], list[bytes
     return v9, ipfix, v9_per + ipfix_per
 
 
+def _spread_records(rng: np.random.Generator, n: int, now_ms: int) -> bytes:
+    """``n`` IPFIX records (``IPFIX_FIELDS``) with a backbone-like spread: addresses drawn from the
+    benchmarking /15 (198.18.0.0/15, 131k hosts per side), any ports, TCP/UDP/ICMP, heavy-tailed
+    counters, start times over the last minute and durations up to a minute."""
+    dtype = np.dtype([(f"f{t}", {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}[w]) for t, w in IPFIX_FIELDS])
+    rec = np.zeros(n, dtype=dtype)
+    rec["f8"] = 0xC6120000 + rng.integers(0, 1 << 17, n)
+    rec["f12"] = 0xC6120000 + rng.integers(0, 1 << 17, n)
+    rec["f4"] = rng.choice([6, 17, 1], n, p=[0.7, 0.27, 0.03])
+    well_known = rng.choice([53, 80, 443, 123, 22, 25, 993, 3389], n)
+    rec["f7"] = rng.integers(1024, 65535, n)
+    rec["f11"] = np.where(rng.random(n) < 0.8, well_known, rng.integers(1, 65535, n))
+    rec["f6"] = np.where(rec["f4"] == 6, rng.choice([0x02, 0x12, 0x1B, 0x11, 0x04], n), 0)
+    rec["f5"] = rng.choice([0, 0, 0, 0x20, 0xB8], n)
+    rec["f2"] = np.minimum(rng.pareto(1.2, n) * 2 + 1, 1_000_000).astype(np.uint64)
+    rec["f1"] = rec["f2"] * rng.integers(40, 1500, n)
+    rec["f10"], rec["f14"] = rng.integers(1, 64, n), rng.integers(1, 64, n)
+    start = now_ms - rng.integers(0, 60_000, n)
+    rec["f152"], rec["f153"] = start, start + rng.integers(0, 60_000, n)
+    return rec.tobytes()
+
+
+def build_ipfix_stream(distinct_flows: int, seed: int = 7) -> tuple[list[bytes], int]:
+    """(IPFIX packets of 29 ``_spread_records`` each, flows per packet): ``distinct_flows`` different
+    flows, cycled by the sender; a template set leads every 20th packet (the issue 14 harness' mix:
+    IPFIX only, a few tens of thousands of distinct flows)."""
+    rng = np.random.default_rng(seed)
+    per = 29
+    tmpl = _template(10, 257, IPFIX_FIELDS)
+    packets = []
+    for i in range(max(1, -(-distinct_flows // per))):
+        data = _spread_records(rng, per, EPOCH * 1000)
+        sets = (tmpl if i % 20 == 0 else b"") + struct.pack("!HH", 257, 4 + len(data)) + data
+        packets.append(struct.pack("!HHIII", 10, 16 + len(sets), EPOCH, i * per, 3) + sets)
+    return packets, per
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sender: sendmmsg over pre-built iovecs, paced.
 
@@ -189,22 +233,30 @@ def replay(
     v9: list[bytes], ipfix: list[bytes], port: int, pairs: int, rate_flows: float, per_pair: int
 ) -> float:
     """Send ``pairs`` (v9, IPFIX) packet pairs paced to ``rate_flows``; return seconds taken."""
-    s9, s10 = Sender(v9, ("127.0.0.1", port)), Sender(ipfix, ("127.0.0.1", port))
+    return replay_streams([v9, ipfix], port, pairs, rate_flows, per_pair)
+
+
+def replay_streams(
+    exporters: list[list[bytes]], port: int, rounds: int, rate_flows: float, per_round: int
+) -> float:
+    """Send ``rounds`` rounds of one packet from each exporter's list (each from its own socket),
+    ``per_round`` flows a round, paced to ``rate_flows``; return seconds taken."""
+    senders = [Sender(packets, ("127.0.0.1", port)) for packets in exporters]
     chunk = 32
-    interval = chunk * per_pair / rate_flows
+    interval = chunk * per_round / rate_flows
     start = time.perf_counter()
     done = 0
-    while done < pairs:
-        n = min(chunk, pairs - done)
-        s9.send(n)
-        s10.send(n)
+    while done < rounds:
+        n = min(chunk, rounds - done)
+        for sender in senders:
+            sender.send(n)
         done += n
         ahead = start + (done / chunk) * interval - time.perf_counter()
         if ahead > 0:
             time.sleep(ahead)
     took = time.perf_counter() - start
-    s9.sock.close()
-    s10.sock.close()
+    for sender in senders:
+        sender.sock.close()
     return took
 
 
@@ -319,16 +371,25 @@ class Result:
 
 
 def run_collector(
-    name: str, cmd: list[str], port: int, count, output: Path, args, stream, env: dict | None = None
+    name: str,
+    cmd: list[str],
+    port: int,
+    count,
+    output: Path,
+    args,
+    stream,
+    env: dict | None = None,
+    cwd: Path | None = None,
 ) -> Result:
-    v9, ipfix, per_pair = stream
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    exporters, per_round = stream
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     try:
         wait_bound(port, proc)
         time.sleep(0.5)
         wait_idle(proc.pid, quiet=0.3)
+        # start-up CPU (imports, JIT compilation, pyarrow's first use) is not the traffic's cost
         base_user, base_sys = tree_cpu_split(proc.pid)
-        took = replay(v9, ipfix, port, args.pairs, args.rate, per_pair)
+        took = replay_streams(exporters, port, args.rounds, args.rate, per_round)
         wait_idle(proc.pid)
         drops = udp_drops(port)
     finally:
@@ -338,7 +399,7 @@ def run_collector(
     if proc.returncode != 0:
         print(f"{name}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr)
     user, system = ru.ru_utime - base_user, ru.ru_stime - base_sys
-    result = Result(name, args.pairs * per_pair, count(), drops, user, system, took, output_bytes(output))
+    result = Result(name, args.rounds * per_round, count(), drops, user, system, took, output_bytes(output))
     # Free the page cache the output holds before the next collector runs: on VMs that hand freed
     # memory back to the host, pages not recently used cost several times more to write into, so
     # output left behind would make later collectors pay for earlier ones (benchmarks/README.md).
@@ -349,11 +410,21 @@ def run_collector(
     return result
 
 
-def bench_shoal(args, stream, work: Path, compression: str = "zstd") -> Result:
-    """Shoal with its Parquet sink compressing with ``compression`` (zstd is the default)."""
-    name = "shoal" if compression == "zstd" else f"shoal/{compression}"
-    port, out = free_port(), work / name.replace("/", "-")
-    env = dict(os.environ, SHOAL_COLLECT__PARQUET__COMPRESSION=compression)
+def bench_shoal(args, stream, work: Path, compression: str = "", source: Path | None = None) -> Result:
+    """Shoal with its Parquet sink as configured by default, or with ``compression`` ("codec" or
+    "codec:level", set through the environment); from another checkout's ``source`` tree if given
+    (same virtualenv), for before/after figures in one run."""
+    name = f"shoal/{compression}" if compression else "shoal"
+    name += f"@{source.name}" if source else ""
+    port, out = free_port(), work / name.replace("/", "-").replace(":", "_").replace("@", "_")
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = str(source)
+    if compression:
+        codec, _, level = compression.partition(":")
+        env["SHOAL_COLLECT__PARQUET__COMPRESSION"] = codec
+        if level:
+            env["SHOAL_COLLECT__PARQUET__COMPRESSION_LEVEL"] = level
     cmd = [
         str(ROOT / ".venv/bin/python"), "-m", "pipeline.cli", "collect",
         "--listen", f"127.0.0.1:{port}", "--parquet", str(out), "--rcvbuf", str(args.rcvbuf),
@@ -365,13 +436,16 @@ def bench_shoal(args, stream, work: Path, compression: str = "zstd") -> Result:
         files = [p for p in out.rglob("*.parquet") if not p.name.startswith(".")]
         return sum(pq.read_metadata(p).num_rows for p in files)
 
-    return run_collector(name, cmd, port, count, out, args, stream, env)
+    return run_collector(name, cmd, port, count, out, args, stream, env, cwd=source)
 
 
-def bench_nfcapd(args, stream, work: Path) -> Result:
-    port, out = free_port(), work / "nfcapd"
+def bench_nfcapd(args, stream, work: Path, lz4: bool = False) -> Result:
+    """nfcapd writing its files plain, or LZ4-compressed with ``-y`` (its cheapest compression)."""
+    name = "nfcapd -y" if lz4 else "nfcapd"
+    port, out = free_port(), work / name.replace(" ", "")
     out.mkdir()
     cmd = ["nfcapd", "-w", str(out), "-p", str(port), "-b", "127.0.0.1", "-t", "3600", "-B", str(args.rcvbuf)]
+    cmd += ["-y"] if lz4 else []
 
     def count() -> int:
         text = subprocess.run(
@@ -382,7 +456,7 @@ def bench_nfcapd(args, stream, work: Path) -> Result:
         ).stdout
         return sum(1 for line in text.splitlines() if line.strip())
 
-    return run_collector("nfcapd", cmd, port, count, out, args, stream)
+    return run_collector(name, cmd, port, count, out, args, stream)
 
 
 def goflow2_binary(args) -> str | None:
@@ -434,30 +508,63 @@ def bench_goflow2(args, stream, work: Path) -> Result | None:
     return run_collector("goflow2", cmd, port, lambda: _varint_messages(out.read_bytes()), out, args, stream)
 
 
+def build(args) -> tuple[tuple[list[list[bytes]], int], str]:
+    """The stream ``args`` ask for, as (per-exporter packet lists, flows per round), and its line."""
+    if args.stream == "ipfix":
+        packets, per = build_ipfix_stream(args.distinct_flows)
+        sizes = [len(p) for p in packets]
+        args.rounds = max(1, args.flows // per)
+        line = (
+            f"stream: {args.rounds} IPFIX packets ({per} flows) from one exporter, "
+            f"{len(packets) * per:,} distinct flows cycled"
+        )
+        exporters = [packets]
+    else:
+        v9, ipfix, per = build_stream(args.distinct)
+        sizes = [len(p) for p in v9 + ipfix]
+        args.rounds = max(1, args.flows // per)
+        line = f"stream: {args.rounds} NetFlow v9 packets (35 flows) + {args.rounds} IPFIX packets (29 flows)"
+        exporters = [v9, ipfix]
+    line += f", ~{np.mean(sizes):.0f} B each, offered at {args.rate:,.0f} flows/s, SO_RCVBUF {args.rcvbuf}"
+    return (exporters, per), line
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--flows", type=int, default=6_000_000, help="flows to offer to each collector")
+    ap.add_argument(
+        "--stream",
+        choices=["ipfix", "v9+ipfix"],
+        default="ipfix",
+        help="ipfix: one IPFIX exporter, --distinct-flows flows with a backbone-like spread (issue 14's "
+        "harness); v9+ipfix: the earlier NetFlow v9 + IPFIX pair with 254 addresses per side",
+    )
+    ap.add_argument("--flows", type=int, help="flows to offer to each collector (4.5M ipfix, 6M v9+ipfix)")
     ap.add_argument("--rate", type=float, default=1_500_000, help="offered load in flows/s")
     ap.add_argument("--rcvbuf", type=int, default=32 << 20, help="socket receive buffer for every collector")
-    ap.add_argument("--distinct", type=int, default=400, help="distinct pre-built packets per exporter")
-    ap.add_argument("--skip", default="", help="comma-separated collectors to skip (shoal,nfcapd,goflow2)")
+    ap.add_argument("--distinct-flows", type=int, default=30_000, help="ipfix stream: distinct flows")
+    ap.add_argument("--distinct", type=int, default=400, help="v9+ipfix: distinct packets per exporter")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated collectors to skip (shoal,nfcapd-y,nfcapd,goflow2)"
+    )
     ap.add_argument("--goflow2", help="path to a goflow2 binary")
     ap.add_argument(
+        "--shoal-baseline",
+        type=Path,
+        help="also run Shoal's default archive from this checkout (e.g. /work/main), after Shoal's own runs",
+    )
+    ap.add_argument(
         "--shoal-compression",
-        default="zstd",
-        help="comma-separated Parquet codecs to run Shoal with, each in turn (zstd,lz4,snappy,none)",
+        default="",
+        help="Shoal's runs, comma-separated: empty for its default archive, else a Parquet codec "
+        "(zstd,lz4,snappy,none) with an optional :level, e.g. ',zstd:1,lz4'",
     )
     args = ap.parse_args()
+    if args.flows is None:
+        args.flows = 4_500_000 if args.stream == "ipfix" else 6_000_000
     skip = set(filter(None, args.skip.split(",")))
-    v9, ipfix, per_pair = build_stream(args.distinct)
-    args.pairs = max(1, args.flows // per_pair)
-    stream = (v9, ipfix, per_pair)
+    stream, line = build(args)
     print(machine_line())
-    print(
-        f"stream: {args.pairs} NetFlow v9 packets (35 flows) + {args.pairs} IPFIX packets (29 flows), "
-        f"~{np.mean([len(p) for p in v9 + ipfix]):.0f} B each, offered at {args.rate:,.0f} flows/s, "
-        f"SO_RCVBUF {args.rcvbuf}"
-    )
+    print(line)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         work = Path(tmp)
@@ -465,7 +572,14 @@ def main() -> int:
             ("shoal", functools.partial(bench_shoal, compression=codec))
             for codec in args.shoal_compression.split(",")
         ]
-        for name, fn in [*runs, ("nfcapd", bench_nfcapd), ("goflow2", bench_goflow2)]:
+        if args.shoal_baseline:
+            runs.append(("shoal", functools.partial(bench_shoal, source=args.shoal_baseline.resolve())))
+        peers = [
+            ("nfcapd-y", functools.partial(bench_nfcapd, lz4=True)),
+            ("nfcapd", bench_nfcapd),
+            ("goflow2", bench_goflow2),
+        ]
+        for name, fn in [*runs, *peers]:
             if name in skip:
                 continue
             r = fn(args, stream, work)
@@ -480,9 +594,13 @@ def main() -> int:
                 )
     shoal = next((r for r in results if r.name.startswith("shoal")), None)
     if shoal and shoal.per_cpu:
-        print(f"ratios to {shoal.name} (flows per CPU-second; drop rate):")
+        print(f"ratios to {shoal.name} (flows per CPU-second, bytes per flow; drop rate):")
         for r in results:
-            print(f"  {r.name:11s} {r.per_cpu / shoal.per_cpu:5.2f}x   drops {r.drop_rate:6.2%}")
+            print(
+                f"  {r.name:11s} {r.per_cpu / shoal.per_cpu:5.2f}x   "
+                f"{r.written / max(r.kept, 1) / max(shoal.written / max(shoal.kept, 1), 1e-9):6.2f}x B/flow   "
+                f"drops {r.drop_rate:6.2%}"
+            )
     return 0
 
 

@@ -2,10 +2,11 @@
 
     .venv/bin/python -m benchmarks.bench_decode [--seconds 3]
 
-Cases: NetFlow v5; v9 and IPFIX fixed-length templates of 20 fields; an IPFIX template with a
-variable-length field (interfaceName). Each through ``FlowDecoder.decode`` (Datagram objects, the
-per-packet walk) and ``FlowDecoder.decode_block`` (the collector's path: rows of a receive buffer). Figures are flows per CPU-second of this one process
-(``time.process_time``), i.e. per core. Packets are packed with numpy (the tests, not this file,
+Cases: NetFlow v5; v9 and IPFIX fixed-length templates of 20 fields; IPFIX templates with one
+variable-length field (interfaceName, last) and with two (interfaceName among the fixed fields,
+applicationName last). Each through ``FlowDecoder.decode`` (Datagram objects, the per-packet walk)
+and ``FlowDecoder.decode_block`` (the collector's path: rows of a receive buffer). Figures are flows
+per CPU-second of this one process (``time.process_time``), i.e. per core. Packets are packed with numpy (the tests, not this file,
 hold the independent-encoder checks).
 """
 
@@ -80,21 +81,40 @@ def ipfix_packets(rng: np.random.Generator, n: int) -> tuple[bytes, list[bytes]]
     return tmpl, out
 
 
-def ipfix_variable_packets(rng: np.random.Generator, n: int) -> tuple[bytes, list[bytes]]:
-    fields = [*IPFIX_FIELDS[:19], (82, 65535)]
-    tset = _template(2, 257, fields)
+VARIABLE = 65535
+NAMES = {
+    82: [b"xe-0/0/%d" % j for j in range(48)],  # interfaceName
+    96: [b"https", b"dns", b"quic", b"ssh", b"ntp", b"bgp", b"imaps"],  # applicationName
+}
+
+
+def ipfix_variable_packets(
+    rng: np.random.Generator, n: int, fields: list[tuple[int, int]], tid: int
+) -> tuple[bytes, list[bytes]]:
+    """IPFIX packets of a template with variable-length fields (``VARIABLE`` length), whose values
+    come from ``NAMES`` in turn (one-byte length prefixes, as routers send names)."""
+    tset = _template(2, tid, fields)
     tmpl = struct.pack("!HHIII", 10, 16 + len(tset), EXPORT, 0, 1) + tset
-    fixed = np.dtype([(f"f{t}", {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}[k]) for t, k in fields[:19]])
+    fixed = [f for f in fields if f[1] != VARIABLE]
+    dtype = np.dtype([(f"f{t}", {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}[k]) for t, k in fixed])
     out = []
     for i in range(n):
-        rec = np.frombuffer(_records(rng, IPFIX_FIELDS[:19]), dtype=fixed)
-        body = b"".join(
-            r.tobytes() + bytes([len(name)]) + name
-            for r, name in zip(rec, [b"xe-0/0/%d" % (j % 48) for j in range(RECORDS)], strict=True)
-        )
-        sets = struct.pack("!HH", 257, 4 + len(body)) + body
+        rec = np.frombuffer(_records(rng, fixed), dtype=dtype)
+        body = b""
+        for j, r in enumerate(rec):
+            for t, k in fields:
+                if k == VARIABLE:
+                    name = NAMES[t][(i + j) % len(NAMES[t])]
+                    body += bytes([len(name)]) + name
+                else:
+                    body += r[f"f{t}"].tobytes()
+        sets = struct.pack("!HH", tid, 4 + len(body)) + body
         out.append(struct.pack("!HHIII", 10, 16 + len(sets), EXPORT, i * RECORDS, 1) + sets)
     return tmpl, out
+
+
+ONE_VARIABLE = [*IPFIX_FIELDS[:19], (82, VARIABLE)]
+TWO_VARIABLE = [*IPFIX_FIELDS[:10], (82, VARIABLE), *IPFIX_FIELDS[10:18], (96, VARIABLE)]
 
 
 def as_block(packets: list[bytes]) -> tuple:
@@ -153,7 +173,8 @@ def main() -> None:
         ("NetFlow v5", None, v5_packets(rng, 2048)),
         ("NetFlow v9, 20 fixed fields", *v9_packets(rng, 2048)),
         ("IPFIX, 20 fixed fields", *ipfix_packets(rng, 2048)),
-        ("IPFIX, 19 fixed + 1 variable field", *ipfix_variable_packets(rng, 1024)),
+        ("IPFIX, 19 fixed + 1 variable field", *ipfix_variable_packets(rng, 1024, ONE_VARIABLE, 257)),
+        ("IPFIX, 18 fixed + 2 variable fields", *ipfix_variable_packets(rng, 1024, TWO_VARIABLE, 258)),
     ]
     for block in (False, True):
         print(

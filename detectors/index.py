@@ -22,9 +22,12 @@ import numpy as np
 import pyarrow as pa
 
 from detectors.addresses import Addresses
-from detectors.intervals import V4Intervals, V6Intervals
+from detectors.intervals import V4_SLASH16, V4Intervals, V6Intervals
+from detectors.kernels import coarse_candidates
 from pipeline.intel.allowlists import Allowlist
+from pipeline.intel.load import IntelLoad
 from pipeline.intel.model import Indicator, Network
+from pipeline.intel.table import IndicatorTable
 
 SIDES = {"any": 0, "src": 1, "dst": 2}
 NO_TIME_MIN, NO_TIME_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -36,6 +39,8 @@ _CONDITIONS, _NETWORK, _SIDE = attrgetter("conditions"), attrgetter("network"), 
 _ADDRESS, _PREFIXLEN, _PACKED = attrgetter("network_address"), attrgetter("prefixlen"), attrgetter("packed")
 
 _VERSION = attrgetter("version")
+COARSE_MAX_RANGES = 4096
+"""IPv4 ranges up to which an index filters addresses by /16 before its lookup (a delta index)."""
 
 
 def _us(when: datetime | None, default: int) -> int:
@@ -75,11 +80,50 @@ def v6_ranges(networks: list[Network]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 @dataclass
+class Ranges:
+    """Address ranges with their payloads, per family, gathered from objects and tables alike."""
+
+    first4: np.ndarray
+    last4: np.ndarray
+    payload4: np.ndarray
+    bounds6: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    payload6: np.ndarray
+
+    @classmethod
+    def of_networks(cls, networks: list[Network], payload: np.ndarray) -> Ranges:
+        is_v4 = np.fromiter(map(_VERSION, networks), np.int8, len(networks)) == 4
+        idx4, idx6 = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
+        first4, last4 = v4_ranges([networks[i] for i in idx4.tolist()])
+        bounds6 = v6_ranges([networks[i] for i in idx6.tolist()])
+        return cls(first4, last4, payload[idx4], bounds6, payload[idx6])
+
+    @classmethod
+    def of_table(cls, table: IndicatorTable, rows: np.ndarray, payload: np.ndarray) -> Ranges:
+        is_v4 = table.is_v4()[rows]
+        first4, last4 = table.v4_ranges(rows[is_v4])
+        return cls(first4, last4, payload[is_v4], table.v6_ranges(rows[~is_v4]), payload[~is_v4])
+
+    @classmethod
+    def concat(cls, parts: list[Ranges]) -> Ranges:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.first4 for p in parts]), np.concatenate([p.last4 for p in parts]),
+            np.concatenate([p.payload4 for p in parts]),
+            tuple(np.concatenate([p.bounds6[k] for p in parts]) for k in range(4)),  # type: ignore[arg-type]
+            np.concatenate([p.payload6 for p in parts]),
+        )  # fmt: skip
+
+
+@dataclass
 class AddressTable:
     """Networks, each with an int32 payload, split into the IPv4 and IPv6 interval structures."""
 
     v4: V4Intervals
     v6: V6Intervals
+    covered16: np.ndarray | None = None
+    """For a few ranges (a delta index): which /16s they touch, so that only addresses there are
+    looked up; None for large sets, where most /16s are touched anyway."""
 
     @classmethod
     def build(
@@ -89,18 +133,32 @@ class AddressTable:
         (128 MiB of address space, for the per-flow path) rather than a search (allowlists: hits only)."""
         if payload is None:
             payload = np.arange(len(networks), dtype=np.int32)
-        is_v4 = np.fromiter(map(_VERSION, networks), np.int8, len(networks)) == 4
-        idx4, idx6 = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
-        first4, last4 = v4_ranges([networks[i] for i in idx4.tolist()])
-        bounds6 = v6_ranges([networks[i] for i in idx6.tolist()])
+        ranges = Ranges.of_networks(networks, payload)
+        return cls.from_ranges(ranges, direct)
+
+    @classmethod
+    def from_ranges(cls, ranges: Ranges, direct: bool = False) -> AddressTable:
+        covered16 = None
+        if direct and len(ranges.first4) <= COARSE_MAX_RANGES:
+            first, last = (ranges.first4 >> np.uint64(16)).astype(np.int64), (ranges.last4 >> np.uint64(16)).astype(np.int64)
+            span = last - first + 1
+            touched = np.repeat(first - (np.cumsum(span) - span), span) + np.arange(int(span.sum()))
+            covered16 = np.zeros(V4_SLASH16, np.uint8)
+            covered16[touched] = 1
         return cls(
-            V4Intervals.build(first4, last4, payload[idx4], direct=direct),
-            V6Intervals.build(*bounds6, payload=payload[idx6]),
+            V4Intervals.build(ranges.first4, ranges.last4, ranges.payload4, direct=direct),
+            V6Intervals.build(*ranges.bounds6, payload=ranges.payload6),
+            covered16,
         )
 
     def lookup(self, addresses: Addresses) -> tuple[np.ndarray, np.ndarray]:
         """(row, payload) pairs for every address that some network covers."""
-        r4, e4 = self.v4.lookup(addresses.v4)  # every row: cheaper than picking the IPv4 ones first
+        if self.covered16 is not None:  # few ranges: only addresses in a touched /16
+            rows = np.empty(len(addresses), np.int64)
+            rows = rows[: coarse_candidates(addresses.v4, self.covered16, rows)]
+            r4, e4 = self.v4.lookup(addresses.v4[rows], rows)
+        else:
+            r4, e4 = self.v4.lookup(addresses.v4)  # every row: cheaper than picking the IPv4 ones first
         if addresses.all_v4:  # the common batch: no IPv6 work
             return r4, e4
         keep = np.flatnonzero(np.take(addresses.is_v4, r4))  # IPv6 rows' last words meant nothing
@@ -114,24 +172,34 @@ class AddressTable:
 
 
 class IndicatorIndex:
-    """Build with :meth:`build`; never mutated afterwards (a new index replaces it whole)."""
+    """Build with :meth:`build`; never mutated afterwards (a new index replaces it whole, or
+    :class:`detectors.delta.LayeredIndex` lays a small one beside it)."""
 
     def __init__(self) -> None:
-        self.indicators: list[Indicator] = []
+        self.objects: list[Indicator] = []
+        self.count = 0
         self.table: AddressTable
         self.allow: AddressTable
         self.allow_port: np.ndarray
         self.allow_name: list[str] = []
 
     @classmethod
-    def build(cls, indicators: Iterable[Indicator], allowlist: Allowlist | None = None) -> IndicatorIndex:
+    def build(
+        cls,
+        indicators: Iterable[Indicator] = (),
+        allowlist: Allowlist | None = None,
+        table: IndicatorTable | None = None,
+    ) -> IndicatorIndex:
+        """Positions 0.. are the (unrevoked) ``indicators``, then the rows of ``table``."""
         self = cls()
-        self.indicators = inds = [i for i in indicators if not i.revoked]
-        n = len(inds)
-        # The bulk is read with C-level map/attrgetter passes, one attribute at a time.
-        per_indicator = np.fromiter(map(len, map(_CONDITIONS, inds)), np.int64, n)
+        self.objects = inds = [i for i in indicators if not i.revoked]
+        rows = table if table is not None else IndicatorTable.empty()
+        n_obj = len(inds)
+        self.count = n = n_obj + len(rows)
+        # The objects are read with C-level map/attrgetter passes, one attribute at a time.
+        per_indicator = np.fromiter(map(len, map(_CONDITIONS, inds)), np.int64, n_obj)
         conds = list(chain.from_iterable(map(_CONDITIONS, inds)))
-        cond_ind = np.repeat(np.arange(n, dtype=np.int64), per_indicator)
+        cond_ind = np.repeat(np.arange(n_obj, dtype=np.int64), per_indicator)
         nets = list(map(_NETWORK, conds))
         plain = np.fromiter(map(_NO_EXTRA.__eq__, map(_EXTRA, conds)), bool, len(conds))
         plain &= np.fromiter(map(is_not, nets, repeat(None)), bool, len(conds))
@@ -140,7 +208,7 @@ class IndicatorIndex:
         plain_side = np.fromiter(map(SIDES.__getitem__, map(_SIDE, plain_conds)), np.int64, len(plain_idx))
         networks = list(map(_NETWORK, plain_conds))
         del plain_conds
-        payload = [(cond_ind[plain_idx] * 3 + plain_side).astype(np.int32)]
+        object_plain_payload = (cond_ind[plain_idx] * 3 + plain_side).astype(np.int32)
         # Constrained and AS-only conditions: few, so a Python loop.
         cols: dict[str, list[int]] = {
             k: [] for k in ("ind", "side", "sport", "dport", "proto", "asn", "has_other")
@@ -165,39 +233,46 @@ class IndicatorIndex:
                                    ("has_other", int(c.other_network is not None))):  # fmt: skip
                     cols[key].append(value)
                 other_bounds.append(_bounds(c.other_network) if c.other_network is not None else (0, 0))
-        payload.append(-(np.arange(len(cols["ind"]), dtype=np.int32) + 1))
-        self.plain_entries = len(plain_idx)
-        self.entry_ind = np.array(cols["ind"], dtype=np.int32)  # constrained entries only, from here on
-        self.entry_side = np.array(cols["side"], dtype=np.int8)
-        self.entry_sport = np.array(cols["sport"], dtype=np.int32)
-        self.entry_dport = np.array(cols["dport"], dtype=np.int32)
-        self.entry_proto = np.array(cols["proto"], dtype=np.int16)
-        self.entry_asn = np.array(cols["asn"], dtype=np.int64)
-        self.entry_has_other = np.array(cols["has_other"], dtype=bool)
-        self.other_first = np.array([(b[0] >> 64, b[0] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64)
-        self.other_last = np.array([(b[1] >> 64, b[1] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64)
-        self.other_first, self.other_last = self.other_first.reshape(-1, 2), self.other_last.reshape(-1, 2)
-        all_payload = np.concatenate(payload)
-        self.table = AddressTable.build(networks, all_payload, direct=True)
+        n_obj_entries = len(cols["ind"])
+        object_ranges = Ranges.of_networks(networks, np.concatenate(
+            [object_plain_payload, -(np.arange(n_obj_entries, dtype=np.int32) + 1)]))  # fmt: skip
         del networks, nets, conds
+        # Table rows: one condition each, plain unless it names a port (then one constrained entry).
+        port = rows.numbers("dst_port")
+        side = rows.numbers("side")
+        row_ind = np.arange(n_obj, n, dtype=np.int64)
+        with_port = np.flatnonzero(port >= 0)
+        payload = (row_ind * 3 + side).astype(np.int32)
+        payload[with_port] = -(n_obj_entries + np.arange(len(with_port), dtype=np.int32) + 1)
+        ranges = Ranges.concat([object_ranges, Ranges.of_table(rows, np.arange(len(rows)), payload)])
+        del payload
+        self.plain_entries = len(plain_idx) + len(rows) - len(with_port)
+        m = len(with_port)
+        # constrained entries only, from here on: the objects', then the table's
+        self.entry_ind = np.concatenate([np.array(cols["ind"], dtype=np.int32), row_ind[with_port].astype(np.int32)])
+        self.entry_side = np.concatenate([np.array(cols["side"], dtype=np.int8), side[with_port].astype(np.int8)])
+        self.entry_sport = np.concatenate([np.array(cols["sport"], dtype=np.int32), np.full(m, -1, np.int32)])
+        self.entry_dport = np.concatenate([np.array(cols["dport"], dtype=np.int32), port[with_port].astype(np.int32)])
+        self.entry_proto = np.concatenate([np.array(cols["proto"], dtype=np.int16), np.full(m, -1, np.int16)])
+        self.entry_asn = np.concatenate([np.array(cols["asn"], dtype=np.int64), np.full(m, -1, np.int64)])
+        self.entry_has_other = np.concatenate([np.array(cols["has_other"], dtype=bool), np.zeros(m, bool)])
+        del port, side, row_ind
+        first = np.array([(b[0] >> 64, b[0] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64).reshape(-1, 2)
+        last = np.array([(b[1] >> 64, b[1] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64).reshape(-1, 2)
+        self.other_first = np.concatenate([first, np.zeros((m, 2), np.uint64)])
+        self.other_last = np.concatenate([last, np.zeros((m, 2), np.uint64)])
+        self.table = AddressTable.from_ranges(ranges, direct=True)
+        del ranges
         order = np.argsort(np.array(asn_entries["asn"], dtype=np.int64), kind="stable")
         self.asn_values = np.array(asn_entries["asn"], dtype=np.int64)[order]
         self.asn_ind = np.array(asn_entries["ind"], dtype=np.int32)[order]
         self.asn_side = np.array(asn_entries["side"], dtype=np.int8)[order]
-        # Indicators indexed under more than one entry: only their hits can repeat (see Matcher).
-        entry_ind = np.sort(np.concatenate([all_payload[: len(plain_idx)] // 3, self.entry_ind, self.asn_ind]))
+        # Indicators indexed under more than one entry: only their hits can repeat (see Matcher). A
+        # table row is one entry, so only the objects' entries are counted.
+        entry_ind = np.sort(np.concatenate([cond_ind[plain_idx].astype(np.int32), self.entry_ind[:n_obj_entries],
+                                            self.asn_ind]))  # fmt: skip
         self.repeated_inds = np.unique(entry_ind[1:][entry_ind[1:] == entry_ind[:-1]]).astype(np.int32)
-        valid_until = list(map(attrgetter("valid_until"), inds))
-        # Alert attributes, one row per indicator: hits take rows of it instead of building Python lists.
-        self.attributes = pa.table({
-            "indicator_id": pa.array(list(map(attrgetter("id"), inds)), type=pa.string()),
-            "indicator": pa.array(list(map(attrgetter("value"), inds)), type=pa.string()),
-            "indicator_name": pa.array(list(map(attrgetter("name"), inds)), type=pa.string()),
-            "source": pa.array(list(map(attrgetter("source"), inds)), type=pa.string()),
-            "confidence": pa.array(list(map(attrgetter("confidence"), inds)), type=pa.int32()),
-            "tlp": pa.array(list(map(attrgetter("tlp"), inds)), type=pa.string()),
-            "valid_until": pa.array(valid_until, type=pa.timestamp("us", tz="UTC")),
-        })  # fmt: skip
+        self.attributes = _attributes(inds, rows)
         # Few-valued text (source, TLP, often the name) as dictionaries: a hit then takes a small
         # integer instead of reaching into millions of strings (at 10M indicators ~12 ms per 200k hits).
         for name in ("indicator_name", "source", "tlp"):
@@ -212,21 +287,41 @@ class IndicatorIndex:
         width = np.uint8 if len(self.source_names) <= 256 else np.int32
         self.source_code = sources.indices.to_numpy(zero_copy_only=False).astype(width)
         # Validity windows, kept only for indicators that have one (checked on hits by a search).
-        valid_from = list(map(attrgetter("valid_from"), inds))
-        timed = np.flatnonzero(
-            np.fromiter(map(is_not, valid_from, repeat(None)), bool, n)
-            | np.fromiter(map(is_not, valid_until, repeat(None)), bool, n)
-        )
+        valid_from = np.concatenate([np.array([_us(i.valid_from, NO_TIME_MIN) for i in inds], np.int64),
+                                     rows.numbers("valid_from", NO_TIME_MIN)])  # fmt: skip
+        valid_until = np.concatenate([np.array([_us(i.valid_until, NO_TIME_MAX) for i in inds], np.int64),
+                                      rows.numbers("valid_until", NO_TIME_MAX)])  # fmt: skip
+        timed = np.flatnonzero((valid_from != NO_TIME_MIN) | (valid_until != NO_TIME_MAX))
         self.valid_ind = timed.astype(np.int32)
-        self.valid_from = np.array([_us(valid_from[k], NO_TIME_MIN) for k in timed.tolist()], dtype=np.int64)
-        self.valid_until = np.array(
-            [_us(valid_until[k], NO_TIME_MAX) for k in timed.tolist()], dtype=np.int64
-        )
+        self.valid_from, self.valid_until = valid_from[timed], valid_until[timed]
+        del valid_from, valid_until
         allow = allowlist.entries if allowlist is not None else []
         self.allow = AddressTable.build([net for net, _, _ in allow])
         self.allow_port = np.array([-1 if p is None else p for _, p, _ in allow], dtype=np.int32)
         self.allow_name = [name for _, _, name in allow]
         return self
+
+    @classmethod
+    def from_loads(cls, loads: Iterable[IntelLoad], allowlist: Allowlist | None = None) -> IndicatorIndex:
+        """Every indicator of ``loads``: their objects, then their tables' rows."""
+        loads = list(loads)
+        table = IndicatorTable.concat([load.table for load in loads])
+        return cls.build([i for load in loads for i in load.objects], allowlist, table)
+
+    def __len__(self) -> int:
+        return self.count
+
+    removed = np.empty(0, np.int32)
+    """Positions withdrawn since the build: none (see :class:`detectors.layers.LayeredIndex`)."""
+
+    def layers(self) -> list[tuple[IndicatorIndex, int]]:
+        """(index, position offset) of each layer the matcher searches: this one alone."""
+        return [(self, 0)]
+
+    def source_counts(self) -> dict[str, int]:
+        """Indicators per source."""
+        counts = np.bincount(self.source_code, minlength=len(self.source_names))
+        return {name: int(c) for name, c in zip(self.source_names, counts.tolist(), strict=True) if c}
 
     @property
     def entries(self) -> int:
@@ -258,6 +353,26 @@ class IndicatorIndex:
                     self.valid_until, self.repeated_inds):  # fmt: skip
             total += arr.nbytes
         return total
+
+
+def _attributes(inds: list[Indicator], rows: IndicatorTable) -> pa.Table:
+    """Alert attributes, one row per indicator (objects, then table rows): hits take rows of it
+    instead of building Python lists."""
+    objects = pa.table({
+        "indicator_id": pa.array(list(map(attrgetter("id"), inds)), type=pa.string()),
+        "indicator": pa.array(list(map(attrgetter("value"), inds)), type=pa.string()),
+        "indicator_name": pa.array(list(map(attrgetter("name"), inds)), type=pa.string()),
+        "source": pa.array(list(map(attrgetter("source"), inds)), type=pa.string()),
+        "confidence": pa.array(list(map(attrgetter("confidence"), inds)), type=pa.int32()),
+        "tlp": pa.array(list(map(attrgetter("tlp"), inds)), type=pa.string()),
+        "valid_until": pa.array(list(map(attrgetter("valid_until"), inds)), type=pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    if not len(rows):
+        return objects
+    columns = {"indicator_id": "id", "indicator": "value", "indicator_name": "name", "source": "source",
+               "confidence": "confidence", "tlp": "tlp", "valid_until": "valid_until"}  # fmt: skip
+    table = pa.table({name: rows.column(key) for name, key in columns.items()}, schema=objects.schema)
+    return pa.concat_tables([objects, table]).combine_chunks() if len(inds) else table
 
 
 def network_of(text: str) -> Network:

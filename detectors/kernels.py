@@ -190,3 +190,47 @@ def split_hits(rows, payload, code, plain_rows, plain_inds, c_rows, c_entries): 
         c_entries[c] = ~v
         c += v < 0
     return p, c
+
+
+@_jit(f"int64({_KEYS}, uint8[::1], {_I64})")
+def coarse_candidates(keys, covered16, out):  # pragma: no cover - compiled
+    """Positions of the keys whose /16 some range touches (``covered16``: one byte per /16, 64 KiB,
+    cache-resident), compacted into ``out``: a small index then looks up only those."""
+    k = 0
+    for i in range(len(keys)):
+        out[k] = i
+        k += covered16[np.int64(keys[i]) >> 16]
+    return k
+
+
+@_jit(f"int64({_I64}, {_I64}, {_I64})")
+def csr_counts(first, end, offsets):  # pragma: no cover - compiled
+    """Range k covers intervals [first[k], end[k]): ``offsets`` (zeroed, intervals + 1) becomes the
+    CSR offsets of the payloads per interval. Returns the total."""
+    n = len(offsets) - 1
+    for k in range(len(first)):  # difference array: +1 where a range starts covering, -1 past its end
+        offsets[first[k] + 1] += 1
+        if end[k] < n:
+            offsets[end[k] + 1] -= 1
+    running = 0
+    total = 0
+    for i in range(1, n + 1):  # per-interval counts, then their running sum
+        running += offsets[i]
+        total += running
+        offsets[i] = total
+    return total
+
+
+@_jit(f"void({_I64}, {_I64}, int32[::1], {_I64}, int32[::1])")
+def csr_fill(first, end, payload, offsets, ids):  # pragma: no cover - compiled
+    """Each range's payload into every interval it covers, in range order within an interval. A
+    range's intervals are consecutive and ranges come sorted by start, so a cursor per interval is
+    the interval's offset plus the ranges already written there."""
+    n = len(offsets) - 1
+    cursor = np.empty(n, np.int64)
+    for i in range(n):
+        cursor[i] = offsets[i]
+    for k in range(len(first)):
+        for i in range(first[k], end[k]):
+            ids[cursor[i]] = payload[k]
+            cursor[i] += 1

@@ -65,16 +65,46 @@ class Matcher:
         return self.alerts(batch, self.find(batch))
 
     def find(self, batch: pa.RecordBatch | pa.Table) -> Hits:
-        """Every (flow, indicator, side) hit in ``batch``, all checks applied, counted in ``stats``."""
+        """Every (flow, indicator, side) hit in ``batch``, all checks applied, counted in ``stats``.
+        The index may be layered (:class:`detectors.layers.LayeredIndex`): each layer is searched,
+        its positions shifted by its offset, and withdrawn positions dropped."""
         batch = one_batch(batch)
         ix = self.index
         self.stats.flows += batch.num_rows
         addrs = {s: Addresses.from_column(batch.column(f"{s}_addr")) for s in ("src", "dst")}
         asns: dict[str, np.ndarray] = {}
-        if len(ix.asn_values):  # AS-only indicators compare every flow; otherwise AS is read at hits only
+        layers = ix.layers()
+        if any(len(layer.asn_values) for layer, _ in layers):  # AS-only indicators compare every flow
             asns = {s: _at(batch, f"{s}_as", None) for s in ("src", "dst")}
             if self.geoip is not None:  # flows without AS fields
                 asns = {s: self.geoip.fill_asn(addrs[s].keys16(), asns[s]) for s in ("src", "dst")}
+        found = [self._find_layer(batch, addrs, asns, layer, offset) for layer, offset in layers]
+        found = [f for f in found if len(f[0])]
+        if len(found) == 1:
+            rows, inds, sides = found[0]
+        elif found:
+            rows, inds, sides = (np.concatenate([f[k] for f in found]) for k in range(3))
+            order = np.argsort(rows, kind="stable")
+            rows, inds, sides = rows[order], inds[order], sides[order]
+        else:
+            rows, inds, sides = np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int8)
+        removed = ix.removed
+        if len(removed) and len(inds):
+            pos = np.minimum(np.searchsorted(removed, inds), len(removed) - 1)
+            keep = np.flatnonzero(removed[pos] != inds)
+            rows, inds, sides = rows[keep], inds[keep], sides[keep]
+        if len(rows):
+            rows, inds, sides = self._allowed(batch, addrs, rows, inds, sides)
+        for layer, offset in layers:
+            mine = inds[(inds >= offset) & (inds < offset + layer.count)] - offset
+            if len(mine):
+                per_source = np.bincount(layer.source_code[mine], minlength=len(layer.source_names))
+                for code in np.nonzero(per_source)[0]:
+                    self.stats.hits[layer.source_names[code]] += int(per_source[code])
+        return Hits(rows, inds, sides)
+
+    def _find_layer(self, batch, addrs, asns, ix: IndicatorIndex, offset: int):
+        """(rows, inds, sides) of one layer's hits, in flow order, positions shifted by ``offset``."""
         rows_all, ind_all, side_all = [], [], []
         for code, side, other in ((1, "src", "dst"), (2, "dst", "src")):
             rows, payload = ix.table.lookup(addrs[side])
@@ -90,7 +120,7 @@ class Matcher:
                 side_all.append(np.full(n_plain, code, np.int8))
                 if n_constrained:
                     c_rows, c_inds = self._constrained(
-                        batch, addrs, asns, side, other, code, c_rows[:n_constrained], c_entries[:n_constrained]
+                        ix, batch, addrs, asns, side, other, code, c_rows[:n_constrained], c_entries[:n_constrained]
                     )
                     rows_all.append(c_rows)
                     ind_all.append(c_inds)
@@ -113,29 +143,51 @@ class Matcher:
         inds = np.concatenate(ind_all) if ind_all else np.empty(0, np.int32)
         sides = np.concatenate(side_all) if side_all else np.empty(0, np.int8)
         if len(rows):
-            rows, inds, sides = self._active(batch, rows, inds, sides)
+            rows, inds, sides = self._active(ix, batch, rows, inds, sides)
         if len(rows):
             order = np.argsort(rows, kind="stable")  # flow order; a merge of a few sorted runs: cheap
             rows, inds, sides = rows[order], inds[order], sides[order]
-            rows, inds, sides = self._unique(rows, inds, sides)
-            rows, inds, sides = self._allowed(batch, addrs, rows, inds, sides)
-        if len(inds):
-            per_source = np.bincount(ix.source_code[inds], minlength=len(ix.source_names))
-            for code in np.nonzero(per_source)[0]:
-                self.stats.hits[ix.source_names[code]] += int(per_source[code])
-        return Hits(rows, inds, sides)
+            rows, inds, sides = self._unique(ix, rows, inds, sides)
+        if offset:
+            inds = inds + np.int32(offset)
+        return rows, inds, sides
 
-    def _unique(self, rows, inds, sides):
+    def candidate_columns(self) -> list[str]:
+        """The flow columns :meth:`candidates` reads."""
+        has_asn = any(len(layer.asn_values) for layer, _ in self.index.layers())
+        return ["src_addr", "dst_addr"] + (["src_as", "dst_as"] if has_asn else [])
+
+    def candidates(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """Sorted rows of ``batch`` that some index entry covers by address (or by AS, for AS
+        indicators), in any layer: a superset of the rows :meth:`find` reports, from
+        :meth:`candidate_columns` only, so that a scan of an archive reads the other columns for
+        these rows alone. Not counted."""
+        batch = one_batch(batch)
+        found = []
+        for side in ("src", "dst"):
+            addrs = Addresses.from_column(batch.column(f"{side}_addr"))
+            asns = None
+            for layer, _ in self.index.layers():
+                found.append(layer.table.lookup(addrs)[0])
+                if len(layer.asn_values):
+                    if asns is None:
+                        asns = _at(batch, f"{side}_as", None)
+                        if self.geoip is not None:
+                            asns = self.geoip.fill_asn(addrs.keys16(), asns)
+                    found.append(np.flatnonzero(np.isin(asns, layer.asn_values)))
+        return np.unique(np.concatenate(found))
+
+    def _unique(self, ix: IndicatorIndex, rows, inds, sides):
         """One hit per (flow, indicator, side). Only indicators indexed under several entries (OR of
         conditions, several ports, overlapping networks) can hit twice; the others pass untouched."""
-        repeated = self.index.repeated_inds
+        repeated = ix.repeated_inds
         if not len(repeated):
             return rows, inds, sides
         pos = np.minimum(np.searchsorted(repeated, inds), len(repeated) - 1)
         maybe = np.flatnonzero(repeated[pos] == inds)
         if not len(maybe):
             return rows, inds, sides
-        key = (rows[maybe].astype(np.int64) * len(self.index.indicators) + inds[maybe]) * 3 + sides[maybe]
+        key = (rows[maybe].astype(np.int64) * ix.count + inds[maybe]) * 3 + sides[maybe]
         _, first = np.unique(key, return_index=True)
         keep = np.ones(len(rows), dtype=bool)
         keep[maybe] = False
@@ -143,9 +195,8 @@ class Matcher:
         keep = np.flatnonzero(keep)
         return rows[keep], inds[keep], sides[keep]
 
-    def _constrained(self, batch, addrs, asns, side, other, code, rows, entries):
+    def _constrained(self, ix: IndicatorIndex, batch, addrs, asns, side, other, code, rows, entries):
         """Hits on constrained entries whose ports, protocol, AS and other-side address agree."""
-        ix = self.index
         ok = (ix.entry_side[entries] == 0) | (ix.entry_side[entries] == code)
         es, ed, ep = ix.entry_sport[entries], ix.entry_dport[entries], ix.entry_proto[entries]
         ok &= (es == -1) | (es == _at(batch, "src_port", rows))
@@ -161,9 +212,8 @@ class Matcher:
             ok &= ~has_other | inside
         return rows[ok], ix.entry_ind[entries[ok]]
 
-    def _active(self, batch: pa.RecordBatch, rows, inds, sides):
+    def _active(self, ix: IndicatorIndex, batch: pa.RecordBatch, rows, inds, sides):
         """Only indicators valid at the flow's time (its end, else its receipt) fire."""
-        ix = self.index
         if not len(ix.valid_ind):  # no indicator has a validity window
             return rows, inds, sides
         take = pa.array(rows, type=pa.int64())  # hit rows only: the time columns are read for few rows

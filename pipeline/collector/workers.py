@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import logging
 import multiprocessing
 import signal
@@ -93,6 +94,8 @@ def worker_main(
         with contextlib.suppress(OSError):  # the supervisor may have given up on us already
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
+    gc.collect()  # start-up objects out of every full collection, as in the single collector
+    gc.freeze()
     seq: int | None = None
     with contextlib.suppress(OSError):  # if the supervisor gave up on us meanwhile, the loop stops
         conn.send(("ready", [s.label for s in collector.sockets]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import signal
 import socket
@@ -89,7 +90,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--parquet",
         metavar="DIR",
-        help="write flows as zstd Parquet under DIR/date=YYYY-MM-DD/hour=HH/ (files appear "
+        help="write flows as Parquet (LZ4) under DIR/date=YYYY-MM-DD/hour=HH/ (files appear "
         "atomically when complete). Overrides parquet.dir.",
     )
     p.add_argument(
@@ -254,6 +255,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    # What exists now (modules, numba's and pyarrow's objects, templates) lives as long as the
+    # collector: out of the garbage collector's reach, so neither the full collections that per-batch
+    # objects trigger nor the one at exit walk it (benchmarks/README.md, Collector). Garbage first,
+    # so none of it is kept for good.
+    gc.collect()
+    gc.freeze()
     print("shoal collect: listening on " + ", ".join(s.label for s in collector.sockets), flush=True)
     while not stop.wait(0.5):
         pass

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     stop = stop_event(args.duration)
     t = config.topics
     print(f"shoal detect: worker {worker.identity} of group {config.detect.group}; "
-          f"{len(handle.matcher.index.indicators)} indicators from {t.indicators.name}; "
+          f"{handle.matcher.index.count} indicators from {t.indicators.name}; "
           f"{t.flows.name} -> {t.alerts.name}", flush=True)  # fmt: skip
     try:
         worker.run(stop)

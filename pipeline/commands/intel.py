@@ -66,8 +66,8 @@ def run_stats(args: argparse.Namespace) -> int:
             print(f"{spec}: ERROR {exc}")
             status = 1
             continue
-        kinds = Counter(_kind(c) for i in load.indicators for c in i.conditions)
-        print(f"{spec}: {len(load.indicators)} indicators")
+        kinds = Counter(_kind(c) for i in load.objects for c in i.conditions) + _table_kinds(load.table)
+        print(f"{spec}: {load.count} indicators")
         print(f"  conditions by kind: {dict(sorted(kinds.items()))}")
         print(f"  duplicates collapsed: {load.duplicates}")
         print(f"  unsupported: {dict(load.unsupported) or 0}")
@@ -75,28 +75,42 @@ def run_stats(args: argparse.Namespace) -> int:
             print(f"    e.g. {reason}: {example}")
         print(f"  skipped (revoked/expired/confidence/to_ids): {dict(load.skipped) or 0}")
         if allow.entries:
-            index = IndicatorIndex.build(load.indicators, allow)
-            suppressed = _suppressed_by_allowlist(index)
+            suppressed = _suppressed_by_allowlist(IndicatorIndex.build((), allow), load)
             print(f"  indicators inside allowlisted ranges: {suppressed}")
         for error in load.errors:
             print(f"  error: {error}")
     return status
 
 
-def _suppressed_by_allowlist(index: Any) -> int:
-    """Indicators whose own first address is allowlisted (they would never alert there)."""
+def _table_kinds(table: Any) -> Counter[str]:
+    """Conditions by kind among a table's rows, counted column-wise."""
+    import numpy as np
+
+    v4, port = table.is_v4(), table.numbers("dst_port") >= 0
+    exact = table.numbers("prefix") == np.where(v4, 32, 128)
+    out: Counter[str] = Counter()
+    for family, f in (("ipv4", v4), ("ipv6", ~v4)):
+        for shape, e in (("address", exact), ("cidr", ~exact)):
+            for extra, p in (("", ~port), ("+port", port)):
+                if n := int((f & e & p).sum()):
+                    out[f"{family}-{shape}{extra}"] = n
+    return out
+
+
+def _suppressed_by_allowlist(index: Any, load: Any) -> int:
+    """Conditions whose own first address is allowlisted (they would never alert there)."""
     import numpy as np
 
     from detectors.addresses import Addresses
     from pipeline.schemas import ip_to_bytes16
 
-    rows = [
-        ip_to_bytes16(c.network.network_address) for i in index.indicators for c in i.conditions if c.network
-    ]
-    if not rows:
+    rows = [ip_to_bytes16(c.network.network_address) for i in load.objects for c in i.conditions if c.network]
+    raw = np.concatenate(
+        [np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16), load.table.network_bytes()]
+    )
+    if not len(raw):
         return 0
-    raw = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16)
-    hit, _ = index.allow.lookup(Addresses(raw))
+    hit, _ = index.allow.lookup(Addresses(np.ascontiguousarray(raw)))
     return len(np.unique(hit))
 
 

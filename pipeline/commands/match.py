@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
+import os
+import resource
 import sys
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 HELP = """\
 Read flows archived by `shoal collect` (a Parquet file, a directory such as the collector's output,
@@ -19,7 +27,19 @@ directory, plain list (IP, CIDR or IP|port per line), csv:PATH:COLUMN[:PORT_COLU
 (credentials in SHOAL_TAXII_USER/SHOAL_TAXII_PASSWORD), misp:URL (key in SHOAL_MISP_KEY).
 A file that is not a readable flow archive (corrupt, empty, another schema) is skipped and named, and
 the hunt goes on: the exit status is then 1 (2 when no file could be read).
+
+--since/--until keep the flows whose own time span overlaps [since, until): ended at or after --since,
+started before --until (no end time: its receipt; no start: its end). Times: ISO 8601 (2026-12-01,
+2026-12-01T10:00Z; UTC unless a zone is given) or a time before now (24h, 90m, 7d, 2w). Files and row
+groups received more than an hour outside the window are not read, and flows received more than an
+hour outside it are not reported. Progress over files and flows goes to stderr: a bar on a terminal,
+a line every 10 s otherwise.
 """
+
+
+MATCH_ROWS = 16384
+"""Candidate flows matched together: the matcher's cost per call (~0.4 ms) is paid once per this many,
+and their alerts (~2 KB each as dicts) are held at most this many at a time."""
 
 
 def register(subparsers: Any) -> None:
@@ -40,6 +60,10 @@ def register(subparsers: Any) -> None:
         "--min-confidence", type=int, default=0, help="ignore STIX indicators below this confidence"
     )
     p.add_argument("--all-attributes", action="store_true", help="use MISP attributes without to_ids too")
+    p.add_argument("--since", metavar="TIME",
+                   help="only flows that ended at or after TIME: ISO 8601 (2026-12-01, 2026-12-01T10:00Z; "
+                        "UTC unless a zone is given) or a time before now (24h, 90m, 7d; --since=-24h too)")  # fmt: skip
+    p.add_argument("--until", metavar="TIME", help="only flows that started before TIME (same forms)")
     p.set_defaults(func=run)
 
 
@@ -59,15 +83,13 @@ def build_index(args: argparse.Namespace, now: datetime | None = None) -> tuple[
         for error in load.errors:
             print(f"shoal: intel: {error}", file=sys.stderr)
     for spec, load in zip(args.intel, loads, strict=True):
-        if not load.indicators:
+        if not load.count:
             # A named source that yields nothing (a manifest of missing files, an empty list, only
             # expired or unsupported items) must not pass for a hunt that found nothing.
             why = {"errors": len(load.errors), **dict(load.unsupported), **dict(load.skipped)}
             detail = ", ".join(f"{k}: {v}" for k, v in why.items() if v) or "it is empty"
             raise SystemExit(f"shoal: intel: {spec}: no usable indicator ({detail})")
-    return IndicatorIndex.build(
-        [i for load in loads for i in load.indicators], load_allowlists(args.allowlist)
-    ), loads
+    return IndicatorIndex.from_loads(loads, load_allowlists(args.allowlist)), loads
 
 
 def load_allowlists(paths: list[str]) -> Any:
@@ -100,39 +122,17 @@ def flow_files(pattern: str) -> list[str]:
     return sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
 
 
-def readable_flow_files(files: list[str], columns: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
-    """(path, ParquetFile) of each file that is a flow archive with ``columns``, and a message naming
-    each one that is not (unreadable, empty, corrupt footer, another schema)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.schemas import FLOW_SCHEMA
-
-    good, bad = [], []
-    for path in files:
-        try:
-            parquet = pq.ParquetFile(path)
-            schema = parquet.schema_arrow
-            wrong = [
-                c
-                for c in columns
-                if c not in schema.names or schema.field(c).type != FLOW_SCHEMA.field(c).type
-            ]
-            if wrong:
-                raise ValueError(f"not a flow archive (column {', '.join(wrong)} missing or of another type)")
-            good.append((path, parquet))
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            bad.append(f"{path}: {exc}")
-    return good, bad
-
-
 def run(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-    from tqdm import tqdm
-
     from detectors.matcher import FLOW_COLUMNS, Matcher
+    from pipeline.retro import ScanProgress, ScanStats, TimeWindow, WindowError, plan_archive, scan_archive
+    from pipeline.retro.alerts import alert_records
     from pipeline.runtime.matching import match_rows
 
+    try:
+        window = TimeWindow.parse(args.since, args.until)
+    except WindowError as exc:
+        raise SystemExit(f"shoal match: {exc}") from exc
+    began = time.perf_counter()
     index, loads = build_index(args)
     geoip = None
     if args.geoip:
@@ -140,46 +140,112 @@ def run(args: argparse.Namespace) -> int:
 
         geoip = GeoIP([Path(p) for p in args.geoip])
     matcher = Matcher(index, geoip)
+    loaded, cpu = time.perf_counter(), _cpu_seconds()
     files = flow_files(args.flows)
     if not files:
         print(f"shoal: no Parquet files at {args.flows}", file=sys.stderr)
         return 2
-    columns = sorted(set(FLOW_COLUMNS) | {"src_as", "dst_as"})
-    readable, skipped = readable_flow_files(files, columns)
-    out = sys.stdout if args.alerts == "-" else open(args.alerts, "w", encoding="utf-8")  # noqa: SIM115
-    total = sum(parquet.metadata.num_rows for _, parquet in readable)
-    bar = tqdm(total=total, unit="flow", unit_scale=True, disable=not sys.stderr.isatty())
-    hits, dropped = 0, [0, 0]
+    columns = list(FLOW_COLUMNS)
+    stats = ScanStats()
+    plans = plan_archive(files, columns, window, stats)
+    out = sys.stdout if args.alerts == "-" else open(args.alerts, "wb")  # noqa: SIM115
+    write = out.buffer.write if out is sys.stdout else out.write
+    progress = ScanProgress(plans)
+    hits, dropped, closed = 0, [0, 0], False
+    flows = scan_archive(
+        plans, columns, matcher.candidate_columns(), matcher.candidates, window, stats, progress
+    )
     try:
-        for path, parquet in readable:
-            try:  # a file can still be corrupt past its footer: skip the rest of it, named
-                for batch in parquet.iter_batches(batch_size=1 << 20, columns=columns):
-                    alerts, bad_flows, bad_alerts = match_rows(matcher.match, batch)
-                    dropped[0], dropped[1] = dropped[0] + bad_flows, dropped[1] + bad_alerts
-                    for alert in alerts:
-                        out.write(json.dumps(alert, separators=(",", ":")) + "\n")
-                    hits += len(alerts)
-                    bar.update(batch.num_rows)
-            except (OSError, ValueError, pa.ArrowException) as exc:
-                skipped.append(f"{path}: {exc} (read up to the damage)")
+        for batch in rebatch(flows, MATCH_ROWS):
+            alerts, bad_flows, bad_alerts = match_rows(matcher.match, batch, alert_records)
+            dropped[0], dropped[1] = dropped[0] + bad_flows, dropped[1] + bad_alerts
+            if alerts:
+                try:
+                    write(b"".join(orjson.dumps(alert, default=str) + b"\n" for alert in alerts))
+                except BrokenPipeError:  # `shoal match ... --alerts - | head`: the reader has gone
+                    closed = True
+                    break
+            hits += len(alerts)
+            progress.hits = hits
     finally:
-        bar.close()
+        flows.close()  # stops the read-ahead thread
+        progress.close()
         if out is not sys.stdout:
             out.close()
-    for message in skipped:
+        elif closed:  # nothing more can be written there, not even at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        else:
+            out.flush()
+    timing = (loaded - began, time.perf_counter() - loaded, _cpu_seconds() - cpu)
+    report(stats, matcher, loads, hits, dropped, window, timing)
+    if closed:
+        print(
+            f"shoal match: the alerts output was closed after {hits} hits; the hunt stopped there",
+            file=sys.stderr,
+        )
+        return 1
+    if stats.files_skipped:
+        print(f"shoal match: {len(stats.files_skipped)} of {len(files)} files skipped", file=sys.stderr)
+        return 2 if not stats.files_read else 1
+    return 0
+
+
+def rebatch(batches: Iterator[pa.RecordBatch], rows: int, seconds: float = 1.0) -> Iterator[pa.RecordBatch]:
+    """``batches`` gathered into batches of ``rows`` rows or of what ``seconds`` brought: a row group's
+    few candidate flows are matched together with the next ones', and hits still show as they come."""
+    import pyarrow as pa
+
+    held: list[pa.RecordBatch] = []
+    count, since = 0, time.monotonic()
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows or time.monotonic() - since >= seconds:
+            yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+            held, count, since = [], 0, time.monotonic()
+    if held:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return usage.ru_utime + usage.ru_stime
+
+
+def report(
+    stats: Any,
+    matcher: Any,
+    loads: list,
+    hits: int,
+    dropped: list[int],
+    window: Any,
+    timing: tuple[float, float, float],
+) -> None:
+    """The hunt's closing lines on stderr: what was skipped, read and found."""
+    for message in stats.files_skipped:
         print(f"shoal match: skipped {message}", file=sys.stderr)
     if any(dropped):
         print(f"shoal match: {dropped[0]} flows and {dropped[1]} alerts dropped (they could not be matched "
               "or written; see the log above)", file=sys.stderr)  # fmt: skip
     s = matcher.stats
-    print(f"shoal match: {s.flows} flows scanned, {hits} hits, {sum(s.suppressed.values())} suppressed by "
+    print(f"shoal match: {stats.flows_read} flows scanned, {hits} hits, {sum(s.suppressed.values())} suppressed by "
           f"allowlists, {s.inactive} on indicators not valid at the flow's time", file=sys.stderr)  # fmt: skip
+    files, groups = "", ""
+    if window.bounded:
+        files = f" ({stats.files_pruned} outside the window by their date=/hour= folder)"
+        groups = (f"{stats.row_groups_pruned} outside the window by their receipt-time statistics; "
+                  f"{stats.row_groups_fetched} decoded whole for {stats.in_window} candidate flows in the "
+                  f"window of {stats.candidates}")  # fmt: skip
+    else:
+        groups = f"{stats.row_groups_fetched} decoded whole for {stats.candidates} candidate flows"
+    print(f"shoal match: read {stats.files_read} of {stats.files} files{files}, {stats.row_groups_read} of "
+          f"{stats.row_groups} row groups ({groups})", file=sys.stderr)  # fmt: skip
+    load_s, scan_s, scan_cpu = timing
+    rate = f" = {stats.flows_read / scan_cpu / 1e6:.1f}M flows per CPU-second" if scan_cpu > 0 else ""
+    print(f"shoal match: intel loaded and indexed in {load_s:.2f} s; scan {scan_s:.2f} s, {scan_cpu:.2f} CPU-s{rate}",
+          file=sys.stderr)  # fmt: skip
     for load in loads:
         print(f"  {load.source}: {len(load.indicators)} indicators, unsupported {dict(load.unsupported)}, "
               f"skipped {dict(load.skipped)}, errors {len(load.errors)}", file=sys.stderr)  # fmt: skip
     for source, count in sorted(s.hits.items()):
         print(f"  hits from {source}: {count}", file=sys.stderr)
-    if skipped:
-        print(f"shoal match: {len(skipped)} of {len(files)} files skipped", file=sys.stderr)
-        return 2 if not readable else 1
-    return 0

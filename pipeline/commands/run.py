@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     stop = stop_event(args.duration)
     addresses = ", ".join(f"{h}:{p}" for h, p in collector.addresses)
-    print(f"shoal run: listening on {addresses}; {sum(len(x.indicators) for x in loads)} indicators from "
+    print(f"shoal run: listening on {addresses}; {sum(x.count for x in loads)} indicators from "
           f"{', '.join(x.source for x in loads)}; alerts to {args.alerts}; detections to {args.detections_out} "
           f"({settings.detections.window_seconds}s windows, scans {'on' if partials.scans else 'off'})"
           + (f"; metrics at http://{args.metrics}/metrics" if args.metrics else ""), flush=True)  # fmt: skip

@@ -144,8 +144,8 @@ def report(policy: Any, detections: list[dict[str, Any]], bundle: Path | None, o
     shares, outboxes = dry_run(policy, detections)
     kinds = Counter(s.kind for s in shares)
     lines = [f"{prefix}: {len(detections)} detection versions -> {len(shares)} shares "
-             f"({kinds['sighting']} sightings, {kinds['indicator']} new indicators, "
-             f"{kinds['false_positive']} false positives)"]  # fmt: skip
+             f"(sightings {kinds['sighting']}, new indicators {kinds['indicator']}, "
+             f"false positives {kinds['false_positive']})"]  # fmt: skip
     leaving: dict[str, Any] = {}
     for name, outbox in outboxes.items():
         if only and name not in only:

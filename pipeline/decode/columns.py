@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.decode import ies
+from pipeline.decode.mapped import v4_mapped_into
 from pipeline.schemas import FLOW_SCHEMA
 
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
@@ -64,11 +65,8 @@ def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.
     if a4 is None and a6 is None:
         out[...] = 0
         return None
-    if a6 is None:  # fill as four 32-bit words: 0, 0, 0x0000ffff (big-endian), the address bytes
-        words = out.view(np.uint32)
-        words[:, :2] = 0
-        words[:, 2] = _V4_MAPPED_WORD
-        words[:, 3:] = a4.view(np.uint32)  # a strided view of the records: no copy on the way
+    if a6 is None:  # one compiled pass straight from the records (a strided view): no copy
+        v4_mapped_into(a4, out)
         return np.zeros(n, dtype=bool)
     if a4 is None:
         out[...] = a6
@@ -81,9 +79,6 @@ def _address_into(fields: FieldArrays, v4: int, v6: int, out: np.ndarray) -> np.
     out[~is_v6, 10:12] = 0xFF
     out[~is_v6, 12:] = a4[~is_v6]
     return is_v6
-
-
-_V4_MAPPED_WORD = np.frombuffer(b"\x00\x00\xff\xff", dtype=np.uint32)[0]
 
 
 def _ntp_us(values: np.ndarray) -> np.ndarray:
@@ -182,6 +177,11 @@ def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
     return np.dtype(arrow_type.to_pandas_dtype())
 
 
+_DTYPES = [(f.name, _numpy_dtype(f.type)) for f in FLOW_SCHEMA]
+"""Each column's numpy dtype, worked out once (``to_pandas_dtype`` per column per batch cost ~6 ns
+per row of a 64k-row batch)."""
+
+
 class FlowColumns:
     """Flow-schema columns preallocated for ``capacity`` rows and filled in place (:func:`fill`).
 
@@ -195,8 +195,8 @@ class FlowColumns:
         self.rows = 0
         """Rows handed out so far (filled, or being filled by the current decode call)."""
         self.values = {
-            f.name: np.empty((capacity, 16) if f.name in _FIXED_BINARY else capacity, _numpy_dtype(f.type))
-            for f in FLOW_SCHEMA
+            name: np.empty((capacity, 16) if name in _FIXED_BINARY else capacity, dtype)
+            for name, dtype in _DTYPES
         }
         self.valid = {name: np.empty(capacity, dtype=bool) for name in _NULLABLE}
         self._discarded: list[tuple[int, int]] = []

@@ -2,8 +2,14 @@
 
 A template whose fields all have fixed lengths becomes one big-endian structured dtype, so a whole
 data set — or the data sets of many packets, concatenated — decodes with a single ``np.frombuffer``.
-Fields Shoal maps are typed (``>u2``, ``>u4``...); everything else, enterprise IEs included, becomes
-an opaque ``V<n>`` gap that numpy skips by length.
+Fields Shoal maps are typed (``>u2``, ``>u4``...); everything else, enterprise IEs included, is a gap
+that numpy skips by offset.
+
+A template with variable-length fields (RFC 7011 §7) is the same with those fields cut out: its fixed
+fields, packed end to end, make a fixed record (:attr:`Template.dtype`), and :attr:`Template.runs`
+says how many fixed bytes come before, between and after the variable-length ones. A compiled pass
+(:mod:`pipeline.decode.variable_length`) copies each record's fixed bytes into that packed form, and
+from there the record decodes as a fixed one.
 """
 
 from __future__ import annotations
@@ -54,8 +60,13 @@ class Template:
     last_used: float = field(default=0.0, compare=False)
     """When data last came for it, 0 if none yet (the global cap evicts unused templates first, then
     the least recently used)."""
-    dtype: np.dtype | None = field(init=False, default=None, repr=False)
+    dtype: np.dtype = field(init=False, repr=False)
+    """Fixed templates: the record. Variable-length ones: the record's fixed fields packed end to end."""
     record_length: int = field(init=False, default=0)
+    """Bytes per record (0 for variable-length templates: each record has its own)."""
+    runs: np.ndarray | None = field(init=False, default=None, repr=False, compare=False)
+    """Variable-length templates: bytes of fixed fields before the first variable-length field,
+    between each two, and after the last (one more entry than variable-length fields)."""
     names: dict[int, str] = field(init=False, default_factory=dict)
     """IE -> field name in ``dtype`` (first occurrence of each mapped IE)."""
     usable: bool = field(init=False, default=False)
@@ -71,30 +82,32 @@ class Template:
             )
             for f in self.fields
         )
-        if any(f.length == VARIABLE for f in self.fields):
-            self.dtype = None
-            self.record_length = 0
-            for f in self.fields:
-                if f.mapped and f.length != VARIABLE:
-                    self.names.setdefault(f.ie, f"f{f.ie}")
-            return
         # Fields Shoal does not map are skipped by offset (``np.dtype`` with offsets and itemsize):
         # a named gap per field would cost ~400 bytes each, ~25 KB for a 60-field template, which
-        # a flood of spoofed templates multiplies.
+        # a flood of spoofed templates multiplies. Variable-length fields take no room at all.
         names, formats, offsets, at = [], [], [], 0
+        runs, run = [], 0
         for f in self.fields:
+            if f.length == VARIABLE:
+                runs.append(run)
+                run = 0
+                continue
             if f.mapped and f.ie not in self.names:
                 self.names[f.ie] = f"f{f.ie}"
                 names.append(f"f{f.ie}")
                 formats.append(field_dtype(f.ie, f.length))
                 offsets.append(at)
             at += f.length
+            run += f.length
         self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": at})
-        self.record_length = self.dtype.itemsize
+        if runs:
+            self.runs = np.array([*runs, run], dtype=np.int64)
+        else:
+            self.record_length = at
 
     @property
     def variable(self) -> bool:
-        return self.dtype is None
+        return self.runs is not None
 
     def same_layout(self, other: Template) -> bool:
         return self.fields == other.fields and self.scope_count == other.scope_count
@@ -209,22 +222,3 @@ def parse_template_set(body: bytes, ipfix: bool, options: bool, max_fields: int)
         if not ipfix and options:
             break  # v9 options flowsets carry one template, then padding
     return out
-
-
-def variable_offsets(template: Template, data: bytes, limit: int = -1) -> tuple[np.ndarray, np.ndarray, int]:
-    """First pass of the variable-length path (RFC 7011 §7): walk the records to find where each field
-    starts. Returns (starts[n_records, n_fields], record_ends, bytes_used); the caller then gathers the
-    fixed-width fields it needs with numpy fancy indexing. ``limit`` >= 0: walk at most that many
-    records (an exporter's budget). The walk is compiled (:mod:`pipeline.decode.walk`), imported on
-    first use so that exporters without variable-length fields never load the compiler."""
-    from pipeline.decode.walk import walk
-
-    lengths = np.array([f.length for f in template.fields], dtype=np.int64)
-    min_len = int(np.where(lengths == VARIABLE, 1, lengths).sum())
-    room = len(data) // min_len if min_len else 0
-    if limit >= 0:
-        room = min(room, limit)
-    starts = np.empty((room, len(lengths)), dtype=np.int64)
-    ends = np.empty(room, dtype=np.int64)
-    n, used = walk(np.frombuffer(data, dtype=np.uint8), lengths, -1, starts, ends)
-    return starts[:n], ends[:n], int(used)

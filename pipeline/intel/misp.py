@@ -53,7 +53,7 @@ def load_misp_feed(path: Path, to_ids_only: bool = True) -> IntelLoad:
             load.errors.append(f"event {uuid}: {exc}")
             continue
         load.merge(from_events([event], path.name, to_ids_only))
-    if manifest and not load.indicators and not load.errors and not load.unsupported and not load.skipped:
+    if manifest and not load.count and not load.errors and not load.unsupported and not load.skipped:
         load.errors.append(f"{path}: {len(manifest)} events listed, none with an indicator")
     return load
 
@@ -127,7 +127,7 @@ def _attribute(attr: dict, org: str, event_tlp: str | None, to_ids_only: bool, l
     else:
         load.unsupported_item(f"misp type {kind}", f"{kind}: {value}")
         return
-    load.indicators.append(
+    load.objects.append(
         Indicator(
             id=attr["uuid"],
             value=f"{kind}: {value}",

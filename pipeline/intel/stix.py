@@ -71,7 +71,7 @@ def load_stix(path: Path, min_confidence: int = 0, now: datetime | None = None) 
             load.errors.append(f"{file}: {found}")
             continue
         part = from_objects(objects, default_source=file.stem, min_confidence=min_confidence, now=now)
-        if not part.indicators and not part.errors and not part.unsupported and not part.skipped:
+        if not part.count and not part.errors and not part.unsupported and not part.skipped:
             kinds = sorted({str(o.get("type")) for o in objects if isinstance(o, dict)})
             part.errors.append(
                 f"{file}: {len(objects)} STIX objects ({', '.join(kinds[:6]) or 'none'}), no indicator"
@@ -149,7 +149,7 @@ def from_objects(
         elif indicator.confidence is not None and indicator.confidence < min_confidence:
             load.skipped["below_confidence"] += 1
         else:
-            load.indicators.append(indicator)
+            load.objects.append(indicator)
     return load
 
 

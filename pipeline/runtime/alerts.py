@@ -109,6 +109,7 @@ def format_detection_group(records: list[dict[str, Any]], hosts_shown: int = 3) 
         what = (f"{ind['value']}{name} | {first['internal_hosts']} internal hosts in the window; "
                 f"{len(records)} updated ({shown}) with {flows} flows")  # fmt: skip
     sources = ", ".join(first["sources"]) or "-"
-    return (f"DETECTION {state}{final} | {what} | {sources}, confidence {first['confidence']}, "
+    confidence = "" if first["confidence"] is None else f", confidence {first['confidence']}"
+    return (f"DETECTION {state}{final} | {what} | {sources}{confidence}, "
             f"TLP {first['tlp'] or '-'} | window {first['window_start']} | id {first['id']}"
             f"{f' and {len(records) - 1} more' if len(records) > 1 else ''}")  # fmt: skip

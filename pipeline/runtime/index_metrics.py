@@ -27,9 +27,11 @@ class IndexMetrics:
 
     def built(self, index: Any) -> None:
         """Record a freshly built (or swapped-in) ``IndicatorIndex``."""
-        self.indicators.set(len(index.indicators))
+        self.indicators.set(index.count)
         self.bytes.set(index.nbytes())
-        counts: collections.Counter[str] = collections.Counter(self._feed(i.source) for i in index.indicators)
+        counts: collections.Counter[str] = collections.Counter()
+        for source, n in index.source_counts().items():
+            counts[self._feed(source)] += n
         for feed in self._feeds - counts.keys():  # a feed that disappeared reads 0, not its old count
             self.by_feed.labels(feed).set(0)
         for feed, n in counts.items():

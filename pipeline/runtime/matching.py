@@ -34,15 +34,17 @@ whole (a failure that hits every row is not worth a call per row)."""
 
 
 def match_rows(
-    match: Callable[[pa.RecordBatch], pa.Table], batch: pa.RecordBatch | pa.Table
+    match: Callable[[pa.RecordBatch], pa.Table],
+    batch: pa.RecordBatch | pa.Table,
+    convert: Callable[[pa.Table], list[dict[str, Any]]] = alerts_to_dicts,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """The alerts of ``batch`` as JSON-ready dicts, and how many flows and alerts were dropped. Rows
     that make matching fail (found by halving the batch, within a budget of tries) and alerts that
-    cannot be converted (a time no calendar holds, say) are dropped and counted; every other row's
-    alerts go on. Retrying such a batch would fail forever and block the stream behind it."""
+    cannot be converted by ``convert`` (a time no calendar holds, say) are dropped and counted; every
+    other row's alerts go on. Retrying such a batch would fail forever and block the stream behind it."""
     tries = [_ISOLATION_TRIES]
     try:
-        return _match_part(match, batch, tries)
+        return _match_part(match, batch, tries, convert)
     finally:
         if tries[0] < _ISOLATION_TRIES:
             log.error(
@@ -50,7 +52,9 @@ def match_rows(
             )
 
 
-def _match_part(match: Callable, batch: Any, tries: list[int]) -> tuple[list[dict[str, Any]], int, int]:
+def _match_part(
+    match: Callable, batch: Any, tries: list[int], convert: Callable
+) -> tuple[list[dict[str, Any]], int, int]:
     try:
         table = match(batch)
     except Exception:
@@ -60,16 +64,16 @@ def _match_part(match: Callable, batch: Any, tries: list[int]) -> tuple[list[dic
         if batch.num_rows <= 1 or tries[0] <= 0:
             return [], batch.num_rows, 0
         half = batch.num_rows // 2
-        first, bad_first, alerts_first = _match_part(match, batch.slice(0, half), tries)
-        second, bad_second, alerts_second = _match_part(match, batch.slice(half), tries)
+        first, bad_first, alerts_first = _match_part(match, batch.slice(0, half), tries, convert)
+        second, bad_second, alerts_second = _match_part(match, batch.slice(half), tries, convert)
         return first + second, bad_first + bad_second, alerts_first + alerts_second
     try:
-        return alerts_to_dicts(table), 0, 0
+        return convert(table), 0, 0
     except Exception:
         alerts, bad = [], 0
         for i in range(table.num_rows):
             try:
-                alerts.extend(alerts_to_dicts(table.slice(i, 1)))
+                alerts.extend(convert(table.slice(i, 1)))
             except Exception as exc:
                 bad += 1
                 log.error("alert dropped, it cannot be written: %s", exc)

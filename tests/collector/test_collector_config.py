@@ -12,7 +12,7 @@ def test_defaults_are_valid_and_sensible():
     assert cfg.receive.rcvbuf_bytes == 32 * 1024 * 1024
     assert cfg.receive.recv_batch == 256
     assert cfg.batch.max_rows == 65536 and cfg.batch.max_seconds == 1.0
-    assert cfg.parquet.compression == "zstd"
+    assert cfg.parquet.compression == "lz4"
     assert cfg.receive.allow_exporters == ()
     assert cfg.metrics.max_exporters == 64
     assert cfg.state_path() is None

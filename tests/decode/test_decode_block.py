@@ -29,6 +29,7 @@ from pipeline.decode import Datagram, DecoderConfig, FlowDecoder
 from pipeline.schemas import FLOW_SCHEMA
 
 RECEIVED = 1.8e9 + 0.123456
+ROUTER = "192.0.2.1"
 
 
 def state(decoder: FlowDecoder) -> dict:
@@ -42,6 +43,7 @@ def state(decoder: FlowDecoder) -> dict:
         "sampling": {k: dict(v) for k, v in decoder._sampling.items()},
         "sysinit": dict(decoder._sysinit),
         "pending": {k: [(p.data, p.ctx, p.received) for p in q] for k, q in decoder._pending.items()},
+        "variable_budget": {k: list(v) for k, v in decoder.budget.buckets.items()},
     }
 
 
@@ -264,3 +266,54 @@ def test_short_rows_and_a_narrow_buffer() -> None:
     got = block.decode_block(data, lengths, source, sources, received)
     assert want.num_rows == 0 and got == []
     assert block.stats.snapshot() == ref.stats.snapshot()
+
+
+def ipfix_variable_data(tid: int, names: list[bytes], seq: int) -> bytes:
+    """``ipfix_variable``'s data set without its template set."""
+    raw = ipfix_variable(tid, names)
+    body = raw[16 + int.from_bytes(raw[18:20], "big") :]
+    return struct.pack("!HHIII", 10, 16 + len(body), 1_800_000_000, seq, 7) + body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.lists(st.binary(max_size=300), max_size=6), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    st.integers(0, 12),
+    st.integers(1, 3),
+)
+def test_variable_length_rows_and_their_budget_match_the_per_packet_walk(
+    packets: list[tuple[int, list[bytes], bool]], cuts: list[int], budget: int, max_streams: int
+) -> None:
+    """Variable-length rows take the fast path until an exporter's budget would cut one (or its new
+    budget would evict another exporter's): the same flows, counters and budget cuts as the walk,
+    with budgets that run out within a block and refill between blocks (a second apart)."""
+    stream = []
+    for i, (sender, names, with_template) in enumerate(packets):
+        raw = ipfix_variable(400, names) if with_template else ipfix_variable_data(400, names, i)
+        stream.append(dg(raw, ("192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1")[sender]))
+    chunks, pos = [], 0
+    for size in cuts * 10:
+        chunks.append(stream[pos : pos + size])
+        pos += size
+        if pos >= len(stream):
+            break
+    assert_same(chunks, DecoderConfig(variable_records_per_second=budget, max_streams=max_streams))
+
+
+@pytest.mark.parametrize("budget", [500_000, 50])
+def test_variable_length_stream_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    """Only the template's first packet needs the per-packet walk; with a budget of 50 records a
+    second (blocks a second apart), also the rows from the first one it cuts: in the first block,
+    2 records then 15 fast rows of 3 (45), the 16th would reach 50; in the second, 16 fast rows (48)."""
+    walked = _count_walks(monkeypatch)
+    stream = [dg(ipfix_variable(400, [b"ge-0/0/0", b"x" * 300]))] + [
+        dg(ipfix_variable_data(400, [b"a", b"", b"y" * 260], i)) for i in range(1, 64)
+    ]
+    decoder = assert_same([stream[:32], stream[32:]], DecoderConfig(variable_records_per_second=budget))
+    assert sum(1 for d in walked if d is decoder) == (1 if budget > 1000 else 1 + (31 - 15) + (32 - 16))
+    assert decoder.stats.flows[ROUTER] == (2 + 63 * 3 if budget > 1000 else 50 + 50)

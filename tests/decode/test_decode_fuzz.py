@@ -213,10 +213,11 @@ def test_global_caps_hold_for_any_mix_of_senders(packets: list[tuple[str, int, i
         assert len(json.loads((Path(tmp) / "state").read_text())["templates"]) <= 20
 
 
-def _reference_offsets(lengths: list[int], data: bytes) -> tuple[list[list[int]], int]:
-    """RFC 7011 §7 read literally, one record at a time (the walk before it was compiled)."""
+def _reference_offsets(lengths: list[int], data: bytes, limit: int = -1) -> tuple[list[list[int]], int]:
+    """RFC 7011 §7 read literally, one record at a time (the walk before it was compiled): where each
+    field of each whole record starts, and where the last one ends (at most ``limit`` records)."""
     rows, pos = [], 0
-    while True:
+    while len(rows) != limit:
         p, starts = pos, []
         for declared in lengths:
             n = declared
@@ -236,14 +237,42 @@ def _reference_offsets(lengths: list[int], data: bytes) -> tuple[list[list[int]]
             return rows, pos
         rows.append(starts)
         pos = p
+    return rows, pos
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from([1, 2, 4, 16, 65535]), min_size=1, max_size=6), st.binary(max_size=700))
-def test_compiled_variable_length_walk_matches_the_rfc(lengths: list[int], data: bytes) -> None:
-    from pipeline.decode.templates import Field, Template, variable_offsets
+@given(
+    st.lists(st.sampled_from([1, 2, 4, 16, 65535]), min_size=1, max_size=6),
+    st.integers(0, 5),
+    st.lists(  # random octets, and variable-length values in the three-octet form (§7) among them
+        st.one_of(
+            st.binary(max_size=40),
+            st.binary(max_size=300).map(lambda v: b"\xff" + len(v).to_bytes(2, "big") + v),
+        ),
+        max_size=8,
+    ).map(b"".join),
+    st.integers(-1, 40),
+)
+def test_compiled_variable_length_passes_match_the_rfc(
+    lengths: list[int], at: int, data: bytes, limit: int
+) -> None:
+    """The compiled count (with and without an exporter's budget) finds the records the RFC's
+    literal reading finds, and the pack copies exactly their fixed-length fields."""
+    import numpy as np
 
+    from pipeline.decode import variable_length
+    from pipeline.decode.templates import Field, Template
+
+    lengths = [*lengths[:at], 65535, *lengths[at:]]
     template = Template(300, tuple(Field(200 + i, n) for i, n in enumerate(lengths)))
-    starts, _, used = variable_offsets(template, data)
-    want, want_used = _reference_offsets(lengths, data)
-    assert starts.tolist() == want and used == want_used
+    raw = np.frombuffer(data, dtype=np.uint8)
+    n, used = variable_length.count_records(raw, 0, len(raw), template.runs, limit)
+    want, want_used = _reference_offsets(lengths, data, limit)
+    assert (n, used) == (len(want), want_used)
+    packed = variable_length.pack(
+        template, raw, np.array([0]), np.array([used]), np.array([n], dtype=np.int64)
+    ).reshape(n, template.dtype.itemsize)
+    fixed = [(j, size) for j, size in enumerate(lengths) if size != 65535]
+    assert [bytes(row) for row in packed] == [
+        b"".join(data[starts[j] : starts[j] + size] for j, size in fixed) for starts in want
+    ]

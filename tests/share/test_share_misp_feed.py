@@ -47,6 +47,10 @@ def scans() -> list[dict]:
     ]  # fmt: skip
 
 
+def uuid_of(p: SharingPolicy, share: Share) -> str:
+    return MispFeedDestination(p.destinations[0], share_context(p)).builder.event_uuid(share)
+
+
 def test_feed_round_trips_through_shoals_misp_feed_reader(tmp_path: Path) -> None:
     feed = tmp_path / "feed"
     p = policy(feed)
@@ -74,6 +78,12 @@ def test_feed_round_trips_through_shoals_misp_feed_reader(tmp_path: Path) -> Non
     assert indicator.valid_until.strftime("%Y-%m-%dT%H:%M:%S") == scan.objects[0]["valid_until"][:19]
     for path in feed.iterdir():
         assert "192.0.2." not in path.read_text()
+    # Timestamps come from the shares' versions, not the clock: a re-send in a later second rewrites
+    # the same bytes, and MISP sees a newer timestamp only for a newer version.
+    event = json.loads((feed / f"{uuid_of(p, scan)}.json").read_text())["Event"]
+    stamp = str(int(datetime.fromisoformat(scan.modified.replace("Z", "+00:00")).timestamp()))
+    assert {a["timestamp"] for a in event["Attribute"] if a["value"] == scan.scanner} == {stamp}
+    assert event["timestamp"] == max(a["timestamp"] for a in event["Attribute"])
 
     # A restart (a new destination on the same directory), a re-send and an update: same files, same events.
     before = {f.name: f.read_text() for f in feed.iterdir()}

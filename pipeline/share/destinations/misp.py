@@ -102,6 +102,10 @@ class ScannerEvents:
             distribution=5,  # inherit the event's
         )  # fmt: skip
         attr.add_tag(f"tlp:{share.tlp}")
+        # Timestamps from the share's version, not the clock (PyMISP's default): the same share
+        # always makes the same event, and MISP sees an update (a newer timestamp) only when there is one.
+        attr.timestamp = datetime.fromisoformat(share.modified.replace("Z", "+00:00"))
+        event.timestamp = event.publish_timestamp = max(a.timestamp for a in event.attributes)
 
 
 class MispDestination:

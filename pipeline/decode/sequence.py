@@ -1,0 +1,55 @@
+"""Sequence accounting: lost export packets or records per exporter and observation domain.
+
+NetFlow v5 counts flows, v9 export packets, IPFIX data records (RFC 7011 §3.1). A forward jump is
+loss (``sequence_gaps``); a backward one is an exporter restart or reordering (``sequence_resets``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.decode.stats import DecoderStats
+from pipeline.decode.streams import put_bounded
+
+SequenceKey = tuple[str, int, int]
+"""exporter, observation domain, version"""
+
+
+class SequenceTracker:
+    def __init__(self, stats: DecoderStats, max_streams: int) -> None:
+        self.stats = stats
+        self.max_streams = max_streams
+        self.expected: dict[SequenceKey, int | None] = {}
+        """The sequence number each stream's next packet should carry (None: not countable, as
+        after an IPFIX message holding data for an unknown template)."""
+
+    def check(self, exporter: str, domain: int, version: int, seq: int, units: int | None) -> None:
+        """One packet: ``seq`` against what was expected, then ``units`` (records or packets) on."""
+        key = (exporter, domain, version)
+        expected = self.expected.get(key)
+        if expected is not None:
+            diff = (seq - expected) & 0xFFFFFFFF
+            if diff and diff < 0x80000000:
+                self.stats.sequence_gaps[(exporter, domain)] += diff
+            elif diff:
+                self.stats.sequence_resets[(exporter, domain)] += 1
+        self._put(key, None if units is None else (seq + units) & 0xFFFFFFFF)
+
+    def check_run(self, key: SequenceKey, seq: np.ndarray, units: np.ndarray) -> None:
+        """:meth:`check` over consecutive packets of one sequence space at once."""
+        expected = np.empty_like(seq)
+        expected[1:] = (seq[:-1] + units[:-1]) & 0xFFFFFFFF
+        previous = self.expected.get(key)
+        expected[0] = seq[0] if previous is None else previous
+        diff = (seq - expected) & 0xFFFFFFFF
+        lost = int(diff[diff < 0x80000000].sum())
+        resets = int(np.count_nonzero(diff >= 0x80000000))
+        exporter, domain = key[0], key[1]
+        if lost:
+            self.stats.sequence_gaps[(exporter, domain)] += lost
+        if resets:
+            self.stats.sequence_resets[(exporter, domain)] += resets
+        self._put(key, int((seq[-1] + units[-1]) & 0xFFFFFFFF))
+
+    def _put(self, key: SequenceKey, value: int | None) -> None:
+        put_bounded(self.expected, key, value, self.max_streams, self.stats.evictions)

@@ -1,0 +1,17 @@
+"""Retro-hunts over the flow archive: which files, row groups and rows to read (``--since``/``--until``,
+partition folders, row-group statistics), and reading them column-wise, candidates first."""
+
+from pipeline.retro.progress import ScanProgress
+from pipeline.retro.scan import FilePlan, ScanStats, plan_archive, scan_archive
+from pipeline.retro.window import TimeWindow, WindowError, parse_time
+
+__all__ = [
+    "FilePlan",
+    "ScanProgress",
+    "ScanStats",
+    "TimeWindow",
+    "WindowError",
+    "parse_time",
+    "plan_archive",
+    "scan_archive",
+]
