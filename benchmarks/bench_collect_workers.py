@@ -146,6 +146,17 @@ def process_cpu(pid: int, system_only: bool = False) -> float:
     return (int(fields[12]) + (0 if system_only else int(fields[11]))) / CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU-seconds (user+sys) of each thread of a process, by thread id."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def machine_busy() -> float:
     """CPU-seconds all processes have used on this machine so far (/proc/stat, not idle or iowait)."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -208,6 +219,8 @@ class Run:
     """CPU-seconds used meanwhile by everything else on the machine (other jobs; for live runs also
     the sender, whose own share is reported apart)."""
     per_worker: dict[int, int] = field(default_factory=dict)
+    threads: dict[str, list[float]] = field(default_factory=dict)
+    """CPU-seconds of each worker's busiest threads (receiving and decoding, then writing Parquet)."""
 
     @property
     def rate(self) -> float:
@@ -216,6 +229,9 @@ class Run:
     def line(self) -> str:
         total = sum(self.cpu.values())
         parts = ", ".join(f"{k} {v / self.seconds:.2f}" for k, v in self.cpu.items())
+        threads = ", ".join(
+            f"{k} " + "/".join(f"{v / self.seconds:.2f}" for v in cpu[:3]) for k, cpu in self.threads.items()
+        )
         share = "/".join(f"{100 * n / max(self.kept, 1):.0f}%" for _, n in sorted(self.per_worker.items()))
         sender = (
             f"; sender {self.sender_cpu:.2f} CPU-s in {self.sender_seconds:.1f} s "
@@ -230,7 +246,7 @@ class Run:
             f"{self.seconds:5.2f} s: {self.rate / 1e6:5.2f}M flows/s kept; collector {total:.2f} CPU-s "
             f"(sys {self.system / max(total, 1e-9):.0%}; {total / self.seconds:.2f} cores: {parts}), "
             f"{self.kept / max(total, 1e-9) / 1e6:.2f}M "
-            f"flows/CPU-s; rows per worker {share}{sender}; everything else on the machine "
+            f"flows/CPU-s; rows per worker {share}{sender}; busiest threads {threads}; everything else on the machine "
             f"{self.others / self.seconds:.2f} cores"
         )
 
@@ -261,6 +277,7 @@ def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = Fals
         workers_pids = [pids[k] for k in pids if k != "supervisor"]
         if mode == "live":
             base, busy = {k: process_cpu(p) for k, p in pids.items()}, machine_busy()
+            base_threads = {k: thread_cpu(p) for k, p in pids.items() if k != "supervisor"}
             base_sys = sum(process_cpu(p, system_only=True) for p in pids.values())
             start = time.perf_counter()
             result.sender_seconds, result.sender_cpu = send_paced(exporters, args.rate, args.seconds)
@@ -269,6 +286,7 @@ def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = Fals
                 os.kill(p, signal.SIGSTOP)
             _, _ = send_all(exporters, int(args.backlog))
             base, busy = {k: process_cpu(p) for k, p in pids.items()}, machine_busy()
+            base_threads = {k: thread_cpu(p) for k, p in pids.items() if k != "supervisor"}
             base_sys = sum(process_cpu(p, system_only=True) for p in pids.values())
             start = time.perf_counter()
             for p in workers_pids:
@@ -276,6 +294,9 @@ def run(workers: int, mode: str, args, stream, work: Path, one_core: bool = Fals
         end = wait_processed(list(pids.values()))
         result.seconds = end - start
         result.cpu = {k: process_cpu(p) - base[k] for k, p in pids.items()}
+        for k, before in base_threads.items():
+            after = thread_cpu(pids[k])
+            result.threads[k] = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
         result.system = sum(process_cpu(p, system_only=True) for p in pids.values()) - base_sys
         # (the idle second wait_processed waits for is left out of the others' share)
         result.others = max(0.0, machine_busy() - busy - sum(result.cpu.values()) - result.sender_cpu)
