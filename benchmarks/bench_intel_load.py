@@ -3,7 +3,13 @@ indicators loaded to an active index; a 1k-indicator update to a running 10M ind
 with the update's delta present. Each case runs in a fresh process, so its peak RSS (ru_maxrss) is
 its own; figures are wall and CPU seconds of the whole load (read, parse, account, build).
 
+With ``--kafka BOOTSTRAP`` (``scripts/kafka.sh start``): the 10M list published to a new topic (the
+real ``publish``: load, read the topic, compare, send), a fresh worker's start on it (read the topic,
+build), then ``--rounds`` updates of 1,000 withdrawn + 1,000 added lines published to a running
+worker: from the publish's last delivery to the worker's swap (both clocks of this machine).
+
     .venv/bin/python -m benchmarks.bench_intel_load [--size 10000000] [--cases list,csv,update,plain]
+    .venv/bin/python -m benchmarks.bench_intel_load --cases none --kafka $(scripts/kafka.sh status)
     mkdir /tmp/old && git archive OLD pipeline detectors | tar -x -C /tmp/old
     .venv/bin/python -m benchmarks.bench_intel_load --tree /tmp/old --cases plain --plain-mb 20
 
@@ -19,6 +25,7 @@ import ipaddress
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -190,7 +197,7 @@ def child_update(spec: str, changes: int, flows: int, repeat: int) -> dict:
         texts = [f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}" for a in new_v4.tolist()]
         table = IndicatorTable.from_columns(
             mapped_v4(new_v4), np.full(changes, 32), np.full(changes, 4), np.full(changes, -1),
-            ids=pa.array([f"update{round_no}:{t}" for t in texts]), values=pa.array(texts), source="update",
+            values=pa.array(texts), source="update", id_prefix=f"update{round_no}:",
         )  # fmt: skip
         t0 = time.perf_counter()
         layered = layered.updated(gone, (), table)
@@ -203,52 +210,127 @@ def child_update(spec: str, changes: int, flows: int, repeat: int) -> dict:
             "find_main": base, "find_layered": layered_rate}  # fmt: skip
 
 
-def publish_topic(bootstrap: str, topic: str, n: int) -> None:
-    """``n`` indicators on a compacted topic in the indicators-topic format (one JSON message each,
-    as ``shoal intel publish`` writes them), produced directly (publish itself would first read the
-    topic and build ``n`` objects)."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+def make_update(src: Path, dst: Path, changes: int, round_no: int) -> None:
+    """``src`` less ``changes`` random lines, plus ``changes`` new addresses (100.64/10, by round)."""
+    rng = np.random.default_rng(100 + round_no)
+    lines = sum(1 for _ in src.open("rb"))
+    gone = set(rng.choice(lines, changes, replace=False).tolist())
+    with src.open("rb") as fh, dst.open("wb") as out:
+        for k, line in enumerate(fh):
+            if k not in gone:
+                out.write(line)
+        base = (100 << 24) | (64 << 16) | (round_no << 12)
+        out.write("".join(f"{(base + k) >> 24}.{(base + k) >> 16 & 255}.{(base + k) >> 8 & 255}.{(base + k) & 255}\n"
+                          for k in range(changes)).encode())  # fmt: skip
 
-    from pipeline.transport.indicators import INDICATOR_SCHEMA_VALUE, SCHEMA_HEADER
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})]).values():
-        future.result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "lz4",
-                         "queue.buffering.max.messages": 1_000_000})  # fmt: skip
-    headers = [(SCHEMA_HEADER, INDICATOR_SCHEMA_VALUE)]
-    for start in range(0, n, 1_000_000):
-        for k, text in enumerate(_entries(min(n - start, 1_000_000), seed=start)):
-            value, _, port = text.partition("|")
-            if "/" in value:  # the topic holds networks as shoal writes them: host bits cleared
-                value = str(ipaddress.ip_network(value, strict=False))
-            ident = f"topic:{start + k}"
-            ports = f',"dst_ports":[{port}]' if port else ""
-            body = (f'{{"conditions":[{{"network":"{value}","side":"any"{ports}}}],"confidence":null,'
-                    f'"feed":"bench","id":"{ident}","labels":[],"name":null,"revoked":false,"source":"bench",'
-                    f'"tlp":null,"valid_from":null,"valid_until":null,"value":"{text}"}}')  # fmt: skip
-            while True:
-                try:
-                    producer.produce(topic, body.encode(), key=ident.encode(), headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-    producer.flush(120)
+def child_publish(bootstrap: str, topic: str, spec: str) -> dict:
+    """``shoal intel publish`` of one source, as a sync round does it: load, read the topic, compare, send."""
+    from pipeline.intel import load_source
+    from pipeline.transport.indicators import publish
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    load = load_source(spec)
+    loaded = time.perf_counter() - t0
+    (report,) = publish(bootstrap, topic, [load])
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "peak_gib": _peak_gib(),
+            "load_s": loaded, "done_at": time.time(), "mode": report.mode, "messages": report.messages,
+            "bytes": report.bytes, "new": report.new, "withdrawn": report.withdrawn,
+            "unchanged": report.unchanged}  # fmt: skip
 
 
 def child_topic(bootstrap: str, topic: str) -> dict:
-    """What a worker's start costs: the topic read to its end, then the index built."""
-    from detectors.index import IndicatorIndex
-    from pipeline.transport.indicators import read_state
+    """What a worker's start costs: the topic read to its end, its chunks built into the index."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.runtime.intel_follower import IntelFollower
 
     t0, c0 = time.perf_counter(), time.process_time()
-    state = read_state(bootstrap, topic)
-    read_wall, read_cpu, read_peak = time.perf_counter() - t0, time.process_time() - c0, _peak_gib()
-    index = IndicatorIndex.build(list(state.indicators.values()))
+    follower = IntelFollower(bootstrap, topic, CollectorRegistry())
+    follower.start(timeout=600)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"wall_s": wall, "cpu_s": cpu, "peak_gib": _peak_gib(), "indicators": index.count, "errors": state.errors,
-            "duplicates": 0, "read_s": read_wall, "read_cpu_s": read_cpu, "read_peak_gib": read_peak}  # fmt: skip
+    follower.stop()
+    read = follower.build_seconds.collect()[0].samples  # the build's own time, from its histogram
+    build = next(x.value for x in read if x.name.endswith("_sum"))
+    return {"wall_s": wall, "cpu_s": cpu, "peak_gib": _peak_gib(), "indicators": follower.index.count,
+            "errors": follower.state.error_count, "duplicates": 0, "build_s": build,
+            "chunks": sum(len(m.chunks) for m in follower.state.manifests.values())}  # fmt: skip
+
+
+def child_follow(bootstrap: str, topic: str, rounds: int, flows: int, repeat: int) -> None:
+    """A running worker: one JSON line when its index is active, then one per index swap (when,
+    what it holds), then ``find`` with the delta in place."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.runtime.intel_follower import IntelFollower
+
+    follower = IntelFollower(bootstrap, topic, CollectorRegistry())
+    follower.start(timeout=600)
+    print(json.dumps({"ready": time.time(), "indicators": follower.index.count}), flush=True)
+    seen = follower.index
+    for _ in range(rounds):
+        while follower.index is seen:
+            time.sleep(0.002)
+        seen = follower.index
+        print(json.dumps({"active_at": time.time(), "indicators": seen.count, "pending": seen.pending,
+                          "delta": seen.delta.count, "withdrawn": len(seen.removed)}), flush=True)  # fmt: skip
+    matcher = follower.handle.matcher
+    batch = _flows(flows, seen.main, np.random.default_rng(7))
+    matcher.find(batch.slice(0, 10_000))
+    rate = _find_rate(matcher, batch, repeat)
+    follower.stop()
+    print(json.dumps({"find_layered": rate, "peak_gib": _peak_gib()}), flush=True)
+
+
+def topic_cases(args: argparse.Namespace) -> None:
+    """10M indicators published to a fresh topic, a fresh worker's start on it, then ``--rounds``
+    1k updates published to a running worker (publish -> active)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": args.kafka})
+    topic = f"bench.indicators.{args.topic_size}.{int(time.time())}"
+    for future in admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})]).values():
+        future.result(30)
+    path = DATA / "topic-feed.txt"  # the feed's name is its path: updates rewrite this file
+    shutil.copyfile(make_list(args.topic_size), path)
+    try:
+        r = run_child(["publish", args.kafka, topic, str(path)], None)
+        print(f"publish {args.topic_size:,} lines to a new topic: " + (f"FAILED {r}" if "failed" in r else (
+            f"{r['wall_s']:.1f} s wall ({r['load_s']:.1f} s loading the list), {r['cpu_s']:.1f} CPU-s, peak RSS "
+            f"{r['peak_gib']:.2f} GiB; {r['messages']} messages, {r['bytes'] / 1e6:.0f} MB")))  # fmt: skip
+        r = run_child(["topic", args.kafka, topic], None)
+        print(f"worker start on it (fresh process) -> active index: {_fmt(r)}"
+              + ("" if "failed" in r else f"; {r['chunks']} chunks, of which the build {r['build_s']:.1f} s"))  # fmt: skip
+        worker = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_intel_load", "--child", "follow", args.kafka,
+                                   topic, str(args.rounds), str(args.flows), str(args.repeat)],
+                                  cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert worker.stdout is not None
+        ready = json.loads(worker.stdout.readline())
+        latencies, totals = [], []
+        for round_no in range(args.rounds):
+            update = DATA / "topic-feed.next"
+            make_update(path, update, args.changes, round_no)
+            update.replace(path)
+            started = time.time()
+            r = run_child(["publish", args.kafka, topic, str(path)], None)
+            active = json.loads(worker.stdout.readline())
+            latencies.append(active["active_at"] - r["done_at"])
+            totals.append(active["active_at"] - started)
+            print(f"  update {round_no + 1}: publish {r['mode']} ({r['new']:,} new, {r['withdrawn']:,} withdrawn, "
+                  f"{r['messages']} messages, {r['bytes'] / 1e3:.0f} kB) {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} "
+                  f"CPU-s, peak {r['peak_gib']:.2f} GiB; delivered -> active in the worker "
+                  f"{latencies[-1] * 1e3:.0f} ms (delta {active['delta']:,}, withdrawn {active['withdrawn']:,})")  # fmt: skip
+        final = json.loads(worker.stdout.readline())
+        worker.wait(60)
+        med, low, high, hits = final["find_layered"]
+        print(f"1k update through the topic to a running {ready['indicators']:,}-indicator worker: delivered -> "
+              f"active {statistics.median(latencies) * 1e3:.0f} ms median (max {max(latencies) * 1e3:.0f}); from "
+              f"the publish's start {statistics.median(totals):.1f} s median\n"
+              f"  find in that worker, with the delta: {med:.1f} M lookups/s per core (median of {args.repeat}, min "
+              f"{low:.1f}, max {high:.1f}; {args.flows:,} flows, {hits:,} hits); worker peak RSS {final['peak_gib']:.2f} GiB")  # fmt: skip
+    finally:
+        for future in admin.delete_topics([topic]).values():
+            future.result(30)
 
 
 def run_child(args: list[str], tree: str | None) -> dict:
@@ -275,7 +357,10 @@ def main() -> None:
     parser.add_argument(
         "--kafka", metavar="BOOTSTRAP", help="a broker for the topic case (scripts/kafka.sh start)"
     )
-    parser.add_argument("--topic-size", type=int, default=1_000_000, help="indicators on the topic")
+    parser.add_argument(
+        "--topic-size", type=int, default=10_000_000, help="list lines published to the topic"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="1k updates published to the running worker")
     parser.add_argument("--tree", help="run against another checkout's pipeline and detectors packages")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -287,6 +372,10 @@ def main() -> None:
             print(json.dumps(child_load(rest[0])))
         elif kind == "topic":
             print(json.dumps(child_topic(rest[0], rest[1])))
+        elif kind == "publish":
+            print(json.dumps(child_publish(rest[0], rest[1], rest[2])))
+        elif kind == "follow":
+            child_follow(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]))
         elif kind == "update":
             print(json.dumps(child_update(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))))
         return
@@ -310,17 +399,7 @@ def main() -> None:
             r = run_child(["load", str(path)], args.tree)
             print(f"plain list {mb} MB ({lines:,} IPv4 addresses) -> active index: {_fmt(r)}")
     if args.kafka:
-        topic = f"bench.indicators.{args.topic_size}.{int(time.time())}"
-        t0 = time.perf_counter()
-        publish_topic(args.kafka, topic, args.topic_size)
-        made = time.perf_counter() - t0
-        r = run_child(["topic", args.kafka, topic], args.tree)
-        extra = (f"; of which the read {r['read_s']:.1f} s wall, {r['read_cpu_s']:.1f} CPU-s, peak {r['read_peak_gib']:.2f} "
-                 f"GiB ({args.topic_size / r['read_s'] / 1e3:.0f}k messages/s)" if "read_s" in r else "")  # fmt: skip
-        print(
-            f"topic of {args.topic_size:,} indicator messages (produced in {made:.0f} s) -> active index: "
-            f"{_fmt(r)}{extra}"
-        )
+        topic_cases(args)
     if "update" in cases:
         path = make_list(args.size)
         r = run_child(["update", str(path), str(args.changes), str(args.flows), str(args.repeat)], args.tree)

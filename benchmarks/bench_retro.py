@@ -1,22 +1,25 @@
 """Retro-hunt at archive speed: ``shoal match --flows`` over a generated archive of >= 50M flows.
 
-The archive is written by the collector's own ``ParquetSink`` (zstd 1, 64k-row row groups as the
-collector's batches, statistics on the receipt time, ``date=/hour=`` folders), so it is what
-production writes; the flows are generated in the flow schema: 48 hours of traffic between a
-network's own addresses (200k, Zipf-popular) and 2M remote ones (Zipf-popular), 5% IPv6, a TCP/UDP
-port and size mix, and a pool of 10,000 "bad" remote addresses that 0.5% of flows talk to. It is
-cached under ``.cache/`` (regenerated only when its parameters change). Each case runs ``shoal
-match`` as a child process and reports wall, CPU (user + sys of the child, from ``wait4``), flows per
-CPU-second and peak RSS:
+The archive is written by the collector's own ``ParquetSink`` with its defaults (LZ4; ``--codec
+zstd`` for a second archive), 64k-row row groups as the collector's batches, statistics on the
+receipt time, ``date=/hour=`` folders, so it is what production writes; the flows are generated in
+the flow schema: 48 hours of traffic between a network's own addresses (200k, Zipf-popular) and 2M
+remote ones (Zipf-popular), 5% IPv6, a TCP/UDP port and size mix, and a pool of 10,000 "bad" remote
+addresses that 0.5% of flows talk to. It is cached under ``.cache/`` (regenerated only when its
+parameters change). Each case runs ``shoal match`` as a user does, a child process, and reports
+wall, CPU (user + sys of the child, from ``wait4``), flows per CPU-second and peak RSS:
 
-- three 100,000-address lists: 1, 100 or all 10,000 of the bad addresses among random IPv4 (90%)
-  and IPv6 addresses: few hits (most row groups hold no candidate), some (most row groups hold one
-  or two: they are decoded whole) and many (0.5% of flows);
+- start-up and the 100k-line list alone (a window no file holds: nothing is read);
+- four 100,000-address lists: 1, 100 or all 10,000 of the bad addresses among random IPv4 (90%) and
+  IPv6 addresses: few hits (most row groups hold no candidate), some (most row groups hold one or
+  two) and many (0.5% of flows); and ``some:8080``, the 100 with every entry ``IP|8080``, whose
+  addresses are in most row groups but on that port in few (the confirm step's case);
 - no window, and a 6-hour ``--since/--until`` window that lets most files and row groups go unread;
-- ``--compare REV``: the same cases run with the code of git revision REV (no window: older code
-  has no ``--since``), on the same archive in the same run.
+- ``--compare REV``: the same cases run with the code of git revision REV, on the same archive in
+  the same run (windows only if REV has ``--since``).
 
-    .venv/bin/python -m benchmarks.bench_retro [--flows 50000000] [--compare REV] [--lists few,some,many]
+    .venv/bin/python -m benchmarks.bench_retro [--flows 50000000] [--compare REV] [--lists few,some,many,some:8080]
+        [--codec zstd] [--repeat N]
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ T0_US = 1_796_083_200_000_000  # 2026-12-01T00:00:00Z
 ROWS = 65536
 BAD_POOL = 10_000
 BAD_SHARE = 0.005
-LISTS = {"few": 1, "some": 100, "many": BAD_POOL}
+LISTS = {"few": (1, None), "some": (100, None), "many": (BAD_POOL, None), "some:8080": (100, 8080)}
+"""name: (bad addresses among the 100,000, the port every entry names or None)."""
 _TS = FLOW_SCHEMA.field("time_received").type
 
 
@@ -131,15 +135,24 @@ class Traffic:
         return pa.RecordBatch.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
 
 
-def archive(where: Path, total: int, hours: int) -> tuple[Path, Traffic]:
-    """The archive (written once and cached) and its traffic model (for the bad addresses)."""
+def archive(where: Path, total: int, hours: int, codec: str | None) -> tuple[Path, Traffic]:
+    """The archive (written once and cached) and its traffic model (for the bad addresses). ``codec``
+    None is the sink's default, what the collector writes."""
     traffic = Traffic(total, hours)
-    params = {"flows": total, "hours": hours, "version": 2}
+    settings = {} if codec is None else {"compression": codec}
+    params = {
+        "flows": total,
+        "hours": hours,
+        "version": 2,
+        "codec": ParquetSink(where, **settings).compression,
+    }
     marker = where / "params.json"
     if marker.exists() and json.loads(marker.read_text()) == params:
         return where, traffic
     shutil.rmtree(where, ignore_errors=True)
-    sink = ParquetSink(where / "flows", roll_seconds=1e9)  # rolls on the hour (and 256 MB), as collected
+    sink = ParquetSink(
+        where / "flows", roll_seconds=1e9, **settings
+    )  # rolls on the hour (and 256 MB), as collected
     began = time.perf_counter()
     for first in range(0, total, ROWS):
         sink.write(traffic.batch(first, min(ROWS, total - first)))
@@ -149,12 +162,15 @@ def archive(where: Path, total: int, hours: int) -> tuple[Path, Traffic]:
     return where, traffic
 
 
-def address_list(path: Path, traffic: Traffic, seen: int) -> Path:
-    """100,000 addresses, ``seen`` of them from the bad pool, the rest random (IPv4 and IPv6)."""
+def address_list(path: Path, traffic: Traffic, seen: int, port: int | None = None) -> Path:
+    """100,000 addresses, ``seen`` of them from the bad pool, the rest random (IPv4 and IPv6); with
+    ``port``, every entry ``IP|port``."""
     rng = np.random.default_rng(7919 + seen)  # not the traffic's seed
     v4 = np.concatenate([traffic.bad[:seen], rng.integers(1 << 24, 0xDF000000, 90_000 - seen)])
     lines = [str(ipaddress.IPv4Address(int(v))) for v in v4]
     lines += [str(ipaddress.IPv6Address(bytes(b))) for b in rng.integers(0, 256, (10_000, 16), np.uint8)]
+    if port is not None:
+        lines = [f"{a}|{port}" for a in lines]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -203,23 +219,24 @@ def line(name: str, total: int, r: dict) -> str:
 
 
 def decode_floor(files: list[Path]) -> str:
-    """CPU per flow of pyarrow decoding alone (this process, one thread), for the address columns a hunt
-    reads first and for every column an alert carries: what any reader of this archive pays."""
+    """CPU per flow of pyarrow decoding alone (this process, one thread, a row group per call as the
+    hunt reads), for the address columns a hunt reads of every row group, the 16 other columns an
+    alert carries (read for row groups with a hit) and all 18: what any reader of this archive pays."""
     from detectors.matcher import FLOW_COLUMNS
 
+    find = ["src_addr", "dst_addr"]
     out = []
-    for name, columns in (
-        ("2 address columns", ["src_addr", "dst_addr"]),
-        ("18 alert columns", list(FLOW_COLUMNS)),
-    ):
+    for name, columns in (("2 address columns", find), ("16 other alert columns", [c for c in FLOW_COLUMNS if c not in find]),
+                          ("all 18", list(FLOW_COLUMNS))):  # fmt: skip
         usage, rows = resource.getrusage(resource.RUSAGE_SELF), 0
         for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(ROWS, columns=columns, use_threads=False):
-                rows += batch.num_rows
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.metadata.num_row_groups):
+                rows += parquet.read_row_group(group, columns=columns, use_threads=False).num_rows
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
         out.append(f"{name} {cpu / rows * 1e9:.0f} ns/flow")
-    return f"pyarrow decode alone ({len(files)} files): " + ", ".join(out)
+    return f"pyarrow decode alone ({len(files)} files, read_row_group): " + ", ".join(out)
 
 
 def _window(hours: int) -> tuple[str, str, int]:
@@ -232,6 +249,15 @@ def _window(hours: int) -> tuple[str, str, int]:
     return iso(start_h), iso(start_h + length_h), length_h
 
 
+def old_tree(rev: str) -> Path:
+    """The code of git revision ``rev`` in a scratch directory."""
+    scratch = Path(tempfile.mkdtemp(prefix="shoal-retro-old-"))
+    listing = subprocess.run(["git", "archive", rev, "pipeline", "detectors", "schemas"],
+                             cwd=ROOT, check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(scratch)], input=listing, check=True)
+    return scratch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -239,46 +265,64 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=50_000_000)
     parser.add_argument("--hours", type=int, default=48)
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache")
-    parser.add_argument("--lists", default="few,some,many")
-    parser.add_argument(
-        "--compare", metavar="REV", help="also run git revision REV's shoal match (no window)"
-    )
+    parser.add_argument("--lists", default=",".join(LISTS))
+    parser.add_argument("--compare", metavar="REV", help="also run git revision REV's shoal match")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--codec", help="the archive's compression (default: the collector's, ParquetSink's)")
     args = parser.parse_args()
-    where, traffic = archive(args.cache / f"retro-archive-{args.flows}", args.flows, args.hours)
+    codec = args.codec or ParquetSink(ROOT).compression
+    where, traffic = archive(
+        args.cache / f"retro-archive-{args.flows}-{codec}", args.flows, args.hours, args.codec
+    )
     flows = where / "flows"
     files = sorted(flows.rglob("*.parquet"))
     size = sum(f.stat().st_size for f in files)
     print(machine_line())
     print(f"archive: {args.flows:,} flows in {len(files)} files, {size / 2**30:.2f} GiB on disk "
-          f"({size / args.flows:.1f} B/flow), {args.hours} hours, {flows}")  # fmt: skip
+          f"({size / args.flows:.1f} B/flow, {codec}), {args.hours} hours, {flows}")  # fmt: skip
     print(decode_floor(files[:8]), flush=True)
     window = _window(args.hours)
     print(f"window: --since {window[0]} --until {window[1]}")
     trees = [("new", ROOT)]
-    scratch = None
     if args.compare:
-        scratch = Path(tempfile.mkdtemp(prefix="shoal-retro-old-"))
-        listing = subprocess.run(["git", "archive", args.compare, "pipeline", "detectors", "schemas"],
-                                 cwd=ROOT, check=True, capture_output=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", str(scratch)], input=listing, check=True)
-        trees.append((args.compare, scratch))
+        trees.append((args.compare, old_tree(args.compare)))
     try:
         for _, tree in trees:  # compiled kernels cached (numba) before anything is timed
             run_match(tree, ["--intel", str(address_list(where / "list-warm.txt", traffic, 1)), "--flows",
                              str(files[0]), "--alerts", os.devnull])  # fmt: skip
+        nothing = ["--since", "2100-01-01"]  # a window no file holds: start-up and the list alone
+        few = address_list(where / "list-few.txt", traffic, *LISTS["few"])
+        for _ in range(args.repeat):
+            for label, tree in trees:
+                r = run_match(
+                    tree, ["--intel", str(few), "--flows", str(flows), "--alerts", os.devnull, *nothing]
+                )
+                print(fixed_line(f"start-up and 100k-line list, {label}", r), flush=True)
         for name in args.lists.split(","):
-            intel = address_list(where / f"list-{name}.txt", traffic, LISTS[name])
+            intel = address_list(where / f"list-{name.replace(':', '-')}.txt", traffic, *LISTS[name])
             base = ["--intel", str(intel), "--flows", str(flows), "--alerts", os.devnull]
             for _ in range(args.repeat):
                 for label, tree in trees:
                     r = run_match(tree, base)
-                    print(line(f"{name} seen, {label}, whole archive", args.flows, r), flush=True)
-                r = run_match(ROOT, [*base, "--since", window[0], "--until", window[1]])
-                print(line(f"{name} seen, new, {window[2]} h window", args.flows, r), flush=True)
+                    print(line(f"{name}, {label}, whole archive", args.flows, r), flush=True)
+                for label, tree in trees:
+                    if not windows(tree):
+                        continue
+                    r = run_match(tree, [*base, "--since", window[0], "--until", window[1]])
+                    print(line(f"{name}, {label}, {window[2]} h window", args.flows, r), flush=True)
     finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for label, tree in trees:
+            if label != "new":
+                shutil.rmtree(tree, ignore_errors=True)
+
+
+def windows(tree: Path) -> bool:
+    """Whether the code in ``tree`` has ``--since`` (older code does not)."""
+    return "--since" in (tree / "pipeline" / "commands" / "match.py").read_text()
+
+
+def fixed_line(name: str, r: dict) -> str:
+    return f"{name:34s} {r['wall']:6.2f} s wall {r['cpu']:6.2f} CPU-s, peak RSS {r['rss'] / 2**20:5.0f} MiB"
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ import numpy as np
 import pyarrow as pa
 
 from detectors.addresses import Addresses
+from detectors.attributes import Attributes
 from detectors.intervals import V4_SLASH16, V4Intervals, V6Intervals
 from detectors.kernels import coarse_candidates
 from pipeline.intel.allowlists import Allowlist
 from pipeline.intel.load import IntelLoad
 from pipeline.intel.model import Indicator, Network
-from pipeline.intel.table import IndicatorTable
+from pipeline.intel.table import IndicatorTable, make_part, part_has, part_ints, part_network_bytes
 
 SIDES = {"any": 0, "src": 1, "dst": 2}
 NO_TIME_MIN, NO_TIME_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -81,7 +82,8 @@ def v6_ranges(networks: list[Network]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 @dataclass
 class Ranges:
-    """Address ranges with their payloads, per family, gathered from objects and tables alike."""
+    """Address ranges with their int32 payloads, per family, gathered from objects and tables alike
+    (IPv4 bounds as uint32: 8 bytes a range)."""
 
     first4: np.ndarray
     last4: np.ndarray
@@ -95,13 +97,23 @@ class Ranges:
         idx4, idx6 = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
         first4, last4 = v4_ranges([networks[i] for i in idx4.tolist()])
         bounds6 = v6_ranges([networks[i] for i in idx6.tolist()])
-        return cls(first4, last4, payload[idx4], bounds6, payload[idx6])
+        return cls(first4.astype(np.uint32), last4.astype(np.uint32), payload[idx4], bounds6, payload[idx6])
 
     @classmethod
-    def of_table(cls, table: IndicatorTable, rows: np.ndarray, payload: np.ndarray) -> Ranges:
-        is_v4 = table.is_v4()[rows]
-        first4, last4 = table.v4_ranges(rows[is_v4])
-        return cls(first4, last4, payload[is_v4], table.v6_ranges(rows[~is_v4]), payload[~is_v4])
+    def of_part(cls, part: pa.Table, payload: np.ndarray) -> Ranges:
+        """The ranges of one part of an :class:`IndicatorTable` (rows in order)."""
+        raw = part_network_bytes(part)
+        prefix = part_ints(part, "prefix", 0, np.uint8)
+        is_v4 = part_ints(part, "version", 0, np.uint8) == 4
+        idx4 = np.flatnonzero(is_v4)
+        first4 = np.ascontiguousarray(raw[idx4, 12:]).view(">u4").ravel().astype(np.uint32)
+        last4 = first4 | (_low_bits(32 - prefix[idx4].astype(np.int64)).astype(np.uint32))
+        idx6 = np.flatnonzero(~is_v4)
+        words = np.ascontiguousarray(raw[idx6]).view(">u8").reshape(-1, 2).astype(np.uint64)
+        host = 128 - prefix[idx6].astype(np.int64)
+        hi, lo = words[:, 0], words[:, 1]
+        bounds6 = (hi, lo, hi | _low_bits((host - 64).clip(0)), lo | _low_bits(host.clip(0, 64)))
+        return cls(first4, last4, payload[idx4], bounds6, payload[idx6])
 
     @classmethod
     def concat(cls, parts: list[Ranges]) -> Ranges:
@@ -140,7 +152,10 @@ class AddressTable:
     def from_ranges(cls, ranges: Ranges, direct: bool = False) -> AddressTable:
         covered16 = None
         if direct and len(ranges.first4) <= COARSE_MAX_RANGES:
-            first, last = (ranges.first4 >> np.uint64(16)).astype(np.int64), (ranges.last4 >> np.uint64(16)).astype(np.int64)
+            first, last = (
+                (ranges.first4 >> np.uint64(16)).astype(np.int64),
+                (ranges.last4 >> np.uint64(16)).astype(np.int64),
+            )
             span = last - first + 1
             touched = np.repeat(first - (np.cumsum(span) - span), span) + np.arange(int(span.sum()))
             covered16 = np.zeros(V4_SLASH16, np.uint8)
@@ -237,28 +252,45 @@ class IndicatorIndex:
         object_ranges = Ranges.of_networks(networks, np.concatenate(
             [object_plain_payload, -(np.arange(n_obj_entries, dtype=np.int32) + 1)]))  # fmt: skip
         del networks, nets, conds
-        # Table rows: one condition each, plain unless it names a port (then one constrained entry).
-        port = rows.numbers("dst_port")
-        side = rows.numbers("side")
-        row_ind = np.arange(n_obj, n, dtype=np.int64)
-        with_port = np.flatnonzero(port >= 0)
-        payload = (row_ind * 3 + side).astype(np.int32)
-        payload[with_port] = -(n_obj_entries + np.arange(len(with_port), dtype=np.int32) + 1)
-        ranges = Ranges.concat([object_ranges, Ranges.of_table(rows, np.arange(len(rows)), payload)])
-        del payload
-        self.plain_entries = len(plain_idx) + len(rows) - len(with_port)
-        m = len(with_port)
+        if 3 * n + 2 >= 2**31:
+            raise ValueError(f"{n:,} indicators: more than an index's 32-bit payloads hold")
+        # Table rows, part by part: one condition each, plain unless it names a port (then one
+        # constrained entry). Narrow types throughout: at 10M rows every byte a row is 10 MB.
+        parts = [object_ranges]
+        port_ind, port_side, port_dport = [], [], []
+        constrained = n_obj_entries
+        for p, part in enumerate(rows.parts):
+            start = n_obj + int(rows.starts[p])
+            side = part_ints(part, "side", 0, np.int8)
+            port = part_ints(part, "dst_port", -1, np.int32)
+            payload = np.arange(3 * start, 3 * (start + len(port)), 3, dtype=np.int32) + side
+            with_port = np.flatnonzero(port >= 0)
+            payload[with_port] = -(constrained + np.arange(len(with_port), dtype=np.int32) + 1)
+            constrained += len(with_port)
+            port_ind.append((start + with_port).astype(np.int32))
+            port_side.append(side[with_port])
+            port_dport.append(port[with_port])
+            parts.append(Ranges.of_part(part, payload))
+            del side, port, payload, with_port
+        ranges = Ranges.concat(parts)
+        del parts
+        m = constrained - n_obj_entries
+        self.plain_entries = len(plain_idx) + len(rows) - m
         # constrained entries only, from here on: the objects', then the table's
-        self.entry_ind = np.concatenate([np.array(cols["ind"], dtype=np.int32), row_ind[with_port].astype(np.int32)])
-        self.entry_side = np.concatenate([np.array(cols["side"], dtype=np.int8), side[with_port].astype(np.int8)])
+        self.entry_ind = np.concatenate([np.array(cols["ind"], dtype=np.int32), *port_ind])
+        self.entry_side = np.concatenate([np.array(cols["side"], dtype=np.int8), *port_side])
         self.entry_sport = np.concatenate([np.array(cols["sport"], dtype=np.int32), np.full(m, -1, np.int32)])
-        self.entry_dport = np.concatenate([np.array(cols["dport"], dtype=np.int32), port[with_port].astype(np.int32)])
+        self.entry_dport = np.concatenate([np.array(cols["dport"], dtype=np.int32), *port_dport])
         self.entry_proto = np.concatenate([np.array(cols["proto"], dtype=np.int16), np.full(m, -1, np.int16)])
         self.entry_asn = np.concatenate([np.array(cols["asn"], dtype=np.int64), np.full(m, -1, np.int64)])
         self.entry_has_other = np.concatenate([np.array(cols["has_other"], dtype=bool), np.zeros(m, bool)])
-        del port, side, row_ind
-        first = np.array([(b[0] >> 64, b[0] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64).reshape(-1, 2)
-        last = np.array([(b[1] >> 64, b[1] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64).reshape(-1, 2)
+        del port_ind, port_side, port_dport
+        first = np.array([(b[0] >> 64, b[0] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64).reshape(
+            -1, 2
+        )
+        last = np.array([(b[1] >> 64, b[1] & (2**64 - 1)) for b in other_bounds], dtype=np.uint64).reshape(
+            -1, 2
+        )
         self.other_first = np.concatenate([first, np.zeros((m, 2), np.uint64)])
         self.other_last = np.concatenate([last, np.zeros((m, 2), np.uint64)])
         self.table = AddressTable.from_ranges(ranges, direct=True)
@@ -272,29 +304,28 @@ class IndicatorIndex:
         entry_ind = np.sort(np.concatenate([cond_ind[plain_idx].astype(np.int32), self.entry_ind[:n_obj_entries],
                                             self.asn_ind]))  # fmt: skip
         self.repeated_inds = np.unique(entry_ind[1:][entry_ind[1:] == entry_ind[:-1]]).astype(np.int32)
-        self.attributes = _attributes(inds, rows)
-        # Few-valued text (source, TLP, often the name) as dictionaries: a hit then takes a small
-        # integer instead of reaching into millions of strings (at 10M indicators ~12 ms per 200k hits).
-        for name in ("indicator_name", "source", "tlp"):
-            encoded = self.attributes.column(name).combine_chunks().dictionary_encode()
-            if len(encoded.dictionary) <= max(16, n // 4):
-                position = self.attributes.schema.get_field_index(name)
-                self.attributes = self.attributes.set_column(position, name, encoded)
-        sources = self.attributes.column("source").combine_chunks()
-        if not pa.types.is_dictionary(sources.type):
-            sources = sources.dictionary_encode()
-        self.source_names = sources.dictionary.to_pylist()
+        objects_part = _object_attributes(inds)
+        self.attributes = Attributes([objects_part, *rows.parts])
+        codes, self.source_names = IndicatorTable([objects_part, *rows.parts]).source_codes()
         width = np.uint8 if len(self.source_names) <= 256 else np.int32
-        self.source_code = sources.indices.to_numpy(zero_copy_only=False).astype(width)
+        self.source_code = codes.astype(width)
+        del codes
         # Validity windows, kept only for indicators that have one (checked on hits by a search).
-        valid_from = np.concatenate([np.array([_us(i.valid_from, NO_TIME_MIN) for i in inds], np.int64),
-                                     rows.numbers("valid_from", NO_TIME_MIN)])  # fmt: skip
-        valid_until = np.concatenate([np.array([_us(i.valid_until, NO_TIME_MAX) for i in inds], np.int64),
-                                      rows.numbers("valid_until", NO_TIME_MAX)])  # fmt: skip
-        timed = np.flatnonzero((valid_from != NO_TIME_MIN) | (valid_until != NO_TIME_MAX))
-        self.valid_ind = timed.astype(np.int32)
-        self.valid_from, self.valid_until = valid_from[timed], valid_until[timed]
-        del valid_from, valid_until
+        timed_parts, from_parts, until_parts = [], [], []
+        for start, part in zip(
+            [0, *(n_obj + rows.starts[:-1]).tolist()], [objects_part, *rows.parts], strict=True
+        ):
+            if not (part_has(part, "valid_from") or part_has(part, "valid_until")):
+                continue
+            valid_from = part_ints(part, "valid_from", NO_TIME_MIN)
+            valid_until = part_ints(part, "valid_until", NO_TIME_MAX)
+            timed = np.flatnonzero((valid_from != NO_TIME_MIN) | (valid_until != NO_TIME_MAX))
+            timed_parts.append((start + timed).astype(np.int32))
+            from_parts.append(valid_from[timed])
+            until_parts.append(valid_until[timed])
+        self.valid_ind = np.concatenate([np.empty(0, np.int32), *timed_parts])
+        self.valid_from = np.concatenate([np.empty(0, np.int64), *from_parts])
+        self.valid_until = np.concatenate([np.empty(0, np.int64), *until_parts])
         allow = allowlist.entries if allowlist is not None else []
         self.allow = AddressTable.build([net for net, _, _ in allow])
         self.allow_port = np.array([-1 if p is None else p for _, p, _ in allow], dtype=np.int32)
@@ -355,24 +386,13 @@ class IndicatorIndex:
         return total
 
 
-def _attributes(inds: list[Indicator], rows: IndicatorTable) -> pa.Table:
-    """Alert attributes, one row per indicator (objects, then table rows): hits take rows of it
-    instead of building Python lists."""
-    objects = pa.table({
-        "indicator_id": pa.array(list(map(attrgetter("id"), inds)), type=pa.string()),
-        "indicator": pa.array(list(map(attrgetter("value"), inds)), type=pa.string()),
-        "indicator_name": pa.array(list(map(attrgetter("name"), inds)), type=pa.string()),
-        "source": pa.array(list(map(attrgetter("source"), inds)), type=pa.string()),
-        "confidence": pa.array(list(map(attrgetter("confidence"), inds)), type=pa.int32()),
-        "tlp": pa.array(list(map(attrgetter("tlp"), inds)), type=pa.string()),
-        "valid_until": pa.array(list(map(attrgetter("valid_until"), inds)), type=pa.timestamp("us", tz="UTC")),
+def _object_attributes(inds: list[Indicator]) -> pa.Table:
+    """The object indicators' alert attributes, in the indicator table's column names."""
+    return make_part({
+        "id": [i.id for i in inds], "value": [i.value for i in inds], "source": [i.source for i in inds],
+        "name": [i.name for i in inds], "confidence": [i.confidence for i in inds], "tlp": [i.tlp for i in inds],
+        "valid_from": [i.valid_from for i in inds], "valid_until": [i.valid_until for i in inds],
     })  # fmt: skip
-    if not len(rows):
-        return objects
-    columns = {"indicator_id": "id", "indicator": "value", "indicator_name": "name", "source": "source",
-               "confidence": "confidence", "tlp": "tlp", "valid_until": "valid_until"}  # fmt: skip
-    table = pa.table({name: rows.column(key) for name, key in columns.items()}, schema=objects.schema)
-    return pa.concat_tables([objects, table]).combine_chunks() if len(inds) else table
 
 
 def network_of(text: str) -> Network:

@@ -32,14 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detectors import kernels
+from detectors import interval_build, kernels
 
 V4_SLASH24 = 1 << 24
 V4_SLASH16 = 1 << 16
-TIER_WIDTHS = (4, 32)  # inner boundaries per /24: inline in the entry, sorted bytes; beyond: dense table
-_PAD = 255  # sorted-byte keys are boundary - 1 (0..254); 255 is never < a low byte
-_BLOCK, _INLINE = np.uint64(1 << 63), np.uint64(1 << 62)
-_COUNT_AT, _FLAGS_AT, _REL_AT = 32, 35, 40
+TIER_WIDTHS = (interval_build.INLINE_MAX, interval_build.SORTED_MAX)
+"""Inner boundaries per /24: inline in the entry, sorted bytes (padded with 255, never < a low byte);
+beyond: a dense 256-byte table."""
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -141,7 +140,11 @@ def _heads(offsets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, np.nd
 class V4Intervals:
     offsets: np.ndarray  # CSR (int32 unless huge): over every interval, or (with head) the multi ones
     ids: np.ndarray  # int32 payloads
-    head: np.ndarray | None = None  # int32 per interval with the /24 table: see _heads
+    head: np.ndarray | None = None
+    """With the /24 table, one int32 per interval instead of a CSR span: most covered intervals hold
+    one payload, then read in the same random access as the interval. ``floor`` is the smallest
+    payload (or 0); a head is that payload (>= floor), ``floor - 1`` for an empty interval, or
+    ``floor - 2 - m`` for the m-th interval with several payloads, kept in ``offsets``/``ids``."""
     floor: int = 0  # the smallest payload, or 0: head values below it are markers
     boundaries: np.ndarray | None = None  # uint32; kept only without the direct table (search path)
     level1: np.ndarray | None = None  # uint64[2^24], see module docstring
@@ -153,89 +156,62 @@ class V4Intervals:
     def build(
         cls, first: np.ndarray, last: np.ndarray, payload: np.ndarray, direct: bool = True
     ) -> V4Intervals:
-        """``first``/``last``: inclusive uint32-valued bounds; ``direct``: build the /24 table."""
-        order = np.argsort(first, kind="stable")  # sorted starts: searches below run in cache order
+        """``first``/``last``: inclusive uint32-valued bounds; ``direct``: build the /24 table (by the
+        compiled passes of :mod:`detectors.interval_build`), else a search structure (allowlists)."""
+        if not direct:
+            return cls._searched(first, last, payload)
+        n = len(first)
+        keys = np.empty(n, np.uint64)
+        interval_build.pack_keys(np.ascontiguousarray(first, dtype=np.uint32), keys)
+        keys.sort()  # by start (then position): later passes walk boundaries in step with the ranges
+        first_s, last_s, payload_s = np.empty(n, np.uint32), np.empty(n, np.uint32), np.empty(n, np.int32)
+        interval_build.unpack_sorted(keys, np.ascontiguousarray(last, dtype=np.uint32),
+                                     np.ascontiguousarray(payload, dtype=np.int32), first_s, last_s, payload_s)  # fmt: skip
+        del keys
+        lasts = np.sort(last_s)
+        boundaries = np.empty(2 * n + 1, np.uint32)
+        boundaries = boundaries[: interval_build.merge_boundaries(first_s, lasts, boundaries)].copy()
+        del lasts
+        head = np.zeros(len(boundaries), np.int32)  # counts, then (in place) heads
+        interval_build.interval_counts(boundaries, first_s, last_s, head)
+        n_multi, total = interval_build.multi_totals(head)
+        floor = min(int(payload_s.min()), 0) if n else 0
+        if floor - 2 - n_multi < np.iinfo(np.int32).min:
+            raise ValueError("too many payloads for 32-bit interval heads")
+        multi_offsets = np.empty(n_multi + 1, np.int64)
+        interval_build.mark_heads(head, floor, multi_offsets)
+        ids = np.empty(total, np.int32)
+        interval_build.fill_heads(
+            boundaries, first_s, last_s, payload_s, head, floor, multi_offsets[:-1].copy(), ids
+        )
+        del first_s, last_s, payload_s
+        base16 = np.empty(V4_SLASH16, np.int32)
+        interval_build.slash16_bases(boundaries, base16)
+        level1 = _zeroed_uint64(V4_SLASH24, huge=n >= _HUGE_FROM)
+        interval_build.whole_blocks(boundaries, head, floor, level1)
+        n_sorted, n_dense = interval_build.crowded_blocks(boundaries)
+        tier_base = [np.empty(n_sorted, np.int32), np.empty(n_dense, np.int32)]
+        tier_keys = [np.empty((n_sorted, TIER_WIDTHS[1]), np.uint8), np.empty((n_dense, 256), np.uint8)]
+        interval_build.inner_blocks(boundaries, head, floor, base16, level1, tier_base[0], tier_keys[0], tier_base[1],
+                                    tier_keys[1])  # fmt: skip
+        if not n_sorted and not n_dense:
+            tier_base, tier_keys = [], []
+        offsets = multi_offsets.astype(_offsets_dtype(total))
+        return cls(offsets, ids, head=head, floor=floor, level1=level1, base16=base16, tier_base=tier_base,
+                   tier_keys=tier_keys)  # fmt: skip
+
+    @classmethod
+    def _searched(cls, first: np.ndarray, last: np.ndarray, payload: np.ndarray) -> V4Intervals:
+        """Sorted boundaries and a CSR of payloads per interval, answered by a search (few ranges)."""
+        order = np.argsort(first, kind="stable")
         first, payload = first[order].astype(np.uint64), payload[order]
         end = last[order].astype(np.uint64) + np.uint64(1)
-        del order
         boundaries = sorted_unique(np.concatenate([first, end, np.zeros(1, np.uint64)]))
         end_idx = np.searchsorted(boundaries, end, side="left")
         offsets, ids = _csr(boundaries, first, end_idx, payload)
-        del first, end, end_idx
         if boundaries[-1] == 1 << 32:  # the end of the last range starts no interval (and fits no uint32)
             boundaries = boundaries[:-1]
-        if not direct:
-            return cls(offsets, ids, boundaries=boundaries.astype(np.uint32))
-        level1 = _zeroed_uint64(V4_SLASH24, huge=len(payload) >= _HUGE_FROM)
-        covered = offsets[1 : len(boundaries) + 1] != offsets[: len(boundaries)]
-        # Whole /24s inside one non-empty interval: level1 = interval + 1.
-        nonempty = np.flatnonzero(covered)
-        lo = (boundaries[nonempty] + np.uint64(255)) >> np.uint64(8)
-        hi_bound = np.append(boundaries[1:], np.uint64(1 << 32))[nonempty]
-        hi = hi_bound >> np.uint64(8)  # first /24 not wholly inside
-        span = (hi.astype(np.int64) - lo.astype(np.int64)).clip(0)
-        has = np.flatnonzero(span)
-        if len(has):
-            span, lo, nonempty = span[has], lo[has].astype(np.int64), nonempty[has]
-            for part in np.array_split(np.arange(len(span)), max(1, int(span.sum()) // 20_000_000)):
-                s = span[part]
-                blocks = np.repeat(lo[part] - (np.cumsum(s) - s), s) + np.arange(int(s.sum()), dtype=np.int64)
-                level1[blocks] = np.repeat((nonempty[part] + 1).astype(np.uint64), s)
-        slash16 = np.arange(V4_SLASH16, dtype=np.uint64) << np.uint64(16)
-        base16 = (np.searchsorted(boundaries, slash16, side="right") - 1).astype(np.int32)
-        # /24s with boundaries inside: inline entries, sorted inner bytes, dense delta tables.
-        inner = np.flatnonzero((boundaries & np.uint64(255)) != 0)
-        tier_base: list[np.ndarray] = []
-        tier_keys: list[np.ndarray] = []
-        if len(inner):
-            block_of = (boundaries[inner] >> np.uint64(8)).astype(np.int64)
-            low = (boundaries[inner] & np.uint64(255)).astype(np.uint64)
-            starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]])
-            counts = np.diff(np.r_[starts, len(inner)])
-            blocks, base = block_of[starts], (inner[starts] - 1).astype(np.int64)
-            rank = np.arange(len(inner)) - np.repeat(starts, counts)
-            tier_of = np.searchsorted(np.array(TIER_WIDTHS), counts, side="left")  # len(TIERS) = dense
-            # Inline blocks: lanes, count, covered flags and relative base packed into the entry.
-            sel = np.flatnonzero(tier_of == 0)
-            members = np.repeat(tier_of == 0, counts)
-            row_in_tier = np.full(len(blocks), -1, dtype=np.int64)
-            row_in_tier[sel] = np.arange(len(sel))
-            words = np.zeros(len(sel), dtype=np.uint64)
-            np.bitwise_or.at(
-                words,
-                np.repeat(row_in_tier, counts)[members],
-                low[members] << (np.uint64(8) * rank[members].astype(np.uint64)),
-            )
-            words |= counts[sel].astype(np.uint64) << np.uint64(_COUNT_AT)
-            for sub in range(TIER_WIDTHS[0] + 1):
-                rows = np.flatnonzero(counts[sel] >= sub)
-                flag = covered[base[sel][rows] + sub].astype(np.uint64)
-                words[rows] |= flag << np.uint64(_FLAGS_AT + sub)
-            rel = base[sel] - base16[blocks[sel] >> 8]
-            words |= rel.astype(np.uint64) << np.uint64(_REL_AT)
-            level1[blocks[sel]] = words | _BLOCK | _INLINE
-            next_j = 0
-            for t in (1, 2):  # crowded blocks: sorted bytes, then dense delta tables
-                sel = np.flatnonzero(tier_of == t)
-                width = TIER_WIDTHS[t] if t < len(TIER_WIDTHS) else 256
-                row_in_tier = np.full(len(blocks), -1, dtype=np.int64)
-                row_in_tier[sel] = np.arange(len(sel))
-                members = np.repeat(tier_of == t, counts)
-                r, k = np.repeat(row_in_tier, counts)[members], rank[members]
-                if t == 1:
-                    keys = np.full((len(sel), width), _PAD, dtype=np.uint8)
-                    keys[r, k] = low[members] - np.uint64(1)
-                else:  # delta[x] = #(inner boundaries <= x), by a cumulative sum over marks
-                    marks = np.zeros((len(sel), 256), dtype=np.uint8)
-                    marks[r, low[members].astype(np.int64)] = 1
-                    keys = np.cumsum(marks, axis=1, dtype=np.uint8)
-                tier_base.append(base[sel].astype(np.int32))
-                tier_keys.append(keys)
-                level1[blocks[sel]] = (next_j + np.arange(len(sel), dtype=np.uint64)) | _BLOCK
-                next_j += len(sel)
-        head, floor, offsets, ids = _heads(offsets, ids)
-        return cls(offsets, ids, head=head, floor=floor, level1=level1, base16=base16, tier_base=tier_base,
-                   tier_keys=tier_keys)  # fmt: skip
+        return cls(offsets, ids, boundaries=boundaries.astype(np.uint32))
 
     def nbytes(self, fixed: bool = True) -> int:
         """Bytes held; ``fixed=False`` leaves out the fixed tables (128 MiB /24 table, 256 KiB /16 bases)."""

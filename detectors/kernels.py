@@ -91,10 +91,13 @@ def classify(keys, m, base16, pos, entry, interval, rare):  # pragma: no cover -
     return k, r
 
 
-@_jit(f"int64({_KEYS}, {_U64}, {_I64}, int64, int32[::1], uint8[:, ::1], int32[::1], uint8[:, ::1], {_I64}, "
-      f"{_I64}, int64)")
-def locate_rare(keys, entry, rare, n_rare, sorted_base, sorted_keys, dense_base, dense_keys, pos,
-                interval, k):  # pragma: no cover - compiled
+@_jit(
+    f"int64({_KEYS}, {_U64}, {_I64}, int64, int32[::1], uint8[:, ::1], int32[::1], uint8[:, ::1], {_I64}, "
+    f"{_I64}, int64)"
+)
+def locate_rare(
+    keys, entry, rare, n_rare, sorted_base, sorted_keys, dense_base, dense_keys, pos, interval, k
+):  # pragma: no cover - compiled
     """Pass 3b, the few keys in crowded blocks (> 4 inner boundaries): sorted bytes or a 256-byte table."""
     n_sorted = len(sorted_base)
     for t in range(n_rare):
@@ -118,7 +121,7 @@ def locate_rare(keys, entry, rare, n_rare, sorted_base, sorted_keys, dense_base,
 
 @_jit(*(f"int64({_I64}, int64, int32[::1], int64, {o}[::1], int32[::1])" for o in ("int32", "int64")))
 def heads(interval, n, head, floor, offsets, out):  # pragma: no cover - compiled
-    """Pass 4, one random read per found interval: its head (see ``intervals._heads``). Returns the
+    """Pass 4, one random read per found interval: its head (see ``V4Intervals.head``). Returns the
     number of payloads to emit."""
     total = 0
     for t in range(n):

@@ -14,46 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numba
 import numpy as np
-import pyarrow as pa
 
+from detectors.attributes import Attributes
 from detectors.index import IndicatorIndex
 from pipeline.intel.allowlists import Allowlist
+from pipeline.intel.hashing import string_hashes
 from pipeline.intel.model import Indicator
 from pipeline.intel.table import IndicatorTable
 
 
-@numba.njit(cache=True, nogil=True)
-def _fnv1a(data, offsets, out):  # pragma: no cover - compiled
-    """64-bit FNV-1a of each string (Arrow offsets/data)."""
-    for r in range(len(offsets) - 1):
-        h = np.uint64(0xCBF29CE484222325)
-        for j in range(offsets[r], offsets[r + 1]):
-            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
-        out[r] = h
-
-
-def string_hashes(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """uint64 hash of each (non-null) string, computed from the Arrow buffers."""
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
-    strings = strings.cast(pa.large_string())
-    n = len(strings)
-    offsets = np.frombuffer(strings.buffers()[1], np.int64, n + 1 + strings.offset)[strings.offset :]
-    data = strings.buffers()[2]
-    out = np.empty(n, np.uint64)
-    _fnv1a(np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8), offsets, out)
-    return out
-
-
 class IdLookup:
     """Positions of indicator ids in an index: sorted 64-bit hashes, each match confirmed on the
-    string itself (a 10M-entry dict of Python strings would cost more than the index)."""
+    id itself (a 10M-entry dict of Python strings would cost more than the index)."""
 
-    def __init__(self, ids: pa.ChunkedArray | pa.Array) -> None:
-        self.ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        hashes = string_hashes(self.ids)
+    def __init__(self, attributes: Attributes) -> None:
+        self.attributes = attributes
+        hashes = attributes.id_hashes()
         self.order = np.argsort(hashes, kind="stable")
         self.hashes = hashes[self.order]
 
@@ -61,17 +38,19 @@ class IdLookup:
         """Positions (ascending) of every entry whose id is in ``wanted``."""
         if not wanted or not len(self.hashes):
             return np.empty(0, np.int64)
-        keys = string_hashes(pa.array(wanted, type=pa.string()))
+        keys = string_hashes(wanted)
         lo = np.searchsorted(self.hashes, keys, side="left")
         hi = np.searchsorted(self.hashes, keys, side="right")
         counts = hi - lo
         candidates = self.order[
             np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
         ]
+        if not len(candidates):
+            return np.empty(0, np.int64)
         names = np.repeat(np.arange(len(wanted)), counts)
-        found = self.ids.take(pa.array(candidates, type=pa.int64())).to_pylist()
+        found = self.attributes.take(candidates).column("indicator_id").to_pylist()
         same = np.array([found[k] == wanted[names[k]] for k in range(len(found))], dtype=bool)
-        return np.sort(candidates[same]) if len(candidates) else np.empty(0, np.int64)
+        return np.sort(candidates[same])
 
 
 class LayeredIndex:
@@ -95,7 +74,7 @@ class LayeredIndex:
         """Indicators in use (withdrawn ones not counted)."""
         self._ids = ids
         self.allow, self.allow_port, self.allow_name = main.allow, main.allow_port, main.allow_name
-        self.attributes = _aligned(main.attributes, self.delta.attributes)
+        self.attributes = Attributes.concat([main.attributes, self.delta.attributes])
 
     @classmethod
     def of(
@@ -107,7 +86,7 @@ class LayeredIndex:
         """The main index's id lookup, made on first use (~1 s at 10M; the follower makes it in the
         background right after a main build, so that updates do not wait for it)."""
         if self._ids is None:
-            self._ids = IdLookup(self.main.attributes.column("indicator_id"))
+            self._ids = IdLookup(self.main.attributes)
         return self._ids
 
     def updated(
@@ -148,19 +127,3 @@ class LayeredIndex:
 
     def nbytes(self, fixed: bool = True) -> int:
         return self.main.nbytes(fixed) + self.delta.nbytes(fixed) + self.removed.nbytes
-
-
-def _aligned(main: pa.Table, delta: pa.Table) -> pa.Table:
-    """The delta's attribute rows after the main's, in the main's column types (either may hold a
-    column dictionary-encoded)."""
-    if not delta.num_rows:
-        return main
-    columns = []
-    for name in main.column_names:
-        want, column = main.schema.field(name).type, delta.column(name)
-        if column.type != want:
-            plain = column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
-            column = plain.dictionary_encode() if pa.types.is_dictionary(want) else plain
-            column = column.cast(want) if column.type != want else column
-        columns.append(column)
-    return pa.concat_tables([main, pa.table(columns, schema=main.schema)])

@@ -120,7 +120,15 @@ class Matcher:
                 side_all.append(np.full(n_plain, code, np.int8))
                 if n_constrained:
                     c_rows, c_inds = self._constrained(
-                        ix, batch, addrs, asns, side, other, code, c_rows[:n_constrained], c_entries[:n_constrained]
+                        ix,
+                        batch,
+                        addrs,
+                        asns,
+                        side,
+                        other,
+                        code,
+                        c_rows[:n_constrained],
+                        c_entries[:n_constrained],
                     )
                     rows_all.append(c_rows)
                     ind_all.append(c_inds)
@@ -156,6 +164,21 @@ class Matcher:
         """The flow columns :meth:`candidates` reads."""
         has_asn = any(len(layer.asn_values) for layer, _ in self.index.layers())
         return ["src_addr", "dst_addr"] + (["src_as", "dst_as"] if has_asn else [])
+
+    def find_columns(self) -> list[str]:
+        """The flow columns :meth:`find` reads with this index: :meth:`candidate_columns`, and the
+        ports, protocol and AS of constrained entries, the times of indicators with a validity window,
+        the ports of allowlist entries, where the index has any."""
+        layers = [layer for layer, _ in self.index.layers()]
+        extra = []
+        if any(len(layer.entry_ind) for layer in layers):
+            extra += ["src_port", "dst_port", "protocol", "src_as", "dst_as"]
+        if any(len(layer.valid_ind) for layer in layers):
+            extra += ["flow_end", "time_received"]
+        if len(self.index.allow_port):
+            extra += ["src_port", "dst_port"]
+        columns = self.candidate_columns()
+        return columns + [name for name in dict.fromkeys(extra) if name not in columns]
 
     def candidates(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
         """Sorted rows of ``batch`` that some index entry covers by address (or by AS, for AS
@@ -245,17 +268,15 @@ class Matcher:
         """Alert rows: the flow's columns, the side, the indicator's attributes (column-wise takes)."""
         ix = self.index
         rows, inds, sides = hits
-        take_rows, take_inds = pa.array(rows, type=pa.int64()), pa.array(inds, type=pa.int32())
+        take_rows = pa.array(rows, type=pa.int64())
         fields = [batch.schema.field(name) for name in FLOW_COLUMNS]
         columns = [batch.column(name).take(take_rows) for name in FLOW_COLUMNS]
         fields.append(pa.field("side", pa.string()))
         columns.append(SIDE_ARRAY.take(pa.array(sides, type=pa.int8())))
-        for name in ix.attributes.column_names:
-            column = ix.attributes.column(name).take(take_inds)
-            if pa.types.is_dictionary(column.type):  # stored encoded (see IndicatorIndex.build)
-                column = column.cast(column.type.value_type)
-            fields.append(pa.field(name, column.type))
-            columns.append(column)
+        attributes = ix.attributes.take(inds)  # read part by part, at the hits only
+        for name in attributes.column_names:
+            fields.append(attributes.schema.field(name))
+            columns.append(attributes.column(name))
         flows = pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=batch.schema.metadata))
         if self.geoip is not None:
             flows = self.geoip.enrich(flows)

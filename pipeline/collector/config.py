@@ -7,6 +7,8 @@ socket is opened instead of silently running with a default.
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +60,6 @@ class ReceiveConfig:
     """Receive buffer per datagram; larger datagrams are truncated and counted, never decoded."""
     allow_exporters: tuple[str, ...] = ()
     """Exporter CIDRs accepted; empty accepts everyone. Others are dropped and counted."""
-    reuse_port: bool = False
-    """SO_REUSEPORT on the listeners, for the collector's own worker processes sharing a port (the
-    kernel lets only processes of the same user join). Off: no other socket can bind the port."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +114,9 @@ class CollectorConfig:
     ``SHOAL_KAFKA_<KEY>`` environment variables override them (secrets)."""
     state_file: str = ""
     """Where templates and sampling state persist across restarts; default ``<parquet dir>/.shoal/``."""
+    workers: int | str = 1
+    """Collector processes sharing the listening ports (SO_REUSEPORT), each exporter hashed to one
+    of them; ``"auto"``: one per core this process may use. At most that many."""
 
     def validate(self) -> CollectorConfig:
         r, b, p, buf, m = self.receive, self.batch, self.parquet, self.buffer, self.metrics
@@ -147,14 +149,74 @@ class CollectorConfig:
                 raise ConfigError(message)
         if m.listen:
             Endpoint.parse(m.listen)
+        self._workers_wanted()
         return self
 
-    def state_path(self) -> Path | None:
+    def worker_count(self, cores: int | None = None) -> int:
+        """``workers`` as a number (``auto``: ``cores``, by default :func:`usable_cores`);
+        :class:`ConfigError` unless it is in 1..cores. (:meth:`validate` checks the form only, so
+        that a file loads the same on any machine; the command checks against the cores.)"""
+        cores = usable_cores() if cores is None else cores
+        wanted = self._workers_wanted()
+        if wanted is None:
+            return cores
+        if wanted > cores:
+            raise ConfigError(
+                f"workers: {wanted} is more than the {cores} core(s) this process may use "
+                f"(1..{cores}, or 'auto'); more workers than cores only compete for them"
+            )
+        return wanted
+
+    def _workers_wanted(self) -> int | None:
+        """The number of workers asked for, None for ``auto``."""
+        value = self.workers
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return None
+            if not text.lstrip("-").isdigit():
+                raise ConfigError(f"workers: {value!r} is not a number of workers or 'auto'")
+            value = int(text)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"workers: {value!r} is not a number of workers or 'auto'")
+        if value < 1:
+            raise ConfigError(f"workers: {value} is not a number of workers (1 or more, or 'auto')")
+        return value
+
+    def state_path(self, worker: int | None = None) -> Path | None:
+        """The decoder state file: one per worker (``decoder-state.w1``...) when there are several,
+        ``worker`` None for the single-process collector."""
         if self.state_file:
-            return Path(self.state_file)
-        if self.parquet.dir:
-            return Path(self.parquet.dir) / ".shoal" / "decoder-state"
-        return None
+            base = Path(self.state_file)
+        elif self.parquet.dir:
+            base = Path(self.parquet.dir) / ".shoal" / "decoder-state"
+        else:
+            return None
+        return base if worker is None else base.with_name(f"{base.name}.w{worker}")
+
+
+def usable_cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """Cores this process may run on: its CPU affinity, and no more than the cgroup v2 CPU limit
+    (``cpu.max``, rounded up) of its cgroup or any parent, which is what a container's CPU limit or
+    systemd's ``CPUQuota=`` set."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        line = next(x for x in self_cgroup.read_text().splitlines() if x.startswith("0::"))
+    except (OSError, StopIteration):
+        return cores
+    group = cgroup_root / line[3:].strip().lstrip("/")
+    for folder in (group, *group.parents):
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            pass
+        if folder == cgroup_root:
+            break
+    return cores
 
 
 def load_config(

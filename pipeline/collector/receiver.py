@@ -113,6 +113,43 @@ class ReceiveStats:
     errors: int = 0
 
 
+def open_listener(
+    endpoint: Endpoint, rcvbuf_bytes: int, reuse_port: bool = False, v6only: bool = True
+) -> socket.socket:
+    """A bound, non-blocking UDP socket for ``endpoint``.
+
+    ``reuse_port``: SO_REUSEPORT, so that the collector's own worker sockets can be bound to the same
+    port (the kernel admits only sockets of the same user into the group; the collector keeps every
+    other ``shoal collect`` out with a port claim, :mod:`pipeline.collector.workers`). Without it no
+    other socket can bind the port: no SO_REUSEADDR either, so another local user or a second
+    ``shoal collect`` cannot silently take the feed. ``v6only`` False: an IPv6 socket that also
+    receives IPv4 (dual-stack; senders come as IPv4 addresses)."""
+    family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # v6-only when 0.0.0.0 listens on the same port too; else dual-stack.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        _set_rcvbuf(sock, rcvbuf_bytes)
+        sock.bind((endpoint.host, endpoint.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    # SO_RCVBUFFORCE lets root exceed net.core.rmem_max; fall back to the capped option.
+    force = getattr(socket, "SO_RCVBUFFORCE", 33)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class BatchSocket:
     """One bound, non-blocking UDP socket and its reusable ``recvmmsg`` buffers."""
 
@@ -126,27 +163,17 @@ class BatchSocket:
         block_calls: int = 4,
         reuse_port: bool = False,
         v6only: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
-        """``reuse_port``: let sibling worker processes of the same collector (same user: the kernel
-        checks) bind the same port with SO_REUSEPORT and share its datagrams. Without it no other
-        socket can bind the port: no SO_REUSEADDR either, so another local user or a second
-        ``shoal collect`` cannot silently take the feed. ``v6only`` False: an IPv6 socket that also
-        receives IPv4 (dual-stack; senders come as IPv4 addresses)."""
+        """Binds ``endpoint`` with :func:`open_listener` (``reuse_port``, ``v6only``), or adopts
+        ``sock``, a listener already bound for it (a worker's share of a SO_REUSEPORT group)."""
         self.endpoint = endpoint
-        family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if reuse_port:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                # v6-only when 0.0.0.0 listens on the same port too; else dual-stack.
-                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-            self._set_rcvbuf(rcvbuf_bytes)
-            self.sock.bind((endpoint.host, endpoint.port))
-            self.sock.setblocking(False)
-        except OSError:
-            self.sock.close()
-            raise
+        if sock is None:
+            sock = open_listener(endpoint, rcvbuf_bytes, reuse_port, v6only)
+        else:
+            sock.setblocking(False)
+        self.sock = sock
+        family = sock.family
         self.batch = batch
         self.block_calls = block_calls
         """``recvmmsg`` calls :meth:`receive_block` may chain into one block (while each comes back full)."""
@@ -190,14 +217,6 @@ class BatchSocket:
         self.address: tuple[str, int] = tuple(self.sock.getsockname()[:2])
         self.rcvbuf: int = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         """SO_RCVBUF granted by the kernel."""
-
-    def _set_rcvbuf(self, size: int) -> None:
-        # SO_RCVBUFFORCE lets root exceed net.core.rmem_max; fall back to the capped option.
-        force = getattr(socket, "SO_RCVBUFFORCE", 33)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     @property
     def label(self) -> str:

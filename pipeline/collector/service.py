@@ -14,6 +14,10 @@ per template), so blocks of a few hundred datagrams cost 2-5x more per flow than
 
 ``stop()``: stop receiving (after draining what the kernel already queued), decode and flush every
 pending batch, close the sinks, persist templates. Nothing decoded is lost on a clean stop.
+
+With several workers (:mod:`pipeline.collector.workers`) each worker process runs one ``Collector``
+on its own share of the listening ports' SO_REUSEPORT groups (``listeners``), with its own decoder
+state file.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import ipaddress
 import logging
 import queue
 import selectors
+import socket
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +80,13 @@ class Allowlist:
         return verdict
 
 
+def v6only(endpoint: Endpoint, endpoints: Sequence[Endpoint]) -> bool:
+    """``[::]:PORT`` alone takes IPv4 exporters too (dual-stack); next to an IPv4 listener on the same
+    port (or bound to one address) an IPv6 listener is IPv6 only."""
+    v4_ports = {ep.port for ep in endpoints if not ep.family_v6}
+    return endpoint.host != "::" or endpoint.port in v4_ports
+
+
 class Collector:
     """Build without I/O; :meth:`start` binds and runs; :meth:`stop` drains and persists."""
 
@@ -84,10 +97,17 @@ class Collector:
         registry: CollectorRegistry | None = None,
         decoder: Any = None,
         datagram_type: Any = None,
+        worker: int | None = None,
+        listeners: Sequence[socket.socket] | None = None,
     ) -> None:
         """``decoder`` defaults to ``pipeline.decode.FlowDecoder`` built from ``config.decoder``; anything
-        with the same ``decode``/``expire``/``stats``/``save_state``/``load_state`` surface will do."""
+        with the same ``decode``/``expire``/``stats``/``save_state``/``load_state`` surface will do.
+        ``worker``: this collector's index among several worker processes (None: the only one);
+        ``listeners``: sockets already bound for ``config.receive.listen``, one per address in that
+        order (a worker's share of the port groups), instead of binding them at :meth:`start`."""
         self.config = config
+        self.worker = worker
+        self._listeners = list(listeners) if listeners is not None else None
         self.registry = registry if registry is not None else new_registry()
         buf = config.buffer
         self.sinks = [
@@ -135,17 +155,18 @@ class Collector:
         lost), restore the decoder's state, bind (``OSError``) and start the threads."""
         for sink in self.sinks:
             sink.check()
-        state = self.config.state_path()
-        if state is not None and state.exists():
+        for state in self.state_files():
             try:
                 self.decoder.load_state(state)
                 log.info("templates restored from %s", state)
             except Exception as exc:  # a corrupt state file must not prevent collecting
                 log.error("cannot restore decoder state from %s: %s", state, exc)
         rc = self.config.receive
-        v4_ports = {ep.port for ep in self.endpoints if not ep.family_v6}
+        given = self._listeners or [None] * len(self.endpoints)
+        if len(given) != len(self.endpoints):
+            raise ValueError(f"{len(given)} listeners given for {len(self.endpoints)} listen addresses")
         try:
-            for ep in self.endpoints:
+            for ep, sock in zip(self.endpoints, given, strict=True):
                 self.sockets.append(
                     BatchSocket(
                         ep,
@@ -154,10 +175,8 @@ class Collector:
                         rc.max_datagram,
                         self.config.metrics.max_exporters,
                         _BLOCK_CALLS,
-                        reuse_port=rc.reuse_port,
-                        # [::]:PORT alone takes IPv4 exporters too; next to an IPv4 listener on
-                        # the same port (or bound to one address) it is IPv6 only.
-                        v6only=ep.host != "::" or ep.port in v4_ports,
+                        v6only=v6only(ep, self.endpoints),
+                        sock=sock,
                     )
                 )
         except OSError:
@@ -182,7 +201,7 @@ class Collector:
             self._writer.join(timeout)
         for sink in self.sinks:
             sink.close()
-        state = self.config.state_path()
+        state = self.config.state_path(self.worker)
         if state is not None:
             try:
                 state.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +211,20 @@ class Collector:
         self.metrics.refresh()
         for s in self.sockets:
             s.close()
+
+    def state_files(self) -> list[Path]:
+        """Decoder state files to restore, every worker's: the kernel may hash an exporter to another
+        worker than before (after a reboot, or with another number of workers), and templates no
+        data uses here cost little (saved only up to a bound, and expired by their TTL). This
+        worker's own file comes last, so its templates win where two files disagree."""
+        own = self.config.state_path(self.worker)
+        if own is None:
+            return []
+        base = self.config.state_path()
+        assert base is not None
+        siblings = sorted(base.parent.glob(f"{base.name}.w[0-9]*"))
+        files = [f for f in [base, *siblings] if not f.name.endswith(".tmp") and f != own]
+        return [f for f in [*files, own] if f.is_file()]
 
     def summary(self) -> dict[str, int]:
         """Totals since start: what came in, what was decoded, what each sink took or dropped."""

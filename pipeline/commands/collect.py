@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.collector.config import CollectorConfig, ConfigError, load_config
 from pipeline.sinks.base import Sink, SinkError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.collector.service import Collector
+    from pipeline.metrics import Health
 
 log = logging.getLogger("shoal.collect")
 
@@ -28,12 +36,14 @@ def _parquet_sink(args: argparse.Namespace, config: CollectorConfig) -> Sink | N
     from pipeline.sinks.parquet import ParquetSink
 
     p = config.parquet
+    worker = getattr(args, "worker", None)
     return ParquetSink(
         p.dir,
         roll_seconds=p.roll_seconds,
         roll_bytes=p.roll_bytes,
         compression=p.compression,
         compression_level=p.compression_level,
+        tag="" if worker is None else f"w{worker}",
     )
 
 
@@ -45,7 +55,9 @@ def _kafka_sink(args: argparse.Namespace, config: CollectorConfig) -> Sink | Non
         return None
     from pipeline.sinks.kafka import KafkaSink
 
-    return KafkaSink(args.kafka, args.kafka_topic, args.registry, dict(config.kafka))
+    worker = getattr(args, "worker", None)
+    name = "" if worker is None else f"w{worker}"
+    return KafkaSink(args.kafka, args.kafka_topic, args.registry, dict(config.kafka), name)
 
 
 SINK_BUILDERS.append(("kafka", _kafka_sink))
@@ -56,7 +68,8 @@ them to the configured sinks. Settings come from, in increasing precedence: buil
 TOML file given with --config, environment variables SHOAL_COLLECT__<SECTION>__<KEY> (for example
 SHOAL_COLLECT__BATCH__MAX_ROWS=100000 or SHOAL_COLLECT__RECEIVE__ALLOW_EXPORTERS=10.0.0.0/8,2001:db8::/32),
 then these options. SIGINT/SIGTERM stop receiving, flush every pending batch, persist templates
-and exit 0. See docs/collector.md for the configuration file and router examples.
+and exit 0. With --workers N, N processes share the ports, each exporter hashed to one of them.
+See docs/collector.md for the configuration file, workers and router examples.
 """
 
 
@@ -105,6 +118,13 @@ def register(subparsers: Any) -> None:
         help="socket receive buffer (SO_RCVBUF) per listener. Overrides receive.rcvbuf_bytes.",
     )
     p.add_argument(
+        "--workers",
+        metavar="N",
+        help="collector processes sharing the listening ports (SO_REUSEPORT; the kernel hashes each "
+        "exporter to one of them), 1 to the number of cores, or 'auto' for one per core. "
+        "Overrides workers (default 1).",
+    )
+    p.add_argument(
         "--kafka",
         metavar="BOOTSTRAP",
         help="also send flow batches to Kafka (Arrow IPC per message, keyed by exporter). TLS/SASL and "
@@ -128,6 +148,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.setdefault("parquet", {})["dir"] = args.parquet
     if args.metrics:
         out.setdefault("metrics", {})["listen"] = args.metrics
+    if args.workers is not None:
+        out["workers"] = args.workers
     return out
 
 
@@ -145,29 +167,45 @@ def serve_metrics(registry: Any, listen: str, command: str, health: Any = None) 
     return True
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config, overrides=_overrides(args))
-    except ConfigError as exc:
-        log.error("configuration: %s", exc)
-        return 2
-    from pipeline.collector.service import Collector
-    from pipeline.metrics import Health, new_registry
+def build_sinks(args: argparse.Namespace, config: CollectorConfig) -> list[Sink]:
+    """Every configured sink (``args.worker``, if set, names them per worker)."""
+    return [s for _, build in SINK_BUILDERS if (s := build(args, config)) is not None]
 
-    registry = new_registry()
-    args.registry = registry
-    from confluent_kafka import KafkaException
 
-    try:
-        sinks = [s for _, build in SINK_BUILDERS if (s := build(args, config)) is not None]
-    except KafkaException as exc:  # e.g. an unknown librdkafka setting in [kafka] or SHOAL_KAFKA_*
-        log.error("kafka sink: %s", exc)
-        return 2
-    if not sinks:
-        log.error("no sink configured: give --parquet DIR or --kafka BOOTSTRAP")
-        return 2
+def readiness(collector: Collector, sinks: list[Sink]) -> Health:
+    """The collector's readiness checks: listening, and every sink that can tell reachable."""
+    from pipeline.metrics import Health
 
-    collector = Collector(config, sinks, registry)
+    health = Health()
+    health.add("listening", lambda: bool(collector.sockets))
+    for sink in sinks:
+        if hasattr(sink, "reachable"):
+            health.add(f"{sink.name} reachable", sink.reachable)
+    return health
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerBuild:
+    """What a worker process builds its collector from; crosses to the worker (picklable)."""
+
+    config: CollectorConfig
+    kafka: str | None
+    kafka_topic: str
+
+    def __call__(
+        self, worker: int, registry: CollectorRegistry, listeners: list[socket.socket]
+    ) -> tuple[Collector, Health]:
+        from pipeline.collector.service import Collector
+
+        args = argparse.Namespace(
+            kafka=self.kafka, kafka_topic=self.kafka_topic, registry=registry, worker=worker
+        )
+        sinks = build_sinks(args, self.config)
+        collector = Collector(self.config, sinks, registry, worker=worker, listeners=listeners)
+        return collector, readiness(collector, sinks)
+
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -176,14 +214,39 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    if config.metrics.listen:
-        health = Health()
-        health.add("listening", lambda: bool(collector.sockets))
-        for sink in sinks:
-            if hasattr(sink, "reachable"):
-                health.add(f"{sink.name} reachable", sink.reachable)
-        if not serve_metrics(registry, config.metrics.listen, "shoal collect", health):
-            return 1
+    return stop
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides=_overrides(args))
+        workers = config.worker_count()
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+    if workers > 1:
+        return _run_workers(args, config, workers)
+    from pipeline.collector.service import Collector
+    from pipeline.metrics import new_registry
+
+    registry = new_registry()
+    args.registry = registry
+    from confluent_kafka import KafkaException
+
+    try:
+        sinks = build_sinks(args, config)
+    except KafkaException as exc:  # e.g. an unknown librdkafka setting in [kafka] or SHOAL_KAFKA_*
+        log.error("kafka sink: %s", exc)
+        return 2
+    if not sinks:
+        log.error("no sink configured: give --parquet DIR or --kafka BOOTSTRAP")
+        return 2
+
+    collector = Collector(config, sinks, registry)
+    stop = _stop_on_signals()
+    health = readiness(collector, sinks)
+    if config.metrics.listen and not serve_metrics(registry, config.metrics.listen, "shoal collect", health):
+        return 1
     try:
         collector.start()
     except SinkError as exc:  # fail now rather than accept flows only to lose them
@@ -205,3 +268,45 @@ def run(args: argparse.Namespace) -> int:
     totals = " ".join(f"{k}={v}" for k, v in collector.summary().items())
     print(f"shoal collect: stopped: {totals}", flush=True)
     return 0
+
+
+def _run_workers(args: argparse.Namespace, config: CollectorConfig, workers: int) -> int:
+    """The supervisor of ``workers`` collector processes (pipeline.collector.workers)."""
+    from pipeline.collector.workers import Supervisor, WorkerFailed
+    from pipeline.metrics import Health, new_registry
+
+    if not config.parquet.dir and not args.kafka:
+        log.error("no sink configured: give --parquet DIR or --kafka BOOTSTRAP")
+        return 2
+    # [kafka] settings are a read-only mapping, which does not cross to a worker process
+    config = dataclasses.replace(config, kafka=dict(config.kafka))
+    registry = new_registry()
+    supervisor = Supervisor(config, WorkerBuild(config, args.kafka, args.kafka_topic), workers, registry)
+    stop = _stop_on_signals()
+    if config.metrics.listen:
+        health = Health()
+        health.add("workers", supervisor.health)
+        if not serve_metrics(registry, config.metrics.listen, "shoal collect", health):
+            return 1
+    try:
+        supervisor.start()
+    except WorkerFailed as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
+    print("shoal collect: listening on " + ", ".join(supervisor.labels), flush=True)
+    pids = ", ".join(str(w.process.pid) for w in supervisor.workers if w.process is not None)
+    print(f"shoal collect: {workers} workers (pids {pids})", flush=True)
+    failed = False
+    while not stop.wait(0.5):
+        try:
+            supervisor.check()
+        except WorkerFailed as exc:
+            log.error("%s", exc)
+            failed = True
+            break
+    totals = " ".join(f"{k}={v}" for k, v in supervisor.stop().items())
+    print(f"shoal collect: stopped: {totals}", flush=True)
+    return 1 if failed else 0

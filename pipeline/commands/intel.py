@@ -30,7 +30,16 @@ def register(subparsers: Any) -> None:
         q.add_argument("sources", nargs="+", metavar="SOURCE")
         q.add_argument("--min-confidence", type=int, default=0)
         q.add_argument("--all-attributes", action="store_true")
+        q.add_argument("--replace-old-layout", action="store_true",
+                       help="withdraw the topic's indicator/1 messages (one JSON indicator each) while publishing: "
+                            "converts a topic of the old layout in place (docs/kafka.md, 'Migrating')")  # fmt: skip
     publish.set_defaults(func=run_publish)
+    withdraw = sub.add_parser(
+        "withdraw", help="delete feeds from the Kafka indicators topic (workers drop them)"
+    )
+    add_kafka_args(withdraw)
+    withdraw.add_argument("feeds", nargs="+", metavar="FEED", help="a source as it was published")
+    withdraw.set_defaults(func=run_withdraw)
     sync.add_argument("--every", type=float, default=300.0, metavar="SECONDS", help="default %(default)s")
     sync.add_argument("--metrics", default="", metavar="HOST:PORT",
                       help="serve /metrics, /healthz, /readyz here (no host: 127.0.0.1)")  # fmt: skip
@@ -138,18 +147,22 @@ def _publish_once(args: argparse.Namespace, config: Any, metrics: Any = None) ->
         for error in load.errors:
             print(f"{load.source}: error: {error}")
     try:
-        reports = publish(config.connection(args.kafka), topic, loads)
+        reports = publish(
+            config.connection(args.kafka), topic, loads, replace_old_layout=args.replace_old_layout
+        )
     except (KafkaException, TimeoutError) as exc:
         print(f"shoal intel: publishing to {topic} failed: {exc}")
         for spec in specs if metrics else ():
             metrics.outcome(spec, "publish_error")
         return 1
     for spec, load in zip(specs, loads, strict=True) if metrics else ():
-        metrics.outcome(spec, "ok", len(load.indicators))
+        metrics.outcome(spec, "ok", load.count)
     for r in reports:
-        print(
-            f"{r.feed}: {r.new} new, {r.changed} changed, {r.withdrawn} withdrawn, {r.unchanged} unchanged -> {topic}"
-        )
+        for error in r.errors:
+            print(f"{r.feed}: error: {error}")
+        sent = f" ({r.mode}: {r.messages} messages, {r.bytes / 1e3:,.0f} kB)" if r.messages else ""
+        print(f"{r.feed}: {r.new} new, {r.changed} changed, {r.withdrawn} withdrawn, {r.unchanged} unchanged "
+              f"-> {topic}{sent}")  # fmt: skip
     return status
 
 
@@ -159,6 +172,25 @@ def run_publish(args: argparse.Namespace) -> int:
     config = streams_config(args)
     preflight(config.connection(args.kafka))
     return _publish_once(args, config)
+
+
+def run_withdraw(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from pipeline.transport.access import preflight
+    from pipeline.transport.indicators import withdraw
+
+    config = streams_config(args)
+    preflight(config.connection(args.kafka))
+    topic = config.topics.indicators.name
+    try:
+        held = withdraw(config.connection(args.kafka), topic, args.feeds)
+    except (KafkaException, TimeoutError) as exc:
+        print(f"shoal intel: withdrawing from {topic} failed: {exc}")
+        return 1
+    for feed in args.feeds:
+        print(f"{feed}: {held[feed]} withdrawn from {topic}" if feed in held else f"{feed}: not on {topic}")
+    return 0 if len(held) == len(args.feeds) else 1
 
 
 def run_sync(args: argparse.Namespace) -> int:

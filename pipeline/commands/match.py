@@ -13,10 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
+
+    from detectors.matcher import Matcher
+    from pipeline.retro import Reads
 
 HELP = """\
 Read flows archived by `shoal collect` (a Parquet file, a directory such as the collector's output,
@@ -125,7 +127,7 @@ def flow_files(pattern: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from detectors.matcher import FLOW_COLUMNS, Matcher
     from pipeline.retro import ScanProgress, ScanStats, TimeWindow, WindowError, plan_archive, scan_archive
-    from pipeline.retro.alerts import alert_records
+    from pipeline.retro.alerts import alert_lines
     from pipeline.runtime.matching import match_rows
 
     try:
@@ -152,16 +154,14 @@ def run(args: argparse.Namespace) -> int:
     write = out.buffer.write if out is sys.stdout else out.write
     progress = ScanProgress(plans)
     hits, dropped, closed = 0, [0, 0], False
-    flows = scan_archive(
-        plans, columns, matcher.candidate_columns(), matcher.candidates, window, stats, progress
-    )
+    flows = scan_archive(plans, hunt_reads(matcher, columns), window, stats, progress)
     try:
         for batch in rebatch(flows, MATCH_ROWS):
-            alerts, bad_flows, bad_alerts = match_rows(matcher.match, batch, alert_records)
+            alerts, bad_flows, bad_alerts = match_rows(matcher.match, batch, alert_lines)
             dropped[0], dropped[1] = dropped[0] + bad_flows, dropped[1] + bad_alerts
             if alerts:
                 try:
-                    write(b"".join(orjson.dumps(alert, default=str) + b"\n" for alert in alerts))
+                    write(b"".join(alerts))
                 except BrokenPipeError:  # `shoal match ... --alerts - | head`: the reader has gone
                     closed = True
                     break
@@ -188,6 +188,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"shoal match: {len(stats.files_skipped)} of {len(files)} files skipped", file=sys.stderr)
         return 2 if not stats.files_read else 1
     return 0
+
+
+def hunt_reads(matcher: Matcher, columns: list[str]) -> Reads:
+    """What the scan decodes for ``matcher``: the candidate columns of every flow; when the matcher's
+    ``find`` reads more (ports, times, AS for constrained, time-bound or allowlisted indicators), those
+    of the candidates, then the rest only for the flows ``find`` confirms (a list of IP|port entries
+    names addresses that carry much traffic on other ports)."""
+    import numpy as np
+
+    from detectors.matcher import Matcher
+    from pipeline.retro import Reads
+
+    find_columns = matcher.find_columns()
+    candidate_columns = matcher.candidate_columns()
+    if set(find_columns) <= set(candidate_columns):  # every candidate hits, or is told apart by its addresses
+        return Reads(columns, candidate_columns, matcher.candidates)
+    confirmer = Matcher(matcher.index, matcher.geoip)  # counts apart: the alerts' matcher counts hits once
+
+    def confirm(batch: pa.RecordBatch) -> np.ndarray:
+        try:
+            return np.unique(confirmer.find(batch).rows)
+        except Exception:  # matched again downstream, where failing rows are isolated and counted
+            return np.arange(batch.num_rows)
+
+    return Reads(columns, candidate_columns, matcher.candidates, find_columns, confirm)
 
 
 def rebatch(batches: Iterator[pa.RecordBatch], rows: int, seconds: float = 1.0) -> Iterator[pa.RecordBatch]:
@@ -230,14 +255,14 @@ def report(
     s = matcher.stats
     print(f"shoal match: {stats.flows_read} flows scanned, {hits} hits, {sum(s.suppressed.values())} suppressed by "
           f"allowlists, {s.inactive} on indicators not valid at the flow's time", file=sys.stderr)  # fmt: skip
-    files, groups = "", ""
+    files, steps = "", [f"{stats.candidates} candidates"]
     if window.bounded:
         files = f" ({stats.files_pruned} outside the window by their date=/hour= folder)"
-        groups = (f"{stats.row_groups_pruned} outside the window by their receipt-time statistics; "
-                  f"{stats.row_groups_fetched} decoded whole for {stats.in_window} candidate flows in the "
-                  f"window of {stats.candidates}")  # fmt: skip
-    else:
-        groups = f"{stats.row_groups_fetched} decoded whole for {stats.candidates} candidate flows"
+        steps.append(f"{stats.in_window} in the window")
+    if stats.confirming:
+        steps.append(f"{stats.confirmed} confirmed by find")
+    groups = (f"{stats.row_groups_pruned} outside the window by their receipt-time statistics; " if window.bounded
+              else "") + f"{stats.row_groups_fetched} decoded whole for {stats.flows_kept} flows: {', '.join(steps)}"  # fmt: skip
     print(f"shoal match: read {stats.files_read} of {stats.files} files{files}, {stats.row_groups_read} of "
           f"{stats.row_groups} row groups ({groups})", file=sys.stderr)  # fmt: skip
     load_s, scan_s, scan_cpu = timing
@@ -245,7 +270,7 @@ def report(
     print(f"shoal match: intel loaded and indexed in {load_s:.2f} s; scan {scan_s:.2f} s, {scan_cpu:.2f} CPU-s{rate}",
           file=sys.stderr)  # fmt: skip
     for load in loads:
-        print(f"  {load.source}: {len(load.indicators)} indicators, unsupported {dict(load.unsupported)}, "
+        print(f"  {load.source}: {load.count} indicators, unsupported {dict(load.unsupported)}, "
               f"skipped {dict(load.skipped)}, errors {len(load.errors)}", file=sys.stderr)  # fmt: skip
     for source, count in sorted(s.hits.items()):
         print(f"  hits from {source}: {count}", file=sys.stderr)

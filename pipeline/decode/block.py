@@ -218,6 +218,7 @@ class BlockWalker:
                 end = r
                 break
             refreshed.append((r, known))
+        end = self._sequence_room(streams, stream_of, end)
         stream_of, template_of, version = stream_of[:end], template_of[:end], version[:end]
         size = hdr.size[first : first + end]
         record_length = np.array([t.record_length or 1 if t is not None else 1 for t in templates])
@@ -237,7 +238,8 @@ class BlockWalker:
         packets = self.stats.packets
         per_stream = np.bincount(stream_of, minlength=len(streams)).tolist()
         by_sequence: dict[tuple[str, int, int], list[int]] = {}
-        for s, (tkey, _, pkey) in enumerate(streams):
+        for s in _by_first_row(stream_of, len(streams)):
+            tkey, _, pkey = streams[s]
             if per_stream[s]:
                 packets[pkey] = packets.get(pkey, 0) + per_stream[s]
                 by_sequence.setdefault((tkey[0], tkey[2], tkey[3]), []).append(s)
@@ -318,6 +320,28 @@ class BlockWalker:
             self.budget.spend(name, int(count[mine[mine < end]].sum()))
         return end
 
+    def _sequence_room(self, streams: list[StreamEntry], stream_of: np.ndarray, end: int) -> int:
+        """Rows up to the first whose new sequence space would evict another's at ``max_streams``:
+        that row takes the per-packet walk, so evictions fall on the streams they would packet by
+        packet (a run checks its packets at once, so it cannot interleave with an eviction)."""
+        expected = self.sequence.expected
+        room = self.sequence.max_streams - len(expected)
+        if len(streams) <= room or end == 0:
+            return end
+        seen: set[tuple[str, int, int]] = set()
+        first_row = _first_rows(stream_of[:end], len(streams))
+        for s in np.argsort(first_row, kind="stable").tolist():
+            if first_row[s] >= end:
+                break
+            tkey = streams[s][0]
+            skey = (tkey[0], tkey[2], tkey[3])
+            if skey in expected or skey in seen:
+                continue
+            if len(seen) == room:
+                return int(first_row[s])
+            seen.add(skey)
+        return end
+
     def _refresh_of(
         self, tkey: TemplateKey, version: int, data: np.ndarray, row: int, hdr: BlockHeaders
     ) -> tuple[Template, ...] | None:
@@ -358,6 +382,21 @@ class BlockWalker:
             run = Run(hdr, tkey[3], sysinit, rate, **rows)
         template.last_used = hdr.received
         self.groups.group(template, dkey).pieces.append(run)
+
+
+def _first_rows(stream_of: np.ndarray, n: int) -> np.ndarray:
+    """The first row of each of ``n`` streams (``len(stream_of)`` for one without rows)."""
+    first_row = np.full(n, len(stream_of), dtype=np.intp)
+    np.minimum.at(first_row, stream_of, np.arange(len(stream_of)))
+    return first_row
+
+
+def _by_first_row(stream_of: np.ndarray, n: int) -> list[int]:
+    """Streams in order of their first row: new per-stream state and counters are then created in
+    the order the per-packet walk creates them (bounded maps evict, and fold, by that order)."""
+    if n == 1:
+        return [0]
+    return np.argsort(_first_rows(stream_of, n), kind="stable").tolist()
 
 
 def _distinct(keys: np.ndarray, values_only: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -96,11 +96,11 @@ def _network_bytes(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return words.view(np.uint8).reshape(-1, 16)
 
 
-def _strings(src: np.ndarray, spans: np.ndarray, collapse: np.ndarray, prefix: bytes = b"") -> pa.Array:
+def _strings(src: np.ndarray, spans: np.ndarray, collapse: np.ndarray) -> pa.Array:
     """An Arrow string array of byte spans of ``src`` (span start < 0: null)."""
     n = len(spans)
     offsets = np.empty(n + 1, np.int64)
-    head = np.frombuffer(prefix, np.uint8) if prefix else np.empty(0, np.uint8)
+    head = np.empty(0, np.uint8)
     size = textscan.gather(src, spans, collapse, head, offsets, np.empty(0, np.uint8))
     data = np.empty(size, np.uint8)
     textscan.gather(src, spans, collapse, head, offsets, data)
@@ -160,8 +160,8 @@ def _scan_block(
     no_collapse = np.zeros(len(keep), bool)
     table = IndicatorTable.from_columns(
         _network_bytes(rows.hi[keep], rows.lo[keep]), rows.prefix[keep], rows.version[keep], rows.port[keep],
-        ids=_strings(src, entry, no_collapse, f"{path.name}:".encode()), values=_strings(src, entry, no_collapse),
-        source=path.stem, names=_strings(src, rows.name[keep], rows.collapse[keep]),
+        values=_strings(src, entry, no_collapse), source=path.stem, id_prefix=f"{path.name}:",
+        names=_strings(src, rows.name[keep], rows.collapse[keep]),
     )  # fmt: skip
     return table, lines
 
@@ -293,11 +293,10 @@ def _csv_batch(load: IntelLoad, path: Path, batch: pa.RecordBatch, value_column:
             load.errors.append(f"{path}:{number + r}: {exc}")
             ok[r] = False
     keep = np.flatnonzero(ok)
-    values = text.cast(pa.string()).take(pa.array(keep))
-    ids = pc.binary_join_element_wise(pa.scalar(f"{path.name}:"), values, "")
+    values = text.cast(pa.string()) if len(keep) == n else text.cast(pa.string()).take(pa.array(keep))
     return IndicatorTable.from_columns(_network_bytes(rows.hi[keep], rows.lo[keep]), rows.prefix[keep],
-                                       rows.version[keep], rows.port[keep], ids=ids, values=values,
-                                       source=path.stem)  # fmt: skip
+                                       rows.version[keep], rows.port[keep], values=values, source=path.stem,
+                                       id_prefix=f"{path.name}:")  # fmt: skip
 
 
 def _load_csv_rows(path: Path, value_column: str, port_column: str | None) -> IntelLoad:

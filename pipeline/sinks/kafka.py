@@ -30,8 +30,15 @@ class KafkaSink:
     name = "kafka"
 
     def __init__(
-        self, bootstrap: str, topic: str, registry: CollectorRegistry, settings: dict[str, Any] | None = None
+        self,
+        bootstrap: str,
+        topic: str,
+        registry: CollectorRegistry,
+        settings: dict[str, Any] | None = None,
+        worker: str = "",
     ) -> None:
+        """``worker``: a collector worker's name (``w1``...), appended to the producer's ``client.id``
+        so that the brokers (quotas, logs) tell the workers' producers apart."""
         self.topic = topic
         config = {
             "bootstrap.servers": bootstrap,
@@ -46,6 +53,8 @@ class KafkaSink:
             **(settings or {}),
             **client_settings(),
         }
+        if worker:
+            config["client.id"] = f"{config.get('client.id', 'shoal-collect')}-{worker}"
         self.connection = KafkaConnection(
             bootstrap, {k: v for k, v in config.items() if k != "bootstrap.servers"}
         )

@@ -60,8 +60,12 @@ class ParquetSink:
         schema: pa.Schema = FLOW_SCHEMA,
         time_column: str = "time_received",
         name: str = "parquet",
+        tag: str = "",
     ) -> None:
+        """``tag``: part of every file name (a collector worker's ``w1``...), so that several writers
+        into one directory never clash and each file says which one wrote it."""
         self.name = name
+        self.tag = tag
         self.directory = Path(directory)
         self.roll_seconds = roll_seconds
         self.roll_bytes = roll_bytes
@@ -167,7 +171,8 @@ class ParquetSink:
     def _path_for(self, hour: int) -> tuple[Path, Path]:
         stamp = time.gmtime(hour * 3600)
         folder = self.directory / f"date={time.strftime('%Y-%m-%d', stamp)}" / f"hour={stamp.tm_hour:02d}"
-        name = f"flows-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
+        tag = f"{self.tag}-" if self.tag else ""
+        name = f"flows-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{tag}{uuid.uuid4().hex[:12]}.parquet"
         return folder / f".{name}.tmp", folder / name
 
     def _write_part(self, hour: int, part: pa.RecordBatch) -> None:

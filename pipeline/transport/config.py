@@ -48,7 +48,7 @@ class AlertsTopic(TopicConfig):
 
 @dataclass(frozen=True)
 class IndicatorsTopic(TopicConfig):
-    name: str = "shoal.indicators.v1"
+    name: str = "shoal.indicators.v2"
     partitions: int = 1
     """One partition keeps every change in one order and makes a full read cheap."""
     compact: bool = True

@@ -1,21 +1,18 @@
-"""Indicators topic: the intel every detection worker matches against, as a compacted topic.
+"""Indicators topic I/O: the intel every detection worker matches against, as a compacted topic.
 
-Key = indicator id (STIX id, MISP attribute uuid, list source + value); value = the normalised
-indicator as JSON (``schemas/indicator/v1.json``) plus ``feed``, the source it was published from, so a
-re-publish of that source can withdraw what the source no longer holds. A null value (tombstone)
-withdraws an indicator: revoked, expired, or gone from its feed. Compaction keeps the latest value per
-key, so reading the topic from the beginning yields the current intel; every worker reads it whole and
-so builds the same index.
+The layout (schema ``indicators/2``: per feed a manifest and Arrow IPC chunks, deltas for small
+changes) is :mod:`pipeline.intel.chunks`; reading it is :class:`pipeline.intel.topic.TopicState`;
+what a publish sends is :mod:`pipeline.intel.publish_plan`. Every worker reads the topic whole from
+the beginning and so builds the same index; ``shoal intel publish`` / ``sync`` read it too, to send
+only what changed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any
 
 from confluent_kafka import (
@@ -28,71 +25,45 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from pipeline.intel.chunks import OLD_SCHEMA_VALUE, SCHEMA_HEADER, SCHEMA_VALUE, chunk_key, manifest_key
 from pipeline.intel.load import IntelLoad
-from pipeline.intel.model import Indicator
+from pipeline.intel.progress import Progress
+from pipeline.intel.publish_plan import PublishReport, plan
+from pipeline.intel.topic import TopicState
 from pipeline.transport.access import denied, is_denied
 from pipeline.transport.client import KafkaConnection, connection
 
 log = logging.getLogger(__name__)
 
-SCHEMA_HEADER = "shoal-schema"
-INDICATOR_SCHEMA_VALUE = b"indicator/1"
+__all__ = [
+    "IndicatorTopicError",
+    "PublishReport",
+    "assign_from_beginning",
+    "publish",
+    "read_state",
+    "read_to_end",
+]
+
+READER_SETTINGS = {
+    "enable.auto.commit": False,
+    "max.partition.fetch.bytes": 8 << 20,
+    "fetch.max.bytes": 64 << 20,
+}
+"""Readers fetch up to 8 MiB a partition at a time: a topic of ~1 MB chunks reads in few round trips."""
 
 
-class IndicatorMessageError(ValueError):
-    """An indicators-topic message Shoal cannot read; the message names the key."""
+class IndicatorTopicError(KafkaException):
+    """The indicators topic cannot be used as it is (it holds the old layout). A KafkaException, so
+    every command that stops on Kafka errors stops on this one with its message."""
 
 
-def encode_indicator(indicator: Indicator, feed: str) -> bytes:
-    """Canonical JSON (sorted keys), so an unchanged indicator encodes to the same bytes."""
-    return json.dumps({**indicator.to_dict(), "feed": feed}, sort_keys=True, separators=(",", ":")).encode()
-
-
-def decode_indicator(key: bytes | None, value: bytes) -> tuple[str, Indicator]:
-    """(feed, indicator) of one message; the key must be the indicator's id."""
-    name = key.decode(errors="replace") if key else "<no key>"
-    try:
-        data = json.loads(value)
-        feed = str(data.pop("feed"))
-        indicator = Indicator.from_dict(data)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise IndicatorMessageError(f"indicator {name}: {type(exc).__name__}: {exc}") from None
-    if indicator.id != name:
-        raise IndicatorMessageError(f"indicator {name}: key and id {indicator.id!r} differ")
-    return feed, indicator
-
-
-@dataclass
-class IndicatorState:
-    """The current content of the indicators topic, as applied message by message."""
-
-    raw: dict[str, bytes] = field(default_factory=dict)
-    indicators: dict[str, Indicator] = field(default_factory=dict)
-    feeds: dict[str, str] = field(default_factory=dict)
-    errors: int = 0
-
-    def apply(self, key: bytes | None, value: bytes | None) -> bool:
-        """Apply one message; returns whether the state changed. Bad messages are logged, counted
-        and leave the state as it was."""
-        if key is None:
-            self.errors += 1
-            log.warning("indicators topic: message without a key skipped")
-            return False
-        name = key.decode(errors="replace")
-        if value is None:
-            self.raw.pop(name, None)
-            self.feeds.pop(name, None)
-            return self.indicators.pop(name, None) is not None
-        if self.raw.get(name) == value:
-            return False
-        try:
-            feed, indicator = decode_indicator(key, value)
-        except IndicatorMessageError as exc:
-            self.errors += 1
-            log.warning("indicators topic: %s", exc)
-            return False
-        self.raw[name], self.indicators[name], self.feeds[name] = value, indicator, feed
-        return True
+def old_layout_error(topic: str, count: int) -> IndicatorTopicError:
+    return IndicatorTopicError(
+        f"topic {topic} holds {count:,} indicators in the old layout ({OLD_SCHEMA_VALUE.decode()}, one JSON "
+        f"message each), which this version does not read: publish to a new topic (the default is now "
+        f"shoal.indicators.v2; `shoal topics create`), or convert this one with `shoal intel publish "
+        f"--replace-old-layout` (docs/kafka.md, 'Migrating')"
+    )
 
 
 def assign_from_beginning(
@@ -118,8 +89,9 @@ def assign_from_beginning(
 def read_to_end(
     consumer: Consumer,
     ends: list[TopicPartition],
-    on_message: Callable[[Message], None],
+    on_message: Callable[[Message], Any],
     timeout: float = 60.0,
+    progress: Progress | None = None,
 ) -> None:
     """Consume until every partition reached the end offset it had when assigned."""
     remaining = {tp.partition: tp.offset for tp in ends if tp.offset > 0}
@@ -135,88 +107,87 @@ def read_to_end(
                 (log.debug if quiet else log.warning)("indicators topic: %s", msg.error())
                 continue
             on_message(msg)
+            if progress is not None:
+                progress.update(len(msg.value() or b""))
             if msg.partition() in remaining and msg.offset() + 1 >= remaining[msg.partition()]:
                 del remaining[msg.partition()]
 
 
-def read_state(kafka: KafkaConnection | str, topic: str) -> IndicatorState:
-    """The topic's current content, read once from the beginning."""
-    consumer = Consumer(connection(kafka).config(**{"group.id": f"shoal-reader-{uuid.uuid4().hex}",
-                                                    "enable.auto.commit": False}))  # fmt: skip
-    state = IndicatorState()
+def reader(kafka: KafkaConnection | str, prefix: str = "shoal-reader") -> Consumer:
+    return Consumer(
+        connection(kafka).config(**{"group.id": f"{prefix}-{uuid.uuid4().hex}", **READER_SETTINGS})
+    )
+
+
+def read_state(
+    kafka: KafkaConnection | str, topic: str, feeds: Collection[str] | None = None, timeout: float = 120.0
+) -> TopicState:
+    """The topic's current content, read once from the beginning (``feeds``: decode only these
+    feeds' chunks). Old-layout messages are set apart in ``old_layout``, not refused here."""
+    consumer = reader(kafka)
+    state = TopicState(feeds)
     try:
-        read_to_end(
-            consumer,
-            assign_from_beginning(consumer, topic, kafka=kafka),
-            lambda m: state.apply(m.key(), m.value()),
-        )
+        with Progress(topic, None) as progress:
+            read_to_end(consumer, assign_from_beginning(consumer, topic, kafka=kafka),
+                        lambda m: state.apply(m.key(), m.value(), m.headers()), timeout, progress)  # fmt: skip
     finally:
         consumer.close()
     return state
 
 
-@dataclass
-class PublishReport:
-    feed: str
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    withdrawn: int = 0
+def _produce(
+    kafka: KafkaConnection | str, topic: str, messages: list[tuple[bytes, bytes | None]], timeout: float
+) -> None:
+    """Send ``messages`` in order, in partition 0: a reader meets every chunk before the manifest naming it."""
+    producer = Producer(connection(kafka).config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                                                    "compression.type": "none"}))  # fmt: skip
+    failures: list[Any] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err)
+
+    headers = [(SCHEMA_HEADER, SCHEMA_VALUE)]
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key=key, partition=0, headers=headers, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(timeout) or failures:
+        raise KafkaException(f"indicators topic: {len(failures)} failed, not all delivered: {failures[:3]}")
 
 
-def plan(
-    state: IndicatorState, loads: Iterable[IntelLoad]
-) -> tuple[list[tuple[str, bytes | None]], list[PublishReport]]:
-    """The messages that bring the topic from ``state`` to ``loads``: new and changed indicators,
-    and tombstones for what each feed no longer holds (its loader dropped revoked or expired items)."""
-    messages: list[tuple[str, bytes | None]] = []
-    reports = []
-    for load in loads:
-        report = PublishReport(load.source)
-        wanted: dict[str, bytes] = {}
-        for indicator in load.indicators:
-            if not indicator.revoked:
-                wanted[indicator.id] = encode_indicator(indicator, load.source)
-        for key, value in wanted.items():
-            old = state.raw.get(key)
-            if old == value:
-                report.unchanged += 1
-                continue
-            report.new += old is None
-            report.changed += old is not None
-            messages.append((key, value))
-        for key, feed in state.feeds.items():
-            if feed == load.source and key not in wanted:
-                report.withdrawn += 1
-                messages.append((key, None))
-        reports.append(report)
-    return messages, reports
+def withdraw(
+    kafka: KafkaConnection | str, topic: str, feeds: list[str], timeout: float = 120.0
+) -> dict[str, int]:
+    """Delete ``feeds`` from the topic (their manifests and chunks, as tombstones); returns the
+    indicators each held (a feed not on the topic: absent)."""
+    state = read_state(kafka, topic, feeds)
+    held = {feed: state.manifests[feed].indicators for feed in feeds if feed in state.manifests}
+    messages = [(manifest_key(feed), None) for feed in held]
+    messages += [(chunk_key(d), None) for d, feed in sorted(state.chunk_feeds.items()) if feed in set(feeds)]
+    if messages:
+        _produce(kafka, topic, messages, timeout)
+    return held
 
 
 def publish(
-    kafka: KafkaConnection | str, topic: str, loads: list[IntelLoad], timeout: float = 60.0
+    kafka: KafkaConnection | str,
+    topic: str,
+    loads: list[IntelLoad],
+    timeout: float = 120.0,
+    replace_old_layout: bool = False,
 ) -> list[PublishReport]:
-    """Publish the differences between ``loads`` and the topic; an unchanged source produces nothing."""
-    messages, reports = plan(read_state(kafka, topic), loads)
+    """Send what differs between ``loads`` and the topic (an unchanged feed: nothing), in one
+    partition, chunks before the manifest naming them. ``replace_old_layout``: withdraw the topic's
+    indicator/1 messages too (otherwise their presence stops the publish)."""
+    state = read_state(kafka, topic, {load.source for load in loads})
+    if state.old_layout and not replace_old_layout:
+        raise old_layout_error(topic, len(state.old_layout))
+    messages, reports = plan(state, loads)
+    messages += [(key.encode(), None) for key in sorted(state.old_layout)]
     if messages:
-        producer = Producer(connection(kafka).config(**{"enable.idempotence": True, "acks": "all",
-                                                        "linger.ms": 20}))  # fmt: skip
-        failures: list[Any] = []
-
-        def report(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(err)
-
-        headers = [(SCHEMA_HEADER, INDICATOR_SCHEMA_VALUE)]
-        for key, value in messages:
-            while True:
-                try:
-                    producer.produce(topic, value, key=key.encode(), headers=headers, on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        if producer.flush(timeout) or failures:
-            raise KafkaException(
-                f"indicators topic: {len(failures)} failed, not all delivered: {failures[:3]}"
-            )
+        _produce(kafka, topic, messages, timeout)
     return reports

@@ -20,7 +20,7 @@ from decode_packets import (
     v9,
     v9_sampling_options,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.netflow import NetflowHeader, NetflowHeaderV5, NetflowRecordV5
 
@@ -285,6 +285,14 @@ def ipfix_variable_data(tid: int, names: list[bytes], seq: int) -> bytes:
     st.lists(st.integers(1, 12), min_size=1, max_size=6),
     st.integers(0, 12),
     st.integers(1, 3),
+)
+@example(  # new streams past max_streams within one fast stretch: evictions fall packet by packet
+    packets=[(0, [], False)] * 3
+    + [(0, [], True), (2, [], False), (1, [], False)]
+    + [(2, [], True), (0, [], False), (2, [], False)],
+    cuts=[3],
+    budget=1,
+    max_streams=2,
 )
 def test_variable_length_rows_and_their_budget_match_the_per_packet_walk(
     packets: list[tuple[int, list[bytes], bool]], cuts: list[int], budget: int, max_streams: int

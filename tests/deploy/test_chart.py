@@ -139,6 +139,8 @@ def _with(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess
         ({"share": {"enabled": True}}, "share.enabled needs share.policyToml"),
         ({"share": {"replicas": 2}}, "at '/share': additional properties 'replicas' not allowed"),
         ({"share": {"secretEnv": [{"env": "KEY", "secret": "s"}]}}, "missing property 'key'"),
+        ({"collector": {"workers": 0}}, "at '/collector/workers'"),
+        ({"collector": {"workers": "many"}}, "at '/collector/workers'"),
     ],
     ids=[
         "unknown-key",
@@ -154,6 +156,8 @@ def _with(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess
         "share-without-policy",
         "share-replicas",
         "share-secret-incomplete",
+        "collector-workers-zero",
+        "collector-workers-word",
     ],
 )
 def test_bad_values_are_rejected(values: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -242,6 +246,7 @@ def test_rendered_commands_and_configuration_are_what_shoal_accepts(options: str
     assert collector.metrics.listen.endswith(f":{values.get('metricsPort', 9108)}")
     expected_exporters = values.get("collector", {}).get("allowExporters", [])
     assert [str(n) for n in collector.receive.allow_exporters] == expected_exporters
+    assert collector.worker_count(cores=64) == values.get("collector", {}).get("workers", 1)
     streams = load_streams_config(str(tmp_path / "streams.toml"))
     assert streams.topics.flows.partitions == values.get("topics", {}).get("flows", {}).get("partitions", 6)
     assert streams.detect.group == values.get("detect", {}).get("group", "shoal-detect")

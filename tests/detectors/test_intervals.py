@@ -97,3 +97,26 @@ def test_untouched_blocks_cost_no_memory() -> None:
     resident = resident_bytes(table.level1)  # before any read maps the zero page
     assert resident is not None and 0 < resident <= 4 * 2**20
     assert np.count_nonzero(table.level1) == 2
+
+
+def test_many_nested_and_crowded_ranges_equal_brute_force() -> None:
+    """Thousands of ranges in a few /16s (nested /16-/32s, crowded /24s, a range to the last address):
+    the compiled build's galloping searches and block tiers against a vectorised brute force."""
+    rng = np.random.default_rng(14)
+    base = np.uint64(0x0A000000)
+    prefix = rng.choice([16, 20, 24, 26, 28, 30, 31, 32, 32, 32, 32, 32], 3000)
+    first = (base + rng.integers(0, 1 << 18, 3000).astype(np.uint64)) & ~(
+        (np.uint64(1) << (32 - prefix).astype(np.uint64)) - np.uint64(1)
+    )
+    last = first | ((np.uint64(1) << (32 - prefix).astype(np.uint64)) - np.uint64(1))
+    crowded = np.arange(0x0A000500, 0x0A000600, 5, dtype=np.uint64)  # one /24 of 52 /32s: a dense block
+    first = np.concatenate([first, crowded, [0xFFFFFF00, 0]]).astype(np.uint64)
+    last = np.concatenate([last, crowded, [0xFFFFFFFF, 0x0A0000FF]]).astype(np.uint64)
+    table = V4Intervals.build(first, last, np.arange(len(first), dtype=np.int32))
+    assert len(table.tier_base) == 2 and all(len(b) for b in table.tier_base)  # every tier used
+    keys = np.unique(np.concatenate([first, last, last + np.uint64(1), first - np.uint64(1),
+                                     rng.integers(0x0A000000, 0x0A040000, 20_000).astype(np.uint64)]))  # fmt: skip
+    keys = keys[keys < 2**32].astype(np.uint32)
+    inside = (keys[:, None] >= first[None, :]) & (keys[:, None] <= last[None, :])
+    rows, ranges = np.nonzero(inside)
+    assert found(table, keys) == set(zip(rows.tolist(), ranges.tolist(), strict=True))

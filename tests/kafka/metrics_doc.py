@@ -29,8 +29,9 @@ their name, later ones count as `other`), `feed` by the first 64 intel feeds see
 `tlp` by the TLP 2.0 levels plus `none`, `listener`, `sink`, `topic` and `source` by the command's own
 configuration, `partition` by the flows topic's partitions, `reason`, `outcome`, `version` and
 `domain` by the code (decoder reasons, observation domains are capped by the decoder's template
-limits), `kind`, `state` and `verdict` by the detection format, `destination` by the sharing
-policy's destinations (`shoal share`).
+limits), `worker` by the collector's `--workers` (each worker caps its own labels), `kind`, `state`
+and `verdict` by the detection format, `destination` by the sharing policy's destinations
+(`shoal share`).
 
 This table is generated from the commands' real scrapes by `tests/kafka/test_soc_dashboard.py`
 (`SHOAL_WRITE_METRICS_DOC=1` rewrites it); the test fails when code and table differ.

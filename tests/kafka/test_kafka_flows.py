@@ -3,8 +3,12 @@ decoded batch exactly; keys are exporters; bad messages are refused with a reaso
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pyarrow as pa
 import pytest
+from confluent_kafka import Consumer, KafkaError
 from kafka_helpers import consume_all, create_topic
 
 from pipeline.decode import Datagram, FlowDecoder
@@ -101,6 +105,51 @@ def test_collect_to_kafka_end_to_end(kafka, tmp_path) -> None:
         if proc.poll() is None:
             proc.kill()
     rows = sum(decode_message(m.value(), m.headers()).num_rows for m in messages)
+    assert rows == 1800
+
+
+def test_collect_with_two_workers_to_kafka(kafka, tmp_path) -> None:
+    """``shoal collect --workers 2 --kafka``: each worker's own producer; every flow arrives once."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.collector.config import usable_cores
+    from pipeline.runtime.replay import replay
+
+    if usable_cores() < 2:
+        pytest.skip("two workers need two cores")
+    root = Path(__file__).resolve().parents[2]
+    topic = create_topic(kafka.bootstrap)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0", "--workers", "2",
+                             "--kafka", kafka.bootstrap, "--kafka-topic", topic], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        banner = proc.stdout.readline()
+        assert banner.startswith("shoal collect: listening on"), banner + proc.stderr.read()
+        port = int(banner.rsplit(":", 1)[1])
+        assert replay(DEMO_TRAFFIC, "127.0.0.1", {2055: port, 4739: port}) == 60
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert re.search(r"stopped: .*kafka_written=1800 kafka_dropped=0", out), out
+    # every message is in the topic now (the workers flushed before exiting): read until the end
+    rows, consumer = 0, Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": uuid.uuid4().hex,
+                                  "auto.offset.reset": "earliest", "enable.partition.eof": True})  # fmt: skip
+    consumer.subscribe([topic])
+    partitions = set(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    deadline, at_end = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and at_end != partitions:
+        for msg in consumer.consume(num_messages=100, timeout=0.5):
+            if msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(msg.partition())
+            else:
+                rows += decode_message(msg.value(), msg.headers()).num_rows
+    consumer.close()
     assert rows == 1800
 
 

@@ -168,6 +168,8 @@ def test_every_panel_returns_data_from_a_real_prometheus(kafka, tmp_path: Path) 
                 names["flows"],
                 "--metrics",
                 addr["collect"],
+                "--workers",
+                "2",  # the workers' metrics, merged with a worker label, must pass promtool too
             )
         )
         procs.append(_spawn("run", "--demo", "--quiet", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",

@@ -266,3 +266,32 @@ def test_alerts_to_a_pipe_that_closes(archive: Path, tmp_path: Path) -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in stderr and "the alerts output was closed after 0 hits" in stderr
+
+
+def test_alert_columns_are_decoded_only_where_find_confirms_a_hit(tmp_path: Path) -> None:
+    """An IP|port entry whose address is in every row group but on its port in two: every row group
+    holds candidates, only those two are decoded whole, and the alerts are the reference's."""
+    sink = ParquetSink(tmp_path / "flows")
+    for group in range(8):
+        port = {3: 443, 6: 443}.get(group, 80)
+        rows = [{"src": "10.0.0.1", "dst": PORTED[0], "sport": 40000 + k, "dport": port if k % 5 == 0 else 80,
+                 "received": T0 + group * QUARTER + timedelta(seconds=k), "octets": group * 100 + k} for k in range(20)]  # fmt: skip
+        sink.write(flow_batch(rows))
+    sink.close()
+    listing = tmp_path / "ported.txt"
+    listing.write_text(f"{PORTED[0]}|{PORTED[1]}\n")
+    out = tmp_path / "alerts.jsonl"
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "match", "--intel", str(listing), "--flows",
+                          str(tmp_path / "flows"), "--alerts", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    expected = set()
+    for path in (tmp_path / "flows").rglob("*.parquet"):
+        for row in pq.read_table(path).to_pylist():
+            if str(bytes16_to_ip(row["dst_addr"])) == PORTED[0] and row["dst_port"] == PORTED[1]:
+                expected.add((row["octets"], "dst"))
+    found = {(a["octets"], a["side"]) for a in map(json.loads, out.read_text().splitlines())}
+    assert found == expected and len(expected) == 8
+    assert (
+        "8 of 8 row groups (2 decoded whole for 8 flows: 160 candidates, 8 confirmed by find)" in res.stderr
+    )

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_name_versioned_topics_and_a_compacted_indicators_topic() -> None:
     cfg = load_streams_config(environ={})
     assert [t.name for t in cfg.topics.all()] == [
-        "shoal.flows.v1", "shoal.alerts.v1", "shoal.indicators.v1", "shoal.partials.v1", "shoal.detections.v1",
+        "shoal.flows.v1", "shoal.alerts.v1", "shoal.indicators.v2", "shoal.partials.v1", "shoal.detections.v1",
         "shoal.feedback.v1", "shoal.sightings.v1",
     ]  # fmt: skip
     assert cfg.topics.indicators.compact and not cfg.topics.flows.compact
