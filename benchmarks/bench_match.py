@@ -113,14 +113,13 @@ class IndicatorSet:
         return out
 
     def table(self):
-        """As Arrow rows (``IndicatorTable``), no object per indicator; values are the ids."""
-        import pyarrow.compute as pc
-
+        """As Arrow rows (``IndicatorTable``), no object per indicator; values are the row numbers, ids
+        ``i`` + value."""
         from pipeline.intel.table import IndicatorTable
 
-        ids = pc.binary_join_element_wise("i", pa.array(np.arange(len(self))).cast(pa.string()), "")
-        return IndicatorTable.from_columns(self.network, self.prefix, self.version, self.port, ids=ids,
-                                           values=ids, source="bench")  # fmt: skip
+        values = pa.array(np.arange(len(self))).cast(pa.string())
+        return IndicatorTable.from_columns(self.network, self.prefix, self.version, self.port, values=values,
+                                           source="bench", id_prefix="i")  # fmt: skip
 
 
 def _text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
