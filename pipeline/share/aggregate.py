@@ -27,6 +27,40 @@ def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _stix_ms(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _unstamped(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "modified"}
+
+
+def _content(share: Share) -> tuple[dict[str, Any], ...]:
+    """A share's objects without their version stamps."""
+    return tuple(_unstamped(o) for o in share.objects)
+
+
+def _later_than(old: Share | None, share: Share) -> Share:
+    """``share`` as a version later than ``old``. Its time is its detections' latest update, which
+    does not move when an older detection arrives late (another partition, a replay): partners take
+    (id, modified) as the version (TAXII servers keep one object per pair, MISP the newer timestamp),
+    so the same stamp with a new count would be dropped as a duplicate. Changed objects are stamped
+    a millisecond after the old version, unchanged ones kept as partners hold them."""
+    if old is None or share.modified > old.modified:
+        return share
+    modified = _stix_ms(_epoch(old.modified) + 0.001)
+    before = {o["id"]: o for o in old.objects}
+
+    def restamped(obj: dict[str, Any]) -> dict[str, Any]:
+        held = before.get(obj["id"])
+        if held is not None and _unstamped(held) == _unstamped(obj):
+            return held
+        return {**obj, "modified": modified} if "modified" in obj else obj
+
+    objects = tuple(restamped(o) for o in share.objects)
+    return Share(**{**share.__dict__, "modified": modified, "objects": objects})
+
+
 @dataclass
 class _Group:
     window_end: float
@@ -84,10 +118,11 @@ class Aggregator:
         self.stats.detections += 1
         group.detections[detection["id"]] = detection
         changed = []
-        for share in self._shares(gkey, group):
-            old = group.shares.get(share.id)
-            if old is not None and old.modified == share.modified and old.objects == share.objects:
+        for built in self._shares(gkey, group):
+            old = group.shares.get(built.id)
+            if old is not None and built.modified <= old.modified and _content(built) == _content(old):
                 continue
+            share = _later_than(old, built)
             group.shares[share.id] = share
             self._share_group[share.id] = gkey
             # A replayed detection changes a share a later message already changed: the version on its
@@ -129,8 +164,7 @@ class Aggregator:
             return old
         latest = max(_epoch(t) for t in [old.modified, *(d["updated"] for d in detections)])
         # A new version must be later than the one partners hold, even when the verdict came at once.
-        stamp = max(latest, _epoch(old.modified) + 0.001)
-        modified = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        modified = _stix_ms(max(latest, _epoch(old.modified) + 0.001))
         new = json.loads(
             stix2.parse(sighting, allow_custom=False).new_version(revoked=True, modified=modified).serialize()
         )

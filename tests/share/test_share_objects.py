@@ -84,6 +84,22 @@ def test_ids_are_deterministic_and_an_update_is_a_new_version() -> None:
     assert aggregator.add(grown[0]) == [] and aggregator.stats.stale_versions == 1
 
 
+def test_a_late_detection_makes_a_later_version_even_when_its_own_update_is_older() -> None:
+    """Detections of one sighting come from several partitions: one updated earlier may arrive last.
+    Partners keep one object per (id, modified), so the grown count must carry a later stamp."""
+    ind = "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f"
+    newer = detection(indicator=ind, host="192.0.2.2", flows=5, window_start=W0, updated_s=40)
+    older = detection(indicator=ind, host="192.0.2.1", flows=3, window_start=W0, updated_s=10)
+    aggregator = Aggregator(ShareBuilder(make_policy()), retention_seconds=float("inf"))
+    (first,) = aggregator.add(newer, 0, 0)
+    (second,) = aggregator.add(older, 1, 0)
+    assert second.id == first.id and second.flows == 8 and second.objects[-1]["count"] == 8
+    assert second.modified > first.modified and second.objects[-1]["modified"] == second.modified
+    stix2.parse(first.objects[-1], allow_custom=False).new_version(modified=second.modified)  # later: valid
+    stix2.parse(second.objects[-1], allow_custom=False)
+    assert aggregator.add(older, 1, 1) == []  # the same detection again: nothing new to send
+
+
 def test_misp_attribute_ids_are_sighted_by_their_stix_name_and_list_entries_are_not_shareable() -> None:
     uuid_id = "5f4e3d2c-1b0a-4c9d-8e7f-6a5b4c3d2e1f"
     (share,) = shares_of([detection(indicator=uuid_id)]).values()
