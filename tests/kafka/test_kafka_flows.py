@@ -80,8 +80,8 @@ def test_bad_messages_are_refused_with_a_reason() -> None:
     assert FLOW_SCHEMA.names[0] == "time_received"
 
 
-def test_collect_to_kafka_end_to_end(kafka, tmp_path) -> None:
-    """UDP export packets -> ``shoal collect --kafka`` -> flows topic: every decoded flow arrives."""
+def collect_demo_traffic(bootstrap: str, topic: str, *options: str):
+    """``shoal collect --kafka`` on a free loopback port, the demo's 60 export packets replayed to it."""
     import subprocess
     import sys
     from pathlib import Path
@@ -89,15 +89,25 @@ def test_collect_to_kafka_end_to_end(kafka, tmp_path) -> None:
     from pipeline.runtime.replay import replay
 
     root = Path(__file__).resolve().parents[2]
-    topic = create_topic(kafka.bootstrap)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0",
-                             "--kafka", kafka.bootstrap, "--kafka-topic", topic], cwd=root,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0", *options,
+                             "--kafka", bootstrap, "--kafka-topic", topic], cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         banner = proc.stdout.readline()
         assert banner.startswith("shoal collect: listening on"), banner + proc.stderr.read()
         port = int(banner.rsplit(":", 1)[1])
         assert replay(DEMO_TRAFFIC, "127.0.0.1", {2055: port, 4739: port}) == 60
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def test_collect_to_kafka_end_to_end(kafka, tmp_path) -> None:
+    """UDP export packets -> ``shoal collect --kafka`` -> flows topic: every decoded flow arrives."""
+    topic = create_topic(kafka.bootstrap)
+    proc = collect_demo_traffic(kafka.bootstrap, topic)
+    try:
         messages = consume_all(kafka.bootstrap, topic, 3)
         proc.terminate()
         proc.communicate(timeout=30)
@@ -111,25 +121,14 @@ def test_collect_to_kafka_end_to_end(kafka, tmp_path) -> None:
 def test_collect_with_two_workers_to_kafka(kafka, tmp_path) -> None:
     """``shoal collect --workers 2 --kafka``: each worker's own producer; every flow arrives once."""
     import re
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from pipeline.collector.config import usable_cores
-    from pipeline.runtime.replay import replay
 
     if usable_cores() < 2:
         pytest.skip("two workers need two cores")
-    root = Path(__file__).resolve().parents[2]
     topic = create_topic(kafka.bootstrap)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collect", "--listen", "127.0.0.1:0", "--workers", "2",
-                             "--kafka", kafka.bootstrap, "--kafka-topic", topic], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = collect_demo_traffic(kafka.bootstrap, topic, "--workers", "2")
     try:
-        banner = proc.stdout.readline()
-        assert banner.startswith("shoal collect: listening on"), banner + proc.stderr.read()
-        port = int(banner.rsplit(":", 1)[1])
-        assert replay(DEMO_TRAFFIC, "127.0.0.1", {2055: port, 4739: port}) == 60
         proc.terminate()
         out, err = proc.communicate(timeout=60)
     finally:
