@@ -84,10 +84,19 @@ class Streams:
         n = len(exporter)
         if not n:
             return
-        if (exporter == exporter[0]).all():
+        halves = np.ascontiguousarray(exporter).view(np.uint64)
+        high, low = halves[:, 0], halves[:, 1]
+        if (low == low[0]).all() and (high == high[0]).all():
             groups: list[tuple[bytes, int]] = [(exporter[0].tobytes(), n)]
         else:
-            values, counts = np.unique(exporter.view(np.dtype((np.void, 16))).ravel(), return_counts=True)
+            # Rows come in stretches of one exporter (a packet's records): sort the stretches' first
+            # rows, not every row (a block from hundreds of routers holds ~10^5 rows, ~10^3 stretches).
+            change = np.flatnonzero((low[1:] != low[:-1]) | (high[1:] != high[:-1])) + 1
+            starts = np.concatenate(([0], change))
+            lengths = np.diff(starts, append=n)
+            firsts = np.ascontiguousarray(exporter[starts]).view(np.dtype((np.void, 16))).ravel()
+            values, index = np.unique(firsts, return_inverse=True)
+            counts = np.bincount(index.ravel(), weights=lengths, minlength=len(values)).astype(np.int64)
             groups = [(v.tobytes(), int(c)) for v, c in zip(values, counts, strict=True)]
         for raw, count in groups:
             name = self._names.get(raw) or _ip_text(raw)

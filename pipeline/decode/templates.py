@@ -15,12 +15,15 @@ from there the record decodes as a fixed one.
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.decode.ies import ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SRC_V4, SRC_V6
+from pipeline.decode.ies import (
+    ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SAMPLER_ID, SELECTOR_ID, SRC_V4, SRC_V6,
+)  # fmt: skip
 
 VARIABLE = 65535  # RFC 7011 §7: variable-length field marker
 V9_SCOPE = 0xFFFFFFFF
@@ -28,6 +31,11 @@ V9_SCOPE = 0xFFFFFFFF
 Information Element, so it must never be mapped as one."""
 _FIELD = struct.Struct("!HH")
 _PEN = struct.Struct("!I")
+_SAMPLER_IES = (SAMPLER_ID, SELECTOR_ID)
+_LAYOUTS: dict[tuple, int] = {}
+"""Layout -> its group key (negative, so never an ``id``); bounded by :data:`_MAX_LAYOUTS`."""
+_MAX_LAYOUTS = 65_536
+_layout_keys = itertools.count(-1, -1)
 
 
 class TemplateError(ValueError):
@@ -72,6 +80,10 @@ class Template:
     usable: bool = field(init=False, default=False)
     """Its records can give a flow: it has a source or destination address of a known family.
     Data for a data template without one is rejected unread."""
+    group_key: int = field(init=False, default=0, compare=False)
+    """The decoder groups records of one call by this key, so that one decode covers every stream's
+    template of the same layout (hundreds of routers send the same few): shared by templates of
+    equal fields, unless a record's rate depends on its stream (sampler ids), then its own ``id``."""
 
     def __post_init__(self) -> None:
         self.names = {}
@@ -104,6 +116,15 @@ class Template:
             self.runs = np.array([*runs, run], dtype=np.int64)
         else:
             self.record_length = at
+        self.group_key = id(self)
+        if self.usable and not any(ie in self.names for ie in _SAMPLER_IES):
+            layout = (self.fields, self.scope_count)
+            key = _LAYOUTS.get(layout)
+            if key is None:
+                if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                    _LAYOUTS.clear()  # later templates get new keys: they only group less
+                key = _LAYOUTS[layout] = next(_layout_keys)
+            self.group_key = key
 
     @property
     def variable(self) -> bool:
