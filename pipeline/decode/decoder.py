@@ -6,7 +6,7 @@ each a module of its own:
 - per packet: :mod:`~pipeline.decode.netflow_v5` and :mod:`~pipeline.decode.v9_ipfix` (headers and
   sets walked in Python, records only found);
 - per block of datagrams (the collector's path): :mod:`~pipeline.decode.block`;
-- records of a call grouped per template and decoded at once: :mod:`~pipeline.decode.records`
+- records of a call grouped per template layout (across streams) and decoded at once: :mod:`~pipeline.decode.records`
   (variable-length ones through :mod:`~pipeline.decode.variable_length`), then flow columns:
   :mod:`~pipeline.decode.columns`;
 - state: templates (:mod:`~pipeline.decode.template_state`), sampling and system init times
@@ -106,7 +106,7 @@ class FlowDecoder:
         """Decode datagrams held as rows of ``data`` ((n, width) uint8; row ``i`` is datagram ``i`` in
         its first ``lengths[i]`` bytes, sent by ``sources[source[i]]``, an (ip, port) pair), all
         received at ``received``. Same flows, order and counters as :meth:`decode` on the same
-        datagrams, but one batch per template instead of one concatenated batch. With ``into``, the
+        datagrams, but one batch per template layout instead of one concatenated batch. With ``into``, the
         flows are written straight into the row space it hands out (the collector's batcher) and
         nothing is returned. ``data`` is not kept after the call. Never raises on bad input.
         """
@@ -191,7 +191,7 @@ class FlowDecoder:
 
     # -- records to flows --------------------------------------------------------------------------
     def _finish(self, into: RowSpace | None = None) -> list[pa.RecordBatch]:
-        """One batch per template group of the current call (empty ones left out), or with ``into``
+        """One batch per template layout group of the current call (empty ones left out), or with ``into``
         every group written into the rows it hands out."""
         batches = []
         count = self.streams.count_by_exporter

@@ -1,7 +1,8 @@
-"""Records of one decode call, grouped per template, then decoded all at once.
+"""Records of one decode call, grouped per template layout, then decoded all at once.
 
 The per-packet walk and the block path only find records; they append them to their template's
-:class:`Group` in arrival order, as a per-packet piece (the set's bytes, its record count, its packet
+:class:`Group` in arrival order (templates of equal fields share one, whichever stream sent them: a
+collector hearing hundreds of routers then decodes a few groups per call, not hundreds), as a per-packet piece (the set's bytes, its record count, its packet
 context) or a :class:`Run` of block rows. At the end of the call each group becomes field arrays with
 one ``np.frombuffer`` over all its records, and per-record packet context columns. Records of a
 variable-length template are first packed into fixed records by one compiled pass per stretch of
