@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from pipeline.decode.budget import VariableRecordBudget
@@ -247,7 +248,9 @@ class BlockWalker:
         # One run per group key (templates of one layout share it, whatever their stream), in order
         # of first records.
         same: dict[int, int] = {}
-        canonical = np.array([same.setdefault(t.group_key if t is not None else 0, i) for i, t in enumerate(templates)])
+        canonical = np.array(
+            [same.setdefault(t.group_key if t is not None else 0, i) for i, t in enumerate(templates)]
+        )
         has = np.flatnonzero(count > 0)
         for t in _distinct(template_of[has], values_only=True)[0].tolist():
             templates[t].last_used = hdr.received

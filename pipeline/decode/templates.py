@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.decode.ies import (
-    ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SAMPLER_ID, SELECTOR_ID, SRC_V4, SRC_V6,
-)  # fmt: skip
+from pipeline.decode import ies
+from pipeline.decode.ies import ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SRC_V4, SRC_V6
 
 VARIABLE = 65535  # RFC 7011 §7: variable-length field marker
 V9_SCOPE = 0xFFFFFFFF
@@ -31,7 +30,7 @@ V9_SCOPE = 0xFFFFFFFF
 Information Element, so it must never be mapped as one."""
 _FIELD = struct.Struct("!HH")
 _PEN = struct.Struct("!I")
-_SAMPLER_IES = (SAMPLER_ID, SELECTOR_ID)
+_SAMPLER_IES = (ies.SAMPLER_ID, ies.SELECTOR_ID)
 _LAYOUTS: dict[tuple, int] = {}
 """Layout -> its group key (negative, so never an ``id``); bounded by :data:`_MAX_LAYOUTS`."""
 _MAX_LAYOUTS = 65_536
