@@ -31,9 +31,12 @@ Information Element, so it must never be mapped as one."""
 _FIELD = struct.Struct("!HH")
 _PEN = struct.Struct("!I")
 _SAMPLER_IES = (ies.SAMPLER_ID, ies.SELECTOR_ID)
-_LAYOUTS: dict[tuple, int] = {}
-"""Layout -> its group key (negative, so never an ``id``); bounded by :data:`_MAX_LAYOUTS`."""
-_MAX_LAYOUTS = 65_536
+_LAYOUTS: dict[bytes, int] = {}
+"""Layout (fields packed, ~8 bytes each) -> its group key (negative, so never an ``id``). Networks
+send a few dozen; a spoofed flood fills it to :data:`_MAX_LAYOUTS`, then it starts over (templates
+keyed before keep their keys: they only share groups less)."""
+_MAX_LAYOUTS = 4_096
+_LAYOUT_FIELD = struct.Struct("!IHI")
 _layout_keys = itertools.count(-1, -1)
 
 
@@ -117,11 +120,11 @@ class Template:
             self.record_length = at
         self.group_key = id(self)
         if self.usable and not any(ie in self.names for ie in _SAMPLER_IES):
-            layout = (self.fields, self.scope_count)
+            layout = b"".join(_LAYOUT_FIELD.pack(f.ie, f.length, f.enterprise) for f in self.fields)
             key = _LAYOUTS.get(layout)
             if key is None:
                 if len(_LAYOUTS) >= _MAX_LAYOUTS:
-                    _LAYOUTS.clear()  # later templates get new keys: they only group less
+                    _LAYOUTS.clear()
                 key = _LAYOUTS[layout] = next(_layout_keys)
             self.group_key = key
 
