@@ -94,10 +94,17 @@ class Streams:
             change = np.flatnonzero((low[1:] != low[:-1]) | (high[1:] != high[:-1])) + 1
             starts = np.concatenate(([0], change))
             lengths = np.diff(starts, append=n)
-            firsts = np.ascontiguousarray(exporter[starts]).view(np.dtype((np.void, 16))).ravel()
-            values, index = np.unique(firsts, return_inverse=True)
-            counts = np.bincount(index.ravel(), weights=lengths, minlength=len(values)).astype(np.int64)
-            groups = [(v.tobytes(), int(c)) for v, c in zip(values, counts, strict=True)]
+            # The stretches' exporters in byte order, as np.unique sorts them, and each one's total.
+            first_high, first_low = high[starts].byteswap(), low[starts].byteswap()
+            order = np.lexsort((first_low, first_high))
+            ordered = starts[order]
+            first_high, first_low = first_high[order], first_low[order]
+            new = np.empty(len(order), dtype=bool)
+            new[0] = True
+            new[1:] = (first_low[1:] != first_low[:-1]) | (first_high[1:] != first_high[:-1])
+            counts = np.add.reduceat(lengths[order], np.flatnonzero(new)).tolist()
+            raws = np.ascontiguousarray(exporter[ordered[new]]).view(np.dtype((np.void, 16))).ravel().tolist()
+            groups = list(zip(raws, counts, strict=True))
         for raw, count in groups:
             name = self._names.get(raw) or _ip_text(raw)
             counter[name if reason is None else (name, reason)] += count
