@@ -194,3 +194,39 @@ def test_flows_are_counted_per_exporter_in_address_order(stretches: list[tuple[s
 def _packed16(text: str) -> bytes:
     address = ipaddress.ip_address(text)
     return address.packed if address.version == 6 else ipaddress.IPv6Address(f"::ffff:{address}").packed
+
+
+T_SAMPLED = template_set(256, [*V4, (48, 1)], ipfix=True)  # records name their sampler (IE 48)
+
+
+def sampler_options(rates: dict[int, int], domain: int = 1) -> bytes:
+    """IPFIX options template (scope observationDomainId; samplerId, samplingInterval) and records."""
+    tpl = struct.pack("!HHH", 400, 3, 1) + struct.pack("!HHHHHH", 149, 4, 48, 1, 34, 4)
+    records = b"".join(struct.pack("!IBI", domain, sid, rate) for sid, rate in rates.items())
+    body = struct.pack("!HH", 3, 4 + len(tpl)) + tpl + struct.pack("!HH", 400, 4 + len(records)) + records
+    return struct.pack("!HHIII", 10, 16 + len(body), EXPORT, 0, domain) + body
+
+
+def test_records_naming_samplers_take_their_own_streams_rates() -> None:
+    """Streams with equal templates share a group, except when records name a sampler: its rate comes
+    from the stream's own options (two routers, both with samplers 1 and 2, at other rates)."""
+    rates = {"192.0.2.1": {1: 100, 2: 1000}, "192.0.2.2": {1: 7, 2: 70}}
+    first = [Datagram(sampler_options(r), ex, 4739, RECEIVED) for ex, r in rates.items()]
+    first += [Datagram(ipfix(T_SAMPLED / data_set(T_SAMPLED, 256, [])), ex, 4739, RECEIVED) for ex in rates]
+    data = []
+    for seq in range(6):
+        for ex in rates:
+            rows = [[*row, 1 + (i + seq) % 2] for i, row in enumerate(v4_rows(2))]
+            data.append(Datagram(ipfix(data_set(T_SAMPLED, 256, rows), seq=2 * seq), ex, 4739, RECEIVED))
+    decoder = FlowDecoder()
+    decoder.decode(first)
+    batch = decoder.decode(data)
+    got = list(
+        zip(batch.column("exporter").to_pylist(), batch.column("sampling_rate").to_pylist(), strict=True)
+    )
+    want = [
+        (ipaddress.IPv6Address(f"::ffff:{ex}").packed, rates[ex][1 + (i + seq) % 2])
+        for seq in range(6) for ex in rates for i in range(2)
+    ]  # fmt: skip
+    assert sorted(got) == sorted(want)
+    assert_same([first, data[:5], data[5:]])
