@@ -2,8 +2,9 @@
 
 The per-packet walk and the block path only find records; they append them to their template's
 :class:`Group` in arrival order (templates of equal fields share one, whichever stream sent them: a
-collector hearing hundreds of routers then decodes a few groups per call, not hundreds), as a per-packet piece (the set's bytes, its record count, its packet
-context) or a :class:`Run` of block rows. At the end of the call each group becomes field arrays with
+collector hearing hundreds of routers then decodes a few groups per call, not hundreds), as a
+per-packet piece (the set's bytes, its record count, its packet context) or a :class:`Run` of block
+rows. At the end of the call each group becomes field arrays with
 one ``np.frombuffer`` over all its records, and per-record packet context columns. Records of a
 variable-length template are first packed into fixed records by one compiled pass per stretch of
 pieces (:mod:`pipeline.decode.variable_length`); from there both kinds take the same path.
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 @dataclass
 class Group:
     """Records of one template layout gathered from the current call, in arrival order (``template``
-    and ``domain``: its first records'): each piece is
-    either ``(data, count, ctx)`` from the per-packet walk (``count`` whole records at the start of
-    ``data``) or a :class:`Run` of block rows."""
+    and ``domain``: those of its first records): each piece is either ``(data, count, ctx)`` from the
+    per-packet walk (``count`` whole records at the start of ``data``) or a :class:`Run` of block
+    rows."""
 
     template: Template
     domain: DomainKey

@@ -168,15 +168,11 @@ def test_hundreds_of_streams_take_the_fast_path(monkeypatch: pytest.MonkeyPatch,
     assert sum(decoder.stats.flows.values()) > 0
 
 
+ADDRESSES = ["192.0.2.1", "192.0.2.2", "198.18.1.7", "2001:db8::1", "2001:db8::1:0", "::"]
+
+
 @settings(max_examples=100, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.2", "198.18.1.7", "2001:db8::1", "2001:db8::1:0", "::"]),
-                  st.integers(1, 5)),
-        min_size=1,
-        max_size=60,
-    )
-)  # fmt: skip
+@given(st.lists(st.tuples(st.sampled_from(ADDRESSES), st.integers(1, 5)), min_size=1, max_size=60))
 def test_flows_are_counted_per_exporter_in_address_order(stretches: list[tuple[str, int]]) -> None:
     """Rows in stretches of one exporter (a packet's records), many exporters interleaved: each
     exporter's rows counted once, exporters added in address byte order (a bounded counter folds the
