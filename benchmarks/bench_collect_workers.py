@@ -13,7 +13,8 @@ cores as the collector:
   flows in their sockets (large SO_RCVBUF), then resumed: the collector drains with the machine to
   itself. Reported: flows kept per second of draining and its CPU.
 * **streams**: the decoder alone on blocks of 2,048 datagrams from 2 to 256 export streams (why a
-  worker with fewer exporters spends less CPU per flow).
+  worker with fewer exporters spends less CPU per flow), with glibc's allocator tuned as in a
+  collector worker (``--default-allocator``: as glibc has it).
 
 CPU is user+sys of each process (all its threads) from /proc; the end of processing is the last
 50 ms sample in which the collector's processes used more than a fifth of a core. The machine is
@@ -406,6 +407,8 @@ def main() -> int:
     ap.add_argument("--one-core", action="store_true", help="also run 1 worker confined to one core")
     ap.add_argument("--max-others", type=float, default=0.2,
                     help="run again (printing the attempt) when other jobs used more cores than this")  # fmt: skip
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="streams: leave glibc's allocator untuned (the collector's workers tune it)")  # fmt: skip
     ap.add_argument("--attempts", type=int, default=3, help="attempts per run at most")
     ap.add_argument(
         "--quiet-wait", type=float, default=20, help="seconds to wait for a quiet machine per attempt"
@@ -420,7 +423,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-workers-") as tmp:
         for mode in args.modes.split(","):
             if mode == "streams":
-                print("streams: decode_block alone, 2,048 datagrams per block")
+                if not args.default_allocator:
+                    from pipeline.allocator import tune_allocator
+
+                    tune_allocator()  # as each collector worker does
+                allocator = "glibc's default allocator" if args.default_allocator else "allocator tuned"
+                print(f"streams: decode_block alone, 2,048 datagrams per block, {allocator}")
                 decode_streams(v9, ipfix)
                 continue
             if mode == "live":

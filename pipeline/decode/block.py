@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -237,33 +236,33 @@ class BlockWalker:
         units = np.where(version == _FAST_V9, 1, count)
         packets = self.stats.packets
         per_stream = np.bincount(stream_of, minlength=len(streams)).tolist()
-        by_sequence: dict[tuple[str, int, int], list[int]] = {}
+        spaces: dict[tuple[str, int, int], int] = {}  # sequence spaces, in order of first row
+        space_of = np.zeros(len(streams), dtype=np.intp)
         for s in _by_first_row(stream_of, len(streams)):
+            if not per_stream[s]:
+                break  # the rest have no rows either
             tkey, _, pkey = streams[s]
-            if per_stream[s]:
-                packets[pkey] = packets.get(pkey, 0) + per_stream[s]
-                by_sequence.setdefault((tkey[0], tkey[2], tkey[3]), []).append(s)
-        seq = hdr.seq[first : first + end]
-        for skey, members in by_sequence.items():
-            mine = stream_of == members[0] if len(members) == 1 else np.isin(stream_of, members)
-            self.sequence.check_run(skey, seq[mine], units[mine])
-        # One run per template object (streams may share one), in order of first records.
+            packets[pkey] = packets.get(pkey, 0) + per_stream[s]
+            space_of[s] = spaces.setdefault((tkey[0], tkey[2], tkey[3]), len(spaces))
+        self.sequence.check_runs(list(spaces), space_of[stream_of], hdr.seq[first : first + end], units)
+        # One run per group key (templates of one layout share it, whatever their stream), in order
+        # of first records.
         same: dict[int, int] = {}
-        canonical = np.array([same.setdefault(id(t), i) for i, t in enumerate(templates)])[template_of]
+        canonical = np.array(
+            [same.setdefault(t.group_key if t is not None else 0, i) for i, t in enumerate(templates)]
+        )
         has = np.flatnonzero(count > 0)
+        for t in _distinct(template_of[has], values_only=True)[0].tolist():
+            templates[t].last_used = hdr.received
+        canonical = canonical[template_of]
         order, _ = _distinct(canonical[has], values_only=True)
-        exporters = np.frombuffer(b"".join(ex16 for _, ex16, _ in streams), dtype=np.uint8).reshape(-1, 16)
+        if len(order):
+            context = self._stream_context(streams)
         for t in order.tolist():
             at = has[canonical[has] == t]
-            self._new_run(
-                hdr,
-                templates[t],
-                streams[stream_of[at[0]]][0],
-                exporters=exporters,
-                rows=at + first,
-                counts=count[at],
-                stream=stream_of[at],
-            )
+            tkey = streams[stream_of[at[0]]][0]
+            run = Run(hdr, *context, rows=at + first, counts=count[at], stream=stream_of[at])
+            self.groups.group(templates[t], (tkey[0], tkey[1], tkey[2])).pieces.append(run)
         return first + end
 
     def _variable_rows(
@@ -369,19 +368,23 @@ class BlockWalker:
             return (exporter, 0, domain, 5), self.streams.ex16(exporter), (exporter, 5)
         return self.streams.entry(exporter, port, domain, kind)
 
-    def _new_run(self, hdr: BlockHeaders, template: Template, tkey: TemplateKey, **rows: Any) -> None:
-        """A run for ``template``, appended to its group (created first if need be, keyed by the
-        domain of the run's first row, as the per-packet walk does)."""
-        dkey = (tkey[0], tkey[1], tkey[2])
-        if tkey[3] == 5:
-            run = Run(hdr, 5, -1, -1, **rows)
+    def _stream_context(self, streams: list[StreamEntry]) -> tuple[np.ndarray, ...]:
+        """Per stream of a stretch: its version, system init time (-1: none), sampling rate (-1: per
+        row from the header, NetFlow v5) and 16-byte exporter, as a :class:`Run` takes them."""
+        version = np.array([tkey[3] for tkey, _, _ in streams], dtype=np.int64)
+        v5 = version == 5
+        sampling = self.sampling
+        if sampling.rates:
+            rate = np.array([sampling.default_rate(tkey[:3]) for tkey, _, _ in streams], dtype=np.int64)
         else:
-            sampling = self.sampling
-            rate = sampling.default_rate(dkey) if sampling.rates else 1
-            sysinit = sampling.sysinit.get(dkey, -1) if sampling.sysinit else -1
-            run = Run(hdr, tkey[3], sysinit, rate, **rows)
-        template.last_used = hdr.received
-        self.groups.group(template, dkey).pieces.append(run)
+            rate = np.ones(len(streams), dtype=np.int64)
+        if sampling.sysinit:
+            sysinit = np.array([sampling.sysinit.get(tkey[:3], -1) for tkey, _, _ in streams], dtype=np.int64)
+        else:
+            sysinit = np.full(len(streams), -1, dtype=np.int64)
+        rate[v5], sysinit[v5] = -1, -1
+        exporters = np.frombuffer(b"".join(ex16 for _, ex16, _ in streams), dtype=np.uint8).reshape(-1, 16)
+        return version, sysinit, rate, exporters
 
 
 def _first_rows(stream_of: np.ndarray, n: int) -> np.ndarray:

@@ -6,9 +6,9 @@ each a module of its own:
 - per packet: :mod:`~pipeline.decode.netflow_v5` and :mod:`~pipeline.decode.v9_ipfix` (headers and
   sets walked in Python, records only found);
 - per block of datagrams (the collector's path): :mod:`~pipeline.decode.block`;
-- records of a call grouped per template and decoded at once: :mod:`~pipeline.decode.records`
-  (variable-length ones through :mod:`~pipeline.decode.variable_length`), then flow columns:
-  :mod:`~pipeline.decode.columns`;
+- records of a call grouped per template layout (across streams) and decoded at once:
+  :mod:`~pipeline.decode.records` (variable-length ones through
+  :mod:`~pipeline.decode.variable_length`), then flow columns: :mod:`~pipeline.decode.columns`;
 - state: templates (:mod:`~pipeline.decode.template_state`), sampling and system init times
   (:mod:`~pipeline.decode.sampling`), sequence numbers (:mod:`~pipeline.decode.sequence`), data
   waiting for its template (:mod:`~pipeline.decode.pending`), the variable-length budget
@@ -106,8 +106,8 @@ class FlowDecoder:
         """Decode datagrams held as rows of ``data`` ((n, width) uint8; row ``i`` is datagram ``i`` in
         its first ``lengths[i]`` bytes, sent by ``sources[source[i]]``, an (ip, port) pair), all
         received at ``received``. Same flows, order and counters as :meth:`decode` on the same
-        datagrams, but one batch per template instead of one concatenated batch. With ``into``, the
-        flows are written straight into the row space it hands out (the collector's batcher) and
+        datagrams, but one batch per template layout instead of one concatenated batch. With ``into``,
+        the flows are written straight into the row space it hands out (the collector's batcher) and
         nothing is returned. ``data`` is not kept after the call. Never raises on bad input.
         """
         self.groups.clear()
@@ -191,8 +191,8 @@ class FlowDecoder:
 
     # -- records to flows --------------------------------------------------------------------------
     def _finish(self, into: RowSpace | None = None) -> list[pa.RecordBatch]:
-        """One batch per template group of the current call (empty ones left out), or with ``into``
-        every group written into the rows it hands out."""
+        """One batch per template layout group of the current call (empty ones left out), or with
+        ``into`` every group written into the rows it hands out."""
         batches = []
         count = self.streams.count_by_exporter
         for group in self.groups.values():

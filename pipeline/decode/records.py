@@ -1,8 +1,10 @@
-"""Records of one decode call, grouped per template, then decoded all at once.
+"""Records of one decode call, grouped per template layout, then decoded all at once.
 
 The per-packet walk and the block path only find records; they append them to their template's
-:class:`Group` in arrival order, as a per-packet piece (the set's bytes, its record count, its packet
-context) or a :class:`Run` of block rows. At the end of the call each group becomes field arrays with
+:class:`Group` in arrival order (templates of equal fields share one, whichever stream sent them: a
+collector hearing hundreds of routers then decodes a few groups per call, not hundreds), as a
+per-packet piece (the set's bytes, its record count, its packet context) or a :class:`Run` of block
+rows. At the end of the call each group becomes field arrays with
 one ``np.frombuffer`` over all its records, and per-record packet context columns. Records of a
 variable-length template are first packed into fixed records by one compiled pass per stretch of
 pieces (:mod:`pipeline.decode.variable_length`); from there both kinds take the same path.
@@ -26,9 +28,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Group:
-    """Records of one template gathered from the current call, in arrival order: each piece is
-    either ``(data, count, ctx)`` from the per-packet walk (``count`` whole records at the start of
-    ``data``) or a :class:`Run` of block rows."""
+    """Records of one template layout gathered from the current call, in arrival order (``template``
+    and ``domain``: those of its first records): each piece is either ``(data, count, ctx)`` from the
+    per-packet walk (``count`` whole records at the start of ``data``) or a :class:`Run` of block
+    rows."""
 
     template: Template
     domain: DomainKey
@@ -37,18 +40,18 @@ class Group:
 
 @dataclass
 class Run:
-    """Fast rows of one template from one stretch of a block (no per-packet walk in between, so the
-    decoder state they depend on, sampling and system init time, is the same for all of them). One
-    template may serve several streams: NetFlow v5's for every exporter, a v9/IPFIX one for every
-    source port when templates are not keyed by port."""
+    """Fast rows of one template layout (:attr:`Template.group_key`) from one stretch of a block,
+    from any number of streams (no per-packet walk in between, so the decoder state they depend on,
+    sampling and system init time, is the same for all of each stream's rows)."""
 
     block: BlockHeaders
-    version: int
-    sysinit: int
-    rate: int
+    version: np.ndarray
+    """Per stream of the stretch, as are ``sysinit``, ``rate`` and ``exporters``."""
+    sysinit: np.ndarray
+    rate: np.ndarray
     """-1: per row from the header (NetFlow v5)."""
     exporters: np.ndarray
-    """(streams, 16) uint8: the 16-byte exporter of each stream of the stretch."""
+    """(streams, 16) uint8: the 16-byte exporter of each stream."""
     rows: np.ndarray
     counts: np.ndarray
     stream: np.ndarray
@@ -56,12 +59,13 @@ class Run:
 
 
 class RecordGroups(dict[int, Group]):
-    """The current call's groups, by template object (``id``), in order of first records."""
+    """The current call's groups, by :attr:`Template.group_key` (templates of one layout share a
+    group, whichever stream they belong to), in order of first records."""
 
     def group(self, template: Template, dkey: DomainKey) -> Group:
-        group = self.get(id(template))
+        group = self.get(template.group_key)
         if group is None:
-            group = self[id(template)] = Group(template, dkey)
+            group = self[template.group_key] = Group(template, dkey)
         return group
 
     def add(self, template: Template, dkey: DomainKey, data: Any, count: int, ctx: tuple) -> None:
@@ -242,16 +246,17 @@ def _run_context(run: Run, rows: np.ndarray, counts: np.ndarray, n: int) -> list
         exporter = np.frombuffer(run.exporters[stream[0]].tobytes() * n, dtype=np.uint8).reshape(n, 16)
     else:
         exporter = np.repeat(run.exporters[stream], counts, axis=0)
+    rate = run.rate[stream]
+    if (rate < 0).any():
+        rate = np.where(rate < 0, hdr.v5_rate[rows], rate)
     return [
         exporter,
         _per_record(hdr.port[hdr.source[rows]], counts, n, np.uint16),
         _per_record(hdr.domain[rows], counts, n, np.uint32),
-        np.full(n, run.version, dtype=np.uint8),
+        _per_record(run.version[stream], counts, n, np.uint8),
         np.full(n, received, dtype=np.int64),
         _per_record(hdr.export_us[rows], counts, n, np.int64),
         _per_record(hdr.uptime_ms[rows], counts, n, np.int64),
-        np.full(n, run.sysinit, dtype=np.int64),
-        np.full(n, run.rate, dtype=np.uint32)
-        if run.rate >= 0
-        else _per_record(hdr.v5_rate[rows], counts, n, np.uint32),
+        _per_record(run.sysinit[stream], counts, n, np.int64),
+        _per_record(rate, counts, n, np.uint32),
     ]

@@ -51,5 +51,44 @@ class SequenceTracker:
             self.stats.sequence_resets[(exporter, domain)] += resets
         self._put(key, int((seq[-1] + units[-1]) & 0xFFFFFFFF))
 
+    def check_runs(
+        self, keys: list[SequenceKey], space: np.ndarray, seq: np.ndarray, units: np.ndarray
+    ) -> None:
+        """:meth:`check_run` for each of ``keys`` (numbered in order of first packet) over its packets
+        among these (``space``: each packet's key), all at once: one pass of numpy for any number
+        of streams, then one dict update per stream. Counters are added in the order the per-packet
+        walk first touches them (the stream's first packet with a gap, or a reset), so that bounded
+        counters fold the same streams."""
+        if len(keys) == 1:
+            self.check_run(keys[0], seq, units)
+            return
+        order = np.argsort(space, kind="stable")
+        seq, units, space = seq[order], units[order], space[order]
+        starts = np.flatnonzero(np.diff(space, prepend=-1))
+        last = np.append(starts[1:], len(space)) - 1
+        expected = np.empty_like(seq)
+        expected[1:] = (seq[:-1] + units[:-1]) & 0xFFFFFFFF
+        previous = [self.expected.get(key) for key in keys]
+        known = np.array([p is not None for p in previous])
+        expected[starts] = np.where(known, [p or 0 for p in previous], seq[starts])
+        diff = (seq - expected) & 0xFFFFFFFF
+        reset = diff >= 0x80000000
+        lost = np.where(reset, 0, diff)
+        for counter, events, amounts in (
+            (self.stats.sequence_gaps, lost > 0, lost),
+            (self.stats.sequence_resets, reset, reset),
+        ):
+            at = np.flatnonzero(events)
+            if not len(at):
+                continue
+            firsts = at[np.flatnonzero(np.diff(space[at], prepend=-1))]  # each space's first event
+            totals = np.add.reduceat(amounts.astype(np.int64), starts)
+            for pos in firsts[np.argsort(order[firsts])].tolist():
+                key = keys[int(space[pos])]
+                counter[(key[0], key[1])] += int(totals[space[pos]])
+        following = ((seq[last] + units[last]) & 0xFFFFFFFF).tolist()
+        for key, value in zip(keys, following, strict=True):
+            self._put(key, value)
+
     def _put(self, key: SequenceKey, value: int | None) -> None:
         put_bounded(self.expected, key, value, self.max_streams, self.stats.evictions)

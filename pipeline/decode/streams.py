@@ -84,11 +84,27 @@ class Streams:
         n = len(exporter)
         if not n:
             return
-        if (exporter == exporter[0]).all():
+        halves = np.ascontiguousarray(exporter).view(np.uint64)
+        high, low = halves[:, 0], halves[:, 1]
+        if (low == low[0]).all() and (high == high[0]).all():
             groups: list[tuple[bytes, int]] = [(exporter[0].tobytes(), n)]
         else:
-            values, counts = np.unique(exporter.view(np.dtype((np.void, 16))).ravel(), return_counts=True)
-            groups = [(v.tobytes(), int(c)) for v, c in zip(values, counts, strict=True)]
+            # Rows come in stretches of one exporter (a packet's records): sort the stretches' first
+            # rows, not every row (a block from hundreds of routers holds ~10^5 rows, ~10^3 stretches).
+            change = np.flatnonzero((low[1:] != low[:-1]) | (high[1:] != high[:-1])) + 1
+            starts = np.concatenate(([0], change))
+            lengths = np.diff(starts, append=n)
+            # The stretches' exporters in byte order, as np.unique sorts them, and each one's total.
+            first_high, first_low = high[starts].byteswap(), low[starts].byteswap()
+            order = np.lexsort((first_low, first_high))
+            ordered = starts[order]
+            first_high, first_low = first_high[order], first_low[order]
+            new = np.empty(len(order), dtype=bool)
+            new[0] = True
+            new[1:] = (first_low[1:] != first_low[:-1]) | (first_high[1:] != first_high[:-1])
+            counts = np.add.reduceat(lengths[order], np.flatnonzero(new)).tolist()
+            raws = np.ascontiguousarray(exporter[ordered[new]]).view(np.dtype((np.void, 16))).ravel().tolist()
+            groups = list(zip(raws, counts, strict=True))
         for raw, count in groups:
             name = self._names.get(raw) or _ip_text(raw)
             counter[name if reason is None else (name, reason)] += count

@@ -15,11 +15,13 @@ from there the record decodes as a fixed one.
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.decode import ies
 from pipeline.decode.ies import ADDRESS_IES, DST_V4, DST_V6, MAPPED_IES, SRC_V4, SRC_V6
 
 VARIABLE = 65535  # RFC 7011 §7: variable-length field marker
@@ -28,6 +30,14 @@ V9_SCOPE = 0xFFFFFFFF
 Information Element, so it must never be mapped as one."""
 _FIELD = struct.Struct("!HH")
 _PEN = struct.Struct("!I")
+_SAMPLER_IES = (ies.SAMPLER_ID, ies.SELECTOR_ID)
+_LAYOUTS: dict[bytes, int] = {}
+"""Layout (fields packed, ~8 bytes each) -> its group key (negative, so never an ``id``). Networks
+send a few dozen; a spoofed flood fills it to :data:`_MAX_LAYOUTS`, then it starts over (templates
+keyed before keep their keys: they only share groups less)."""
+_MAX_LAYOUTS = 4_096
+_LAYOUT_FIELD = struct.Struct("!IHI")
+_layout_keys = itertools.count(-1, -1)
 
 
 class TemplateError(ValueError):
@@ -72,6 +82,10 @@ class Template:
     usable: bool = field(init=False, default=False)
     """Its records can give a flow: it has a source or destination address of a known family.
     Data for a data template without one is rejected unread."""
+    group_key: int = field(init=False, default=0, compare=False)
+    """The decoder groups records of one call by this key, so that one decode covers every stream's
+    template of the same layout (hundreds of routers send the same few): shared by templates of
+    equal fields, unless a record's rate depends on its stream (sampler ids), then its own ``id``."""
 
     def __post_init__(self) -> None:
         self.names = {}
@@ -104,6 +118,15 @@ class Template:
             self.runs = np.array([*runs, run], dtype=np.int64)
         else:
             self.record_length = at
+        self.group_key = id(self)
+        if self.usable and not any(ie in self.names for ie in _SAMPLER_IES):
+            layout = b"".join(_LAYOUT_FIELD.pack(f.ie, f.length, f.enterprise) for f in self.fields)
+            key = _LAYOUTS.get(layout)
+            if key is None:
+                if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                    _LAYOUTS.clear()
+                key = _LAYOUTS[layout] = next(_layout_keys)
+            self.group_key = key
 
     @property
     def variable(self) -> bool:

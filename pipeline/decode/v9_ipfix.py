@@ -122,7 +122,7 @@ class MessageDecoder:
                     else:
                         count = (length - 4) // template.record_length
                         if count:
-                            group = groups.get(id(template))
+                            group = groups.get(template.group_key)
                             if group is None:
                                 group = groups.group(template, (tkey[0], tkey[1], tkey[2]))
                             group.pieces.append(
