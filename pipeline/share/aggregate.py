@@ -10,25 +10,18 @@ message changed, in full. At least once, never a partial count under an old vers
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-import stix2
-
-from pipeline.share.build import ShareBuilder
+from pipeline.share.build import ShareBuilder, stix_time
 from pipeline.share.destinations.base import Share
 
 
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _stix_ms(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _unstamped(obj: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +41,9 @@ def _later_than(old: Share | None, share: Share) -> Share:
     a millisecond after the old version, unchanged ones kept as partners hold them."""
     if old is None or share.modified > old.modified:
         return share
-    modified = _stix_ms(_epoch(old.modified) + 0.001)
+    modified = stix_time(
+        datetime.fromisoformat(old.modified.replace("Z", "+00:00")) + timedelta(milliseconds=1)
+    )
     before = {o["id"]: o for o in old.objects}
 
     def restamped(obj: dict[str, Any]) -> dict[str, Any]:
@@ -159,15 +154,13 @@ class Aggregator:
 
     @staticmethod
     def _revoked(old: Share, detections: list[dict[str, Any]]) -> Share:
+        """The last version of ``old``'s sighting again, revoked, at its detections' latest update
+        (:func:`_later_than` makes it later than ``old`` when the verdict came at once)."""
         sighting = old.objects[-1]
         if sighting.get("revoked"):
             return old
-        latest = max(_epoch(t) for t in [old.modified, *(d["updated"] for d in detections)])
-        # A new version must be later than the one partners hold, even when the verdict came at once.
-        modified = _stix_ms(max(latest, _epoch(old.modified) + 0.001))
-        new = json.loads(
-            stix2.parse(sighting, allow_custom=False).new_version(revoked=True, modified=modified).serialize()
-        )
+        modified = stix_time(max(detections, key=lambda d: _epoch(d["updated"]))["updated"])
+        new = {**sighting, "revoked": True, "modified": modified}
         return Share(**{**old.__dict__, "modified": modified, "objects": (*old.objects[:-1], new)})
 
     def settle(self, share: Share) -> None:

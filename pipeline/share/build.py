@@ -73,13 +73,11 @@ def shared_indicator_ref(indicator_id: str) -> str | None:
     return f"indicator--{text}" if uuid.UUID(text).variant == uuid.RFC_4122 else None
 
 
-def _stix_time(text: str) -> str:
-    return (
-        datetime.fromisoformat(text.replace("Z", "+00:00"))
-        .astimezone(UTC)
-        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4]
-        + "Z"
-    )
+def stix_time(moment: str | datetime) -> str:
+    """``moment`` (ISO 8601 text or an aware datetime) as a STIX timestamp: UTC, milliseconds."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class ShareBuilder:
@@ -122,9 +120,9 @@ class ShareBuilder:
     ) -> Share:  # fmt: skip
         tlp = tlp or self._tlp(detections)
         flows = sum(int(d["flows"]) for d in detections)
-        first_seen = _stix_time(min(d["first_seen"] for d in detections))
-        last_seen = _stix_time(max(d["last_seen"] for d in detections))
-        modified = _stix_time(max(d["updated"] for d in detections))
+        first_seen = stix_time(min(d["first_seen"] for d in detections))
+        last_seen = stix_time(max(d["last_seen"] for d in detections))
+        modified = stix_time(max(d["updated"] for d in detections))
         window_start, window_end = detections[0]["window_start"], detections[0]["window_end"]
         hosts = max(int(d["internal_hosts"]) for d in detections)
         if confidence is None:
@@ -134,7 +132,7 @@ class ShareBuilder:
         summary = (f"{flows} flows, {sum(int(d['packets']) for d in detections)} packets, "
                    f"{sum(int(d['bytes']) for d in detections)} bytes; {hosts} internal host(s) involved; "
                    f"confirmed by {', '.join(rules) or 'analyst'}")  # fmt: skip
-        kwargs = self._common(tlp, _stix_time(window_start), modified)
+        kwargs = self._common(tlp, stix_time(window_start), modified)
         kwargs |= {"id": sid, "sighting_of_ref": ref, "count": min(flows, 999_999_999), "first_seen": first_seen,
                    "last_seen": last_seen, "where_sighted_refs": [self.identity_id], "description": summary}  # fmt: skip
         if confidence is not None:
@@ -166,13 +164,13 @@ class ShareBuilder:
         iid = self._id("indicator", f"scan|{detection['key']}|{detection['window_start']}")
         conf = self.scan_confidence(detection)
         tlp = self._tlp([detection])
-        valid_from = _stix_time(detection["first_seen"])
+        valid_from = stix_time(detection["first_seen"])
         last = datetime.fromisoformat(detection["last_seen"].replace("Z", "+00:00"))
-        valid_until = _stix_time((last + timedelta(hours=self.policy.indicators.validity_hours)).isoformat())
+        valid_until = stix_time((last + timedelta(hours=self.policy.indicators.validity_hours)).isoformat())
         proto = PROTOCOL_NAMES.get(protocol, str(protocol))
         kill_chain = {"kill_chain_name": self.policy.indicators.kill_chain_name,
                       "phase_name": self.policy.indicators.phase_name}  # fmt: skip
-        kwargs = self._common(tlp, _stix_time(detection["window_start"]), _stix_time(detection["updated"]))
+        kwargs = self._common(tlp, stix_time(detection["window_start"]), stix_time(detection["updated"]))
         kwargs |= {
             "id": iid, "name": f"Scanner of {proto}/{port}",
             "description": (f"Probed {scan['targets']} distinct addresses of {self.policy.identity.name} on "
@@ -193,7 +191,9 @@ class ShareBuilder:
         if not text:
             return text
         for address in self.guard.constituents_in(text):
-            text = re.sub(rf"(?<![0-9A-Fa-f:.]){re.escape(address)}(?![0-9A-Fa-f])", "[constituent address]", text)
+            text = re.sub(
+                rf"(?<![0-9A-Fa-f:.]){re.escape(address)}(?![0-9A-Fa-f])", "[constituent address]", text
+            )
         return text
 
     def false_positive(self, detection: dict[str, Any]) -> Share | None:
@@ -203,9 +203,9 @@ class ShareBuilder:
             return None
         feedback = detection.get("feedback") or {}
         oid = self._id("opinion", f"false-positive|{ref}|{detection['window_start']}|{detection['id']}")
-        modified = _stix_time(feedback.get("at") or detection["updated"])
+        modified = stix_time(feedback.get("at") or detection["updated"])
         tlp = self._tlp([detection])
-        kwargs = self._common(tlp, _stix_time(detection["window_start"]), modified)
+        kwargs = self._common(tlp, stix_time(detection["window_start"]), modified)
         reason = self._redacted(feedback.get("reason"))
         kwargs |= {"id": oid, "opinion": "strongly-disagree", "object_refs": [ref],
                    "explanation": f"False positive at {self.policy.identity.name}" + (f": {reason}" if reason else "")}  # fmt: skip
@@ -214,8 +214,8 @@ class ShareBuilder:
             kind="false_positive", id=oid, modified=modified, objects=(opinion,), tlp=tlp,
             confidence=detection.get("confidence"), sources=tuple(detection.get("sources") or ()),
             window_start=detection["window_start"], window_end=detection["window_end"],
-            flows=int(detection["flows"]), first_seen=_stix_time(detection["first_seen"]),
-            last_seen=_stix_time(detection["last_seen"]), internal_hosts=1, source_indicator=detection["key"],
+            flows=int(detection["flows"]), first_seen=stix_time(detection["first_seen"]),
+            last_seen=stix_time(detection["last_seen"]), internal_hosts=1, source_indicator=detection["key"],
             indicator_value=(detection.get("indicator") or {}).get("value"), reason=reason,
             detections=(detection["id"],),
         )  # fmt: skip
