@@ -32,10 +32,7 @@ def fnv1a_bytes(data, h):  # pragma: no cover - compiled
 def _fnv1a(data, offsets, seed, out):  # pragma: no cover - compiled
     """64-bit FNV-1a of each string (Arrow offsets/data), continued from ``seed``."""
     for r in range(len(offsets) - 1):
-        h = seed
-        for j in range(offsets[r], offsets[r + 1]):
-            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
-        out[r] = h
+        out[r] = fnv1a_bytes(data[offsets[r] : offsets[r + 1]], seed)
 
 
 def hash_strings(
