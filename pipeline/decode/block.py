@@ -217,7 +217,9 @@ class BlockWalker:
                 end = r
                 break
             refreshed.append((r, known))
-        end = self._sequence_room(streams, stream_of, end)
+        first_row = _first_rows(stream_of[:end], len(streams))
+        by_first_row = [0] if len(streams) == 1 else np.argsort(first_row, kind="stable").tolist()
+        end = self._sequence_room(streams, first_row, by_first_row, end)
         stream_of, template_of, version = stream_of[:end], template_of[:end], version[:end]
         size = hdr.size[first : first + end]
         record_length = np.array([t.record_length or 1 if t is not None else 1 for t in templates])
@@ -238,7 +240,7 @@ class BlockWalker:
         per_stream = np.bincount(stream_of, minlength=len(streams)).tolist()
         spaces: dict[tuple[str, int, int], int] = {}  # sequence spaces, in order of first row
         space_of = np.zeros(len(streams), dtype=np.intp)
-        for s in _by_first_row(stream_of, len(streams)):
+        for s in by_first_row:  # new per-stream state and counters in the order the walk creates them
             if not per_stream[s]:
                 break  # the rest have no rows either
             tkey, _, pkey = streams[s]
@@ -319,7 +321,9 @@ class BlockWalker:
             self.budget.spend(name, int(count[mine[mine < end]].sum()))
         return end
 
-    def _sequence_room(self, streams: list[StreamEntry], stream_of: np.ndarray, end: int) -> int:
+    def _sequence_room(
+        self, streams: list[StreamEntry], first_row: np.ndarray, by_first_row: list[int], end: int
+    ) -> int:
         """Rows up to the first whose new sequence space would evict another's at ``max_streams``:
         that row takes the per-packet walk, so evictions fall on the streams they would packet by
         packet (a run checks its packets at once, so it cannot interleave with an eviction)."""
@@ -328,8 +332,7 @@ class BlockWalker:
         if len(streams) <= room or end == 0:
             return end
         seen: set[tuple[str, int, int]] = set()
-        first_row = _first_rows(stream_of[:end], len(streams))
-        for s in np.argsort(first_row, kind="stable").tolist():
+        for s in by_first_row:
             if first_row[s] >= end:
                 break
             tkey = streams[s][0]
@@ -388,18 +391,11 @@ class BlockWalker:
 
 
 def _first_rows(stream_of: np.ndarray, n: int) -> np.ndarray:
-    """The first row of each of ``n`` streams (``len(stream_of)`` for one without rows)."""
+    """The first row of each of ``n`` streams (``len(stream_of)`` for one without rows): bounded
+    per-stream maps evict, and counters fold, in the order the per-packet walk creates entries."""
     first_row = np.full(n, len(stream_of), dtype=np.intp)
     np.minimum.at(first_row, stream_of, np.arange(len(stream_of)))
     return first_row
-
-
-def _by_first_row(stream_of: np.ndarray, n: int) -> list[int]:
-    """Streams in order of their first row: new per-stream state and counters are then created in
-    the order the per-packet walk creates them (bounded maps evict, and fold, by that order)."""
-    if n == 1:
-        return [0]
-    return np.argsort(_first_rows(stream_of, n), kind="stable").tolist()
 
 
 def _distinct(keys: np.ndarray, values_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
