@@ -28,14 +28,22 @@ from detectors.kernels import coarse_candidates
 from pipeline.intel.allowlists import Allowlist
 from pipeline.intel.load import IntelLoad
 from pipeline.intel.model import Indicator, Network
-from pipeline.intel.table import IndicatorTable, make_part, part_has, part_ints, part_network_bytes
+from pipeline.intel.table import (
+    IndicatorTable,
+    low_bits,
+    make_part,
+    part_has,
+    part_ints,
+    part_network_bytes,
+    v4_bounds,
+    v6_bounds,
+)
 
 SIDES = {"any": 0, "src": 1, "dst": 2}
 NO_TIME_MIN, NO_TIME_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 V4_MAPPED_HI, V4_MAPPED_LO_BASE = 0, 0xFFFF << 32
 _EXTRA = attrgetter("src_ports", "dst_ports", "protocols", "asn", "other_network")
 _NO_EXTRA = (None, None, None, None, None)
-_ALL64 = np.uint64(2**64 - 1)
 _CONDITIONS, _NETWORK, _SIDE = attrgetter("conditions"), attrgetter("network"), attrgetter("side")
 _ADDRESS, _PREFIXLEN, _PACKED = attrgetter("network_address"), attrgetter("prefixlen"), attrgetter("packed")
 
@@ -56,28 +64,19 @@ def _bounds(network: Network) -> tuple[int, int]:
     return first, last
 
 
-def _low_bits(bits: np.ndarray) -> np.ndarray:
-    """uint64 masks of the ``bits`` (0..64) lowest bits."""
-    shifted = np.left_shift(np.uint64(1), np.minimum(bits, 63).astype(np.uint64)) - np.uint64(1)
-    return np.where(bits >= 64, _ALL64, shifted)
-
-
 def v4_ranges(networks: list[Network]) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive (first, last) uint64 arrays of IPv4 networks."""
     n = len(networks)
     first = np.fromiter(map(int, map(_ADDRESS, networks)), np.uint64, n)
     host = 32 - np.fromiter(map(_PREFIXLEN, networks), np.int64, n)
-    return first, first | _low_bits(host)
+    return first, first | low_bits(host)
 
 
 def v6_ranges(networks: list[Network]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inclusive (first_hi, first_lo, last_hi, last_lo) uint64 arrays of IPv6 networks."""
     n = len(networks)
-    packed = b"".join(map(_PACKED, map(_ADDRESS, networks)))
-    words = np.frombuffer(packed, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    host = 128 - np.fromiter(map(_PREFIXLEN, networks), np.int64, n)
-    hi, lo = words[:, 0], words[:, 1]
-    return hi, lo, hi | _low_bits((host - 64).clip(0)), lo | _low_bits(host.clip(0, 64))
+    raw = np.frombuffer(b"".join(map(_PACKED, map(_ADDRESS, networks))), np.uint8).reshape(-1, 16)
+    return v6_bounds(raw, np.fromiter(map(_PREFIXLEN, networks), np.int64, n))
 
 
 @dataclass
@@ -105,15 +104,9 @@ class Ranges:
         raw = part_network_bytes(part)
         prefix = part_ints(part, "prefix", 0, np.uint8)
         is_v4 = part_ints(part, "version", 0, np.uint8) == 4
-        idx4 = np.flatnonzero(is_v4)
-        first4 = np.ascontiguousarray(raw[idx4, 12:]).view(">u4").ravel().astype(np.uint32)
-        last4 = first4 | (_low_bits(32 - prefix[idx4].astype(np.int64)).astype(np.uint32))
-        idx6 = np.flatnonzero(~is_v4)
-        words = np.ascontiguousarray(raw[idx6]).view(">u8").reshape(-1, 2).astype(np.uint64)
-        host = 128 - prefix[idx6].astype(np.int64)
-        hi, lo = words[:, 0], words[:, 1]
-        bounds6 = (hi, lo, hi | _low_bits((host - 64).clip(0)), lo | _low_bits(host.clip(0, 64)))
-        return cls(first4, last4, payload[idx4], bounds6, payload[idx6])
+        idx4, idx6 = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
+        first4, last4 = v4_bounds(raw[idx4, 12:], prefix[idx4])
+        return cls(first4, last4, payload[idx4], v6_bounds(raw[idx6], prefix[idx6]), payload[idx6])
 
     @classmethod
     def concat(cls, parts: list[Ranges]) -> Ranges:

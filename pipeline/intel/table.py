@@ -51,10 +51,26 @@ CONSTANTS = b"shoal.constants"
 _MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 
-def _low_bits(bits: np.ndarray) -> np.ndarray:
+def low_bits(bits: np.ndarray) -> np.ndarray:
     """uint64 masks of the ``bits`` (0..64) lowest bits."""
     shifted = np.left_shift(np.uint64(1), np.minimum(bits, 63).astype(np.uint64)) - np.uint64(1)
     return np.where(bits >= 64, np.uint64(2**64 - 1), shifted)
+
+
+def v4_bounds(raw: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (first, last) uint32 of IPv4 networks given as address bytes (the last 4 of each row:
+    (n, 4), or (n, 16) mapped) and prefixes."""
+    first = np.ascontiguousarray(raw[:, -4:]).view(">u4").ravel().astype(np.uint32)
+    return first, first | low_bits(32 - prefix.astype(np.int64)).astype(np.uint32)
+
+
+def v6_bounds(raw: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inclusive (first_hi, first_lo, last_hi, last_lo) uint64 of IPv6 networks given as (n, 16)
+    bytes and prefixes."""
+    words = np.ascontiguousarray(raw).view(">u8").reshape(-1, 2).astype(np.uint64)
+    host = 128 - prefix.astype(np.int64)
+    hi, lo = words[:, 0], words[:, 1]
+    return hi, lo, hi | low_bits((host - 64).clip(0)), lo | low_bits(host.clip(0, 64))
 
 
 def make_part(columns: dict[str, Any], constants: dict[str, Any] | None = None) -> pa.Table:
@@ -264,21 +280,6 @@ class IndicatorTable:
 
     def is_v4(self) -> np.ndarray:
         return self.numbers("version") == 4
-
-    def v4_ranges(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inclusive (first, last) uint64 of the IPv4 networks at ``rows``."""
-        raw = self.network_bytes()[rows]
-        first = np.ascontiguousarray(raw[:, 12:]).view(">u4").ravel().astype(np.uint64)
-        host = 32 - self.numbers("prefix")[rows]
-        return first, first | _low_bits(host)
-
-    def v6_ranges(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Inclusive (first_hi, first_lo, last_hi, last_lo) uint64 of the IPv6 networks at ``rows``."""
-        raw = self.network_bytes()[rows]
-        words = np.ascontiguousarray(raw).view(">u8").reshape(-1, 2).astype(np.uint64)
-        host = 128 - self.numbers("prefix")[rows]
-        hi, lo = words[:, 0], words[:, 1]
-        return hi, lo, hi | _low_bits((host - 64).clip(0)), lo | _low_bits(host.clip(0, 64))
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Every row's network as an object (small tables only)."""
