@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -64,6 +65,8 @@ def tlp_label(value: Any) -> str:
 
 
 Check = Callable[[], "bool | str"]
+POLL_SECONDS = 2.0
+"""How often a readiness check that waits on something remote runs (see :meth:`Health.add`)."""
 
 
 class Health:
@@ -73,19 +76,62 @@ class Health:
     def __init__(self) -> None:
         self._checks: dict[str, Check] = {}
 
-    def add(self, name: str, check: Check) -> None:
-        self._checks[name] = check
+    def add(self, name: str, check: Check, poll_every: float | None = None) -> None:
+        """``poll_every``: the check waits on something remote (a broker, a worker process), so a
+        background thread runs it every that many seconds and probes read its last result. A probe
+        then answers at once, however slow the remote side: Kubernetes gives a probe 5 s, and probes
+        that waited on a slow broker piled up behind one another until none answered in time."""
+        old = self._checks.get(name)
+        if isinstance(old, PolledCheck):
+            old.close()
+        self._checks[name] = check if poll_every is None else PolledCheck(name, check, poll_every)
 
     def failing(self) -> list[str]:
         out = []
         for name, check in list(self._checks.items()):
-            try:
-                result = check()
-            except Exception as exc:  # a probe must answer, whatever the check ran into
-                result = f"{type(exc).__name__}: {exc}"
+            result = run_check(check)
             if result is not True:
                 out.append(name if result is False else f"{name}: {result}")
         return out
+
+
+def run_check(check: Check) -> bool | str:
+    try:
+        return check()
+    except Exception as exc:  # a probe must answer, whatever the check ran into
+        return f"{type(exc).__name__}: {exc}"
+
+
+class PolledCheck:
+    """A readiness check run by a daemon thread of its own every ``every`` seconds; calling it
+    returns the last result at once. One run at a time, so a hung check costs one thread, and a run
+    that has not come back for ``stale_after`` seconds (default ``3 * every``, at least 10) is reported
+    as not ready."""
+
+    def __init__(self, name: str, check: Check, every: float, stale_after: float | None = None) -> None:
+        self.check = check
+        self.every = every
+        self.stale_after = stale_after if stale_after is not None else max(3 * every, 10.0)
+        self._result: bool | str = "not checked yet"
+        self._running_since: float | None = None
+        self._closed = threading.Event()
+        threading.Thread(target=self._poll, name=f"readiness {name}", daemon=True).start()
+
+    def __call__(self) -> bool | str:
+        since = self._running_since
+        if since is not None and (waited := time.monotonic() - since) > self.stale_after:
+            return f"check has not come back for {waited:.0f} s"
+        return self._result
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._running_since = time.monotonic()
+            self._result = run_check(self.check)
+            self._running_since = None
+            self._closed.wait(self.every)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

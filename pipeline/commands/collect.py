@@ -174,13 +174,13 @@ def build_sinks(args: argparse.Namespace, config: CollectorConfig) -> list[Sink]
 
 def readiness(collector: Collector, sinks: list[Sink]) -> Health:
     """The collector's readiness checks: listening, and every sink that can tell reachable."""
-    from pipeline.metrics import Health
+    from pipeline.metrics import POLL_SECONDS, Health
 
     health = Health()
     health.add("listening", lambda: bool(collector.sockets))
     for sink in sinks:
         if hasattr(sink, "reachable"):
-            health.add(f"{sink.name} reachable", sink.reachable)
+            health.add(f"{sink.name} reachable", sink.reachable, POLL_SECONDS)
     return health
 
 
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_workers(args: argparse.Namespace, config: CollectorConfig, workers: int) -> int:
     """The supervisor of ``workers`` collector processes (pipeline.collector.workers)."""
     from pipeline.collector.workers import Supervisor, WorkerFailed
-    from pipeline.metrics import Health, new_registry
+    from pipeline.metrics import POLL_SECONDS, Health, new_registry
 
     if not config.parquet.dir and not args.kafka:
         log.error("no sink configured: give --parquet DIR or --kafka BOOTSTRAP")
@@ -285,7 +285,7 @@ def _run_workers(args: argparse.Namespace, config: CollectorConfig, workers: int
     stop = _stop_on_signals()
     if config.metrics.listen:
         health = Health()
-        health.add("workers", supervisor.health)
+        health.add("workers", supervisor.health, POLL_SECONDS)
         if not serve_metrics(registry, config.metrics.listen, "shoal collect", health):
             return 1
     try:

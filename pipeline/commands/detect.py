@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.commands.collect import serve_metrics
     from pipeline.commands.match import load_allowlists
-    from pipeline.metrics import Health, new_registry
+    from pipeline.metrics import POLL_SECONDS, Health, new_registry
     from pipeline.runtime.detect import DetectWorker
     from pipeline.runtime.intel_follower import IntelFollower
     from pipeline.transport.client import KafkaUnreachable, check_reachable
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics:  # served from the start: liveness answers while the first index is built
         health = Health()
         health.add("index loaded", lambda: "handle" in started)
-        health.add("kafka reachable", lambda: "worker" in started and started["worker"].reachable())
+        health.add("kafka reachable", lambda: "worker" in started and started["worker"].reachable(), POLL_SECONDS)
         if not serve_metrics(registry, args.metrics, "shoal detect", health):
             return 1
     try:

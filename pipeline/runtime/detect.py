@@ -125,8 +125,11 @@ class DetectWorker:
         self._last_warning = 0.0
 
     def reachable(self) -> bool:
-        """A broker answers a metadata request for the flows topic (readiness probe; raises if not)."""
-        self.consumer.list_topics(self.config.topics.flows.name, timeout=2)
+        """A broker answers a metadata request for the flows topic (readiness probe; raises if not).
+        Asked through the producer: the probe runs in another thread, and confluent-kafka's
+        ``Consumer.list_topics`` there waits while the main thread is in ``consume`` (it hung
+        past its own timeout, for good, in the tests)."""
+        self.producer.list_topics(self.config.topics.flows.name, timeout=2)
         return True
 
     def run(self, stop: threading.Event) -> None:

@@ -1,6 +1,6 @@
 """Readiness follows the broker: a collector whose broker goes away stays alive, reports itself not
 ready and says why (at start, a broker that does not answer stops the collector instead: see
-test_collector_commands)."""
+test_collector_commands); a matcher worker busy consuming stays ready, its probe answered at once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from demo_reference import free_port
-from kafka_helpers import ROOT, Broker, create_topic, stop
+from kafka_helpers import ROOT, Broker, create_topic, setup_topics, start_worker, stop, streams_config
 
 pytestmark = pytest.mark.kafka
 
@@ -24,6 +24,16 @@ def _get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def _wait_ready(metrics: str, timeout: float = 30) -> None:
+    deadline, answer = time.monotonic() + timeout, (0, "")
+    while time.monotonic() < deadline:
+        answer = _get(f"http://{metrics}/readyz")
+        if answer[0] == 200:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"never ready: {answer}")
 
 
 def test_collect_is_not_ready_once_its_broker_is_gone(tmp_path: Path) -> None:
@@ -38,7 +48,7 @@ def test_collect_is_not_ready_once_its_broker_is_gone(tmp_path: Path) -> None:
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         banner = proc.stdout.readline()
         assert banner.startswith("shoal collect: listening on"), banner + proc.stderr.read()
-        assert _get(f"http://{metrics}/readyz")[0] == 200
+        _wait_ready(metrics)
         broker.stop()
         deadline, status, body = time.monotonic() + 60, 200, ""
         while time.monotonic() < deadline and status == 200:
@@ -51,3 +61,22 @@ def test_collect_is_not_ready_once_its_broker_is_gone(tmp_path: Path) -> None:
         if proc is not None:
             stop(proc)
         broker.stop()
+
+
+def test_a_consuming_matcher_worker_stays_ready_and_answers_its_probe_at_once(kafka, tmp_path: Path) -> None:
+    """The broker check once used the worker's consumer from the probe's thread, where confluent-kafka
+    waits for the main thread's ``consume`` to let go: the probe hung and the pod never became ready."""
+    config, _names = streams_config(tmp_path, flows_partitions=1)
+    setup_topics(kafka.bootstrap, config)
+    metrics = f"127.0.0.1:{free_port()}"
+    worker = start_worker(kafka.bootstrap, config, "ready", metrics=metrics)
+    try:
+        _wait_ready(metrics, timeout=60)
+        for _ in range(12):  # three rounds of the background check (every 2 s) while the worker consumes
+            started = time.monotonic()
+            assert _get(f"http://{metrics}/readyz") == (200, "ready\n")
+            assert time.monotonic() - started < 1.0
+            time.sleep(0.5)
+        assert worker.poll() is None
+    finally:
+        stop(worker)

@@ -52,15 +52,18 @@ def _spawn(*args: str) -> subprocess.Popen:
 
 def _wait_ready(address: str, proc: subprocess.Popen, timeout: float = 60, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
+    last: object = "no answer yet"
     while time.monotonic() < deadline:
         assert proc.poll() is None, stop(proc)
+        started = time.monotonic()
         try:
-            if _get(f"http://{address}{path}", 2)[0] == 200:
+            last = _get(f"http://{address}{path}", 5)  # the Helm chart gives probes 5 s too
+            if last[0] == 200:
                 return
-        except OSError:
-            pass
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc} after {time.monotonic() - started:.1f} s"
         time.sleep(0.2)
-    pytest.fail(f"{address} never became ready: {_get(f'http://{address}{path}')}")
+    pytest.fail(f"{' '.join(proc.args[3:5])} at {address} never became ready: last answer {last}")
 
 
 def _traffic(ports: dict[int, int], stop_event: threading.Event) -> None:

@@ -4,6 +4,8 @@ and the bounded labels the SOC metrics use."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,7 +14,16 @@ import pytest
 from demo_reference import free_port
 from prometheus_client import Counter
 
-from pipeline.metrics import OTHER, Health, LabelCap, new_registry, parse_listen, serve, tlp_label
+from pipeline.metrics import (
+    OTHER,
+    Health,
+    LabelCap,
+    PolledCheck,
+    new_registry,
+    parse_listen,
+    serve,
+    tlp_label,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,3 +106,54 @@ def test_sync_source_labels_carry_no_credentials(source: str, label: str) -> Non
     registry = new_registry()
     SyncMetrics(registry, [source]).outcome(source, "ok", 3)
     assert registry.get_sample_value("shoal_intel_sync_indicators", {"source": label}) == 3
+
+
+def test_a_polled_check_answers_at_once_and_reports_a_hung_run() -> None:
+    """A readiness check that waits on a broker must not hold the probe: the probe reads the last
+    result, and a run that never comes back turns into a reason instead of a probe that times out."""
+    gate = threading.Event()
+    calls: list[float] = []
+
+    def slow_broker() -> bool:
+        calls.append(time.monotonic())
+        if len(calls) > 1:
+            gate.wait(30)  # the second run hangs until the test lets it go
+        return True
+
+    check = PolledCheck("kafka reachable", slow_broker, every=0.05, stale_after=1.0)
+    deadline = time.monotonic() + 5
+    while check() != True and time.monotonic() < deadline:  # noqa: E712 (a reason is truthy)
+        time.sleep(0.01)
+    assert check() is True and len(calls) >= 1
+    health = Health()
+    health.add("kafka reachable", check)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:  # hung, but not for long yet: the last result stands
+        assert health.failing() == []
+        time.sleep(0.05)
+    time.sleep(1.0)
+    probe_started = time.monotonic()
+    failing = health.failing()
+    assert time.monotonic() - probe_started < 0.1  # answered at once, though the check still hangs
+    assert len(failing) == 1 and failing[0].startswith("kafka reachable: check has not come back for")
+    assert len(calls) == 2  # one run at a time: the hung run is not joined by more
+    gate.set()
+    deadline = time.monotonic() + 5
+    while health.failing() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health.failing() == []
+    check.close()
+
+
+def test_a_polled_check_starts_not_ready_and_follows_its_check() -> None:
+    state = {"up": False}
+    health = Health()
+    health.add("kafka reachable", lambda: state["up"] or "no broker answered", poll_every=0.05)
+    deadline = time.monotonic() + 5
+    while health.failing() == ["kafka reachable: not checked yet"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health.failing() == ["kafka reachable: no broker answered"]
+    state["up"] = True
+    while health.failing() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health.failing() == []
