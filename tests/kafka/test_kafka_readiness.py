@@ -75,7 +75,7 @@ def test_a_consuming_matcher_worker_stays_ready_and_answers_its_probe_at_once(ka
         for _ in range(12):  # three rounds of the background check (every 2 s) while the worker consumes
             started = time.monotonic()
             assert _get(f"http://{metrics}/readyz") == (200, "ready\n")
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.0  # the hang it guards against never answered
             time.sleep(0.5)
         assert worker.poll() is None
     finally:

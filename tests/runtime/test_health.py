@@ -120,7 +120,7 @@ def test_a_polled_check_answers_at_once_and_reports_a_hung_run() -> None:
             gate.wait(30)  # the second run hangs until the test lets it go
         return True
 
-    check = PolledCheck("kafka reachable", slow_broker, every=0.05, stale_after=1.0)
+    check = PolledCheck("kafka reachable", slow_broker, every=0.05, stale_after=2.0)
     deadline = time.monotonic() + 5
     while check() != True and time.monotonic() < deadline:  # noqa: E712 (a reason is truthy)
         time.sleep(0.01)
@@ -131,10 +131,10 @@ def test_a_polled_check_answers_at_once_and_reports_a_hung_run() -> None:
     while time.monotonic() - started < 0.3:  # hung, but not for long yet: the last result stands
         assert health.failing() == []
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(2.0)
     probe_started = time.monotonic()
     failing = health.failing()
-    assert time.monotonic() - probe_started < 0.1  # answered at once, though the check still hangs
+    assert time.monotonic() - probe_started < 0.5  # answered at once, though the check still hangs
     assert len(failing) == 1 and failing[0].startswith("kafka reachable: check has not come back for")
     assert len(calls) == 2  # one run at a time: the hung run is not joined by more
     gate.set()
