@@ -56,7 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMPUS = (0x64400000, 0x647FFFFF)  # 100.64.0.0/10
 
 
-def make_batches(n: int, targets: np.ndarray, hosts: np.ndarray, share: float, pairs: int, rng: np.random.Generator):
+def make_batches(
+    n: int, targets: np.ndarray, hosts: np.ndarray, share: float, pairs: int, rng: np.random.Generator
+):
     """Flow batches without times, and per batch the hits as {(indicator index, host index): flows}.
     ``pairs`` > 0: hits come from that many (indicator, host) pairs (infected hosts beaconing to their
     C2s); 0: every hit picks an indicator and a host at random (aggregation's worst case)."""
@@ -149,7 +151,9 @@ class DetectionReader(threading.Thread):
 class Deployment:
     """Topics, intel and the running processes of one configuration."""
 
-    def __init__(self, bootstrap: str, work: Path, args, load: IntelLoad, partials: bool, confirm: bool) -> None:
+    def __init__(
+        self, bootstrap: str, work: Path, args, load: IntelLoad, partials: bool, confirm: bool
+    ) -> None:
         tag = uuid.uuid4().hex[:6]
         self.config = work / f"streams-{tag}.toml"
         self.config.write_text(
@@ -178,7 +182,14 @@ class Deployment:
         self.confirm: subprocess.Popen | None = None
 
     def start(self) -> None:
-        common = ["--kafka", self.bootstrap, "--config", str(self.config), "--detections", str(self.detections)]
+        common = [
+            "--kafka",
+            self.bootstrap,
+            "--config",
+            str(self.config),
+            "--detections",
+            str(self.detections),
+        ]
         if self.confirm_wanted:
             self.confirm = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "confirm", *common,
                                              "--instance-id", "c0"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -232,7 +243,9 @@ def capacity(bootstrap: str, work: Path, args, load: IntelLoad, batches: list, c
                 break
             time.sleep(0.02)
         if first is None or last is None or last <= first[0]:
-            print(f"  confirmation {'on' if confirm else 'off'}: no drain measured (too few flows, or not finished)")
+            print(
+                f"  confirmation {'on' if confirm else 'off'}: no drain measured (too few flows, or not finished)"
+            )
             return
         cpu1 = d.cpu()
         rate = (flows - first[1]) / max(last - first[0], 1e-9)
@@ -307,7 +320,11 @@ def latency(bootstrap: str, work: Path, args, load: IntelLoad, batches: list, hi
           f"{hits:,} hits; emit step {args.emit_seconds} s")  # fmt: skip
     print(f"  flow sent -> its detection version readable: p50 {pct(50):.2f} s, p99 {pct(99):.2f} s, "
           f"max {lat.max() if len(lat) else float('nan'):.2f} s; {missing:,} hit flows never seen in a version")  # fmt: skip
-    print("  CPU s: " + ", ".join(f"{k} {cpu1[k] - cpu0[k]:.1f}" for k in cpu1) + f" over {offered:.1f} s offered")
+    print(
+        "  CPU s: "
+        + ", ".join(f"{k} {cpu1[k] - cpu0[k]:.1f}" for k in cpu1)
+        + f" over {offered:.1f} s offered"
+    )
 
 
 HOST_TEXT: list[str] = []
@@ -321,8 +338,12 @@ def main() -> int:
     ap.add_argument("--hit-share", type=float, default=0.01)
     ap.add_argument("--indicators", type=int, default=1000)
     ap.add_argument("--hosts", type=int, default=500)
-    ap.add_argument("--pairs", type=int, default=200,
-                    help="(indicator, host) pairs the hits come from; 0: every hit picks both at random")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=200,
+        help="(indicator, host) pairs the hits come from; 0: every hit picks both at random",
+    )
     ap.add_argument("--rate", type=float, default=200_000)
     ap.add_argument("--seconds", type=float, default=40)
     ap.add_argument("--emit-seconds", type=float, default=10)
@@ -347,7 +368,11 @@ def main() -> int:
     bootstrap = subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "start"], env=env, capture_output=True, text=True,
                                check=True).stdout.strip().splitlines()[-1]  # fmt: skip
     try:
-        spread = f"{args.pairs} (indicator, host) pairs" if args.pairs else f"any of {args.hosts} hosts to any indicator"
+        spread = (
+            f"{args.pairs} (indicator, host) pairs"
+            if args.pairs
+            else f"any of {args.hosts} hosts to any indicator"
+        )
         print(f"broker at {bootstrap}; {args.workers} workers, {args.partitions} partitions, {args.indicators:,} "
               f"indicators, {args.hit_share:.1%} of flows hit, from {spread}")  # fmt: skip
         if not args.skip_capacity:

@@ -60,10 +60,15 @@ def addresses(n: int, inside: bool, v4_share: float, rng: np.random.Generator, p
     raw[:, 12:] = value.astype(">u4").view(np.uint8).reshape(n, 4)
     n6 = int((~v4).sum())
     six = np.zeros((n6, 16), np.uint8)
-    top = np.array(V6_PREFIXES, np.uint64)[host[~v4] % 2] if inside else np.full(n6, 0x2A0012340000, np.uint64)
-    six[:, :8] = ((top << np.uint64(16)) | (host[~v4] >> np.uint64(8) & np.uint64(0xFFFF))).astype(">u8").view(
-        np.uint8
-    ).reshape(n6, 8)
+    top = (
+        np.array(V6_PREFIXES, np.uint64)[host[~v4] % 2] if inside else np.full(n6, 0x2A0012340000, np.uint64)
+    )
+    six[:, :8] = (
+        ((top << np.uint64(16)) | (host[~v4] >> np.uint64(8) & np.uint64(0xFFFF)))
+        .astype(">u8")
+        .view(np.uint8)
+        .reshape(n6, 8)
+    )
     six[:, 8:] = (host[~v4] * np.uint64(0x9E3779B97F4A7C15)).astype(">u8").view(np.uint8).reshape(n6, 8)
     raw[~v4] = six
     return raw
@@ -109,7 +114,9 @@ def traffic(n: int, rng: np.random.Generator) -> pa.RecordBatch:
     time_us = T0_US + rng.integers(0, 60_000_000, n)
     cols = {
         "time_received": pa.array(time_us, pa.timestamp("us", tz="UTC")),
-        "exporter": _binary(np.tile(np.frombuffer(bytes(10) + b"\xff\xff\xc0\x00\x02\x01", np.uint8), (n, 1))),
+        "exporter": _binary(
+            np.tile(np.frombuffer(bytes(10) + b"\xff\xff\xc0\x00\x02\x01", np.uint8), (n, 1))
+        ),
         "flow_start": pa.array(time_us - 5_000_000, pa.timestamp("us", tz="UTC")),
         "flow_end": pa.array(time_us - 100_000, pa.timestamp("us", tz="UTC")),
         "src_addr": _binary(cat(src, p_src)),
@@ -175,7 +182,9 @@ def flood(n: int, rng: np.random.Generator) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([columns[name] for name in batch.schema.names], schema=batch.schema)
 
 
-def hll_errors(sizes: list[int], trials: int, rng: np.random.Generator) -> list[tuple[int, float, float, float]]:
+def hll_errors(
+    sizes: list[int], trials: int, rng: np.random.Generator
+) -> list[tuple[int, float, float, float]]:
     """(n, mean signed error, RMS error, max abs error) of TargetSet.count() over ``trials`` sets."""
     out = []
     for n in sizes:
@@ -194,9 +203,13 @@ def hll_errors(sizes: list[int], trials: int, rng: np.random.Generator) -> list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--flows", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=5, help="passes over the flows per case (CPU time averaged)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="passes over the flows per case (CPU time averaged)"
+    )
     parser.add_argument("--trials", type=int, default=30, help="random sets per size in the error table")
     args = parser.parse_args()
     tune_allocator()
@@ -213,7 +226,9 @@ def main() -> None:
                 f"{args.flows / cpu / 1e6:6.2f} M flows/s per core ({cpu:.3f} CPU-s)"
             )
         cons, pieces = constituency(), [batch.slice(i, rows) for i in range(0, batch.num_rows, rows)]
-        json_bytes = sum(len(json.dumps(p)) for piece in pieces for p in scan_partials(piece, cons, 300, max_groups=10**9))
+        json_bytes = sum(
+            len(json.dumps(p)) for piece in pieces for p in scan_partials(piece, cons, 300, max_groups=10**9)
+        )
         print(
             f"  per pass: {stats.partials:,} partials, {stats.probe_flows:,} inbound probes, {stats.group_flows:,} "
             f"flows in groups; partials {json_bytes / batch.num_rows:.1f} B JSON per flow "
@@ -227,7 +242,9 @@ def main() -> None:
             f"({cpu:.3f} CPU-s); {stats.partials:,} partials, {stats.groups_dropped:,} groups dropped "
             f"(bound {DEFAULT_MAX_GROUPS:,} per batch)"
         )
-    print(f"HyperLogLog p={HLL_P} (standard error {104 / np.sqrt(1 << HLL_P):.2f}%), {args.trials} sets per size:")
+    print(
+        f"HyperLogLog p={HLL_P} (standard error {104 / np.sqrt(1 << HLL_P):.2f}%), {args.trials} sets per size:"
+    )
     print(f"{'distinct':>10} {'mean err':>9} {'RMS err':>9} {'max |err|':>9}")
     for n, mean, rms, worst in hll_errors([300, 1000, 3000, 10_000, 30_000, 100_000], args.trials, rng):
         print(f"{n:>10,} {100 * mean:>8.2f}% {100 * rms:>8.2f}% {100 * worst:>8.2f}%")

@@ -280,7 +280,9 @@ def render(
     return out
 
 
-def _entries(group: dict[str, Any], names: Iterable[str] | None) -> list[tuple[str, dict[str, Any], str | None]]:
+def _entries(
+    group: dict[str, Any], names: Iterable[str] | None
+) -> list[tuple[str, dict[str, Any], str | None]]:
     """(entry name, host entry, internal host address or None) of all entries, or of ``names``."""
     chosen = sorted(group["hosts"]) if names is None else sorted(set(names) & group["hosts"].keys())
     return [(n, group["hosts"][n], None if n in ("", OVERFLOW_HOST) else n) for n in chosen]

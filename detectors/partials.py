@@ -81,7 +81,9 @@ def indicator_partials(
     size = 1000 * window_seconds
     window = t - t % size
     packets, octets = _int_at(batch, "packets", rows), _int_at(batch, "octets", rows)
-    established, probe = flow_kinds(_int_at(batch, "protocol", rows), _int_at(batch, "tcp_flags", rows), packets)
+    established, probe = flow_kinds(
+        _int_at(batch, "protocol", rows), _int_at(batch, "tcp_flags", rows), packets
+    )
     exporter_raw = _raw_at(batch, "exporter", rows)
     exporter_keys, exporter_code = np.unique(exporter_raw.view("V16").ravel(), return_inverse=True)
     ind64 = inds.astype(np.int64)

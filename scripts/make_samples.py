@@ -180,7 +180,8 @@ def v5_packets(rng: random.Random, n_packets: int) -> list:
                 output=2,
                 tcpFlags=fl,
             )
-            for s, d, sp, dp, pr, pk, oc, fl in flows(rng, 30 - len(scan_flows(0, seq)), v6=False) + scan_flows(0, seq)
+            for s, d, sp, dp, pr, pk, oc, fl in flows(rng, 30 - len(scan_flows(0, seq)), v6=False)
+            + scan_flows(0, seq)
         ]
         hdr = NetflowHeader() / NetflowHeaderV5(
             count=len(records),

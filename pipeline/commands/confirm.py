@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     streams = streams_config(args, overrides)
     settings = detection_settings(args.detections_config)
     t = streams.topics
-    missing = _missing_topics(streams.connection(args.kafka), [t.partials.name, t.detections.name, t.feedback.name])
+    missing = _missing_topics(
+        streams.connection(args.kafka), [t.partials.name, t.detections.name, t.feedback.name]
+    )
     if missing:
         print(f"shoal confirm: {missing}", file=sys.stderr)
         return 1

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics:  # served from the start: liveness answers while the first index is built
         health = Health()
         health.add("index loaded", lambda: "handle" in started)
-        health.add("kafka reachable", lambda: "worker" in started and started["worker"].reachable(), POLL_SECONDS)
+        health.add(
+            "kafka reachable", lambda: "worker" in started and started["worker"].reachable(), POLL_SECONDS
+        )
         if not serve_metrics(registry, args.metrics, "shoal detect", health):
             return 1
     try:

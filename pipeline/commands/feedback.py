@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         consumer.close()
     detection = found.get("detection")
     if detection is None:
-        print(f"shoal feedback: no detection {args.detection_id} on {topics.detections.name}", file=sys.stderr)
+        print(
+            f"shoal feedback: no detection {args.detection_id} on {topics.detections.name}", file=sys.stderr
+        )
         return 1
     verdict = args.verdict.replace("-", "_")
     record = feedback_message(detection, verdict, args.reason, args.analyst or getpass.getuser())

@@ -13,9 +13,7 @@ from pipeline.commands._kafka_args import add_kafka_args, streams_config
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("topics", help="manage Shoal's Kafka topics")
     sub = p.add_subparsers(dest="topics_command", metavar="SUBCOMMAND", required=True)
-    create = sub.add_parser(
-        "create", help="create every Shoal topic (existing ones are kept)"
-    )
+    create = sub.add_parser("create", help="create every Shoal topic (existing ones are kept)")
     add_kafka_args(create)
     create.set_defaults(func=run_create)
 

@@ -114,7 +114,9 @@ def build_app(
                 partials = decode_partials(message.value)
             except MessageError as exc:
                 metrics.partials.labels("bad").inc()
-                log.warning("skipped message %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+                log.warning(
+                    "skipped message %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
+                )
                 continue
             detections: list[dict[str, Any]] = []
             newest = 0
@@ -160,7 +162,9 @@ def build_app(
     async def send_ticks() -> None:
         owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.partials.name]
         for partition in owned:
-            await partials_topic.send(key=b"tick", value=b"", partition=partition, headers=[(TICK_HEADER, b"1")])
+            await partials_topic.send(
+                key=b"tick", value=b"", partition=partition, headers=[(TICK_HEADER, b"1")]
+            )
 
     @app.task
     async def read_feedback() -> None:

@@ -31,7 +31,9 @@ class PartialOutput(Protocol):
 
 
 class PartialsStage:
-    def __init__(self, settings: DetectionSettings, output: PartialOutput, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: DetectionSettings, output: PartialOutput, registry: CollectorRegistry
+    ) -> None:
         self.settings = settings
         self.window = settings.detections.window_seconds
         self.constituency = Constituency.from_config(settings.constituency)

@@ -105,7 +105,9 @@ def format_detection_group(records: list[dict[str, Any]], hosts_shown: int = 3) 
         ind = first["indicator"]
         name = f" {ind['name']!r}" if ind.get("name") else ""
         hosts = [d["internal_host"] or "others" for d in records]
-        shown = ", ".join(hosts[:hosts_shown]) + (f" +{len(hosts) - hosts_shown}" if len(hosts) > hosts_shown else "")
+        shown = ", ".join(hosts[:hosts_shown]) + (
+            f" +{len(hosts) - hosts_shown}" if len(hosts) > hosts_shown else ""
+        )
         what = (f"{ind['value']}{name} | {first['internal_hosts']} internal hosts in the window; "
                 f"{len(records)} updated ({shown}) with {flows} flows")  # fmt: skip
     sources = ", ".join(first["sources"]) or "-"

@@ -83,7 +83,9 @@ class KafkaPartialOutput:
         for partition, key, value in pack_partials(partials, self.partitions):
             while True:
                 try:
-                    self.producer.produce(self.topic, value, key=key, partition=partition, headers=self.headers)
+                    self.producer.produce(
+                        self.topic, value, key=key, partition=partition, headers=self.headers
+                    )
                     break
                 except BufferError:
                     self.producer.poll(0.05)

@@ -77,7 +77,9 @@ def feedback_key(kind: str, key: str, host: str | None) -> str:
 
 
 def encode_feedback(feedback: dict[str, Any]) -> tuple[bytes, bytes]:
-    return feedback_key(feedback["kind"], feedback["key"], feedback["internal_host"]).encode(), _dumps(feedback)
+    return feedback_key(feedback["kind"], feedback["key"], feedback["internal_host"]).encode(), _dumps(
+        feedback
+    )
 
 
 class MessageError(ValueError):

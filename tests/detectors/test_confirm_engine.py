@@ -80,7 +80,11 @@ def test_ids_are_deterministic_and_name_network_kind_key_host_window() -> None:
         (Rule(name="r", min_confidence=75, min_flows=2), [partial(confidence=80, flows=2)], True),
         (Rule(name="r", min_confidence=75, min_flows=2), [partial(confidence=70, flows=5)], False),
         (Rule(name="r", min_confidence=75), [partial(confidence=None)], False),
-        (Rule(name="r", min_hosts=3), [partial(host=h) for h in ("192.0.2.1", "192.0.2.2", "192.0.2.3")], True),
+        (
+            Rule(name="r", min_hosts=3),
+            [partial(host=h) for h in ("192.0.2.1", "192.0.2.2", "192.0.2.3")],
+            True,
+        ),
         (Rule(name="r", min_hosts=3), [partial(host=h) for h in ("192.0.2.1", "192.0.2.2")], False),
         (Rule(name="r", beyond_syn=True), [partial(flows=4, established=0)], False),
         (Rule(name="r", beyond_syn=True), [partial(flows=4, established=1)], True),
@@ -117,7 +121,11 @@ def test_verdicts_false_positive_silences_the_key_confirm_confirms() -> None:
                "verdict": "false_positive", "reason": "our own scanner", "analyst": "soc1", "at": "x", "at_ms": at}  # fmt: skip
     c.feedback(verdict)
     (fp,) = c.tick(now=now_ms())  # a state change: out at the next tick
-    assert (fp["state"], fp["rule"], fp["feedback"]["reason"]) == ("false_positive", "analyst", "our own scanner")
+    assert (fp["state"], fp["rule"], fp["feedback"]["reason"]) == (
+        "false_positive",
+        "analyst",
+        "our own scanner",
+    )
     (other,) = c.add(partial(host="192.0.2.11"), now=now_ms())  # another host: not silenced
     assert other["state"] == "confirmed"
     c.feedback(verdict | {"internal_host": "192.0.2.11", "verdict": "confirm"})
@@ -147,9 +155,9 @@ def test_configuration_file_and_its_errors(tmp_path: Path) -> None:
     assert s.detections.network == "jisc" and s.detections.emit_seconds == 3.0
     assert s.detections.rules == (Rule(name="x", min_hosts=2),) and s.scan.tlp == "amber"
     for text, message in [
-        ('[detections]\nwindow_seconds = 0\n', "window_seconds"),
-        ('[detections]\nwindwo_seconds = 60\n', "unknown setting detections.'windwo_seconds'"),
-        ('[[detections.rules]]\nmin_flows = 2\n', "needs a name"),
+        ("[detections]\nwindow_seconds = 0\n", "window_seconds"),
+        ("[detections]\nwindwo_seconds = 60\n", "unknown setting detections.'windwo_seconds'"),
+        ("[[detections.rules]]\nmin_flows = 2\n", "needs a name"),
         ('[[detections.rules]]\nname = "a"\nkind = "scans"\n', "expected indicator, scan or any"),
         ('[[detections.rules]]\nname = "a"\n[[detections.rules]]\nname = "a"\n', "unique"),
         ('[detections]\nrules = "all"\n', "expected an array of tables"),
@@ -172,7 +180,9 @@ def test_partials_packed_per_partition_by_a_stable_hash() -> None:
     many = [partial(key=f"indicator--{i % 40}", host=f"192.0.2.{i % 200}") for i in range(1200)]
     messages = list(pack_partials(many, partitions=6))
     unpacked = [(partition, p) for partition, _, value in messages for p in json.loads(value)]
-    assert sorted(json.dumps(p, sort_keys=True) for _, p in unpacked) == sorted(json.dumps(p, sort_keys=True) for p in many)
+    assert sorted(json.dumps(p, sort_keys=True) for _, p in unpacked) == sorted(
+        json.dumps(p, sort_keys=True) for p in many
+    )
     for partition, p in unpacked:  # one indicator's partials always meet in one partition
         assert partition == zlib.crc32(p["key"].encode()) % 6
     assert all(len(json.loads(v)) <= MAX_PARTIALS_PER_MESSAGE for _, _, v in messages)

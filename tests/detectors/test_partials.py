@@ -112,7 +112,11 @@ def test_partials_merged_equal_reference(seed: int, batches: int) -> None:
     assert {k: set(g["exporters"]) for k, g in groups.items()} == dict(ref["exporters"])
     for (ind_id, _), g in groups.items():
         source = next(i for i in INDICATORS if i.id == ind_id)
-        assert g["sources"] == [source.source] and g["tlp"] == source.tlp and g["confidence"] == source.confidence
+        assert (
+            g["sources"] == [source.source]
+            and g["tlp"] == source.tlp
+            and g["confidence"] == source.confidence
+        )
 
 
 def test_detection_records_follow_schema_and_rules() -> None:

@@ -69,7 +69,9 @@ def reference_batch(flows: list[dict[str, Any]], window: int = WINDOW) -> dict[t
         g["bytes"] += f.get("octets", 100)
         g["first"], g["last"] = min(g["first"], ms), max(g["last"], ms)
         g["established"] += proto == 6 and bool(flags & 0x10)
-        g["probe"] += (proto == 6 and bool(flags & 0x02) and not flags & 0x10) or (proto != 6 and packets <= 1)
+        g["probe"] += (proto == 6 and bool(flags & 0x02) and not flags & 0x10) or (
+            proto != 6 and packets <= 1
+        )
         g["targets"].add(str(ipaddress.ip_address(f["dst"])))
         g["exporters"].add(f.get("exporter", "192.0.2.254"))
     return {k: g for k, g in groups.items() if g["probe"]}
@@ -94,7 +96,9 @@ def reference(batches: list[list[dict[str, Any]]], window: int = WINDOW) -> dict
 # --- running the detector -----------------------------------------------------------------------------
 
 
-def detect(batches: list[list[dict[str, Any]]], window: int = WINDOW, as_table: bool = False) -> dict[str, Any]:
+def detect(
+    batches: list[list[dict[str, Any]]], window: int = WINDOW, as_table: bool = False
+) -> dict[str, Any]:
     validator = jsonschema.Draft202012Validator(PARTIAL_SCHEMA)
     groups: dict[str, Any] = {}
     for i, flows in enumerate(batches):
@@ -119,7 +123,11 @@ def assert_equal_to_reference(groups: dict[str, Any], expected: dict[tuple, dict
         g = got[key]
         assert list(g["hosts"]) == [""]
         host = g["hosts"][""]
-        assert (host["flows"], host["packets"], host["bytes"]) == (want["flows"], want["packets"], want["bytes"]), key
+        assert (host["flows"], host["packets"], host["bytes"]) == (
+            want["flows"],
+            want["packets"],
+            want["bytes"],
+        ), key
         assert (host["first_seen"], host["last_seen"]) == (want["first"], want["last"]), key
         assert (host["established_flows"], host["probe_flows"]) == (want["established"], want["probe"]), key
         assert host["sides"] == ["src"]
@@ -213,13 +221,17 @@ def mixed_traffic(rng: random.Random) -> list[dict[str, Any]]:
                       "time": at(rng.uniform(0, 599))})  # fmt: skip
     # a crawler: completed handshakes to 150 inside hosts, no probe: no partial
     for dst in inside4[:150]:
-        flows.append({"src": "203.0.113.50", "dst": dst, "dport": 80, "flags": 0x1B, "packets": 8, "time": at(60)})
+        flows.append(
+            {"src": "203.0.113.50", "dst": dst, "dport": 80, "flags": 0x1B, "packets": 8, "time": at(60)}
+        )
     # inside hosts scanning out, inside to inside, outside to outside (transit): never reported
     for i in range(200):
         flows.append({"src": "192.0.2.66", "dst": f"203.0.113.{i % 250}", "dport": 23, "flags": 0x02,
                       "time": at(10)})  # fmt: skip
         flows.append({"src": "192.0.2.67", "dst": inside4[i], "dport": 445, "flags": 0x02, "time": at(10)})
-        flows.append({"src": "203.0.113.77", "dst": f"10.9.{i}.1", "dport": 23, "flags": 0x02, "time": at(10)})
+        flows.append(
+            {"src": "203.0.113.77", "dst": f"10.9.{i}.1", "dport": 23, "flags": 0x02, "time": at(10)}
+        )
         # an outside address that is inside by its source AS: not an outside scanner
         flows.append({"src": "203.0.113.88", "src_as": INSIDE_AS, "dst": inside4[i], "dport": 23, "flags": 0x02,
                       "time": at(10)})  # fmt: skip
@@ -255,7 +267,8 @@ def test_mixed_traffic_merged_equals_reference(parts: int) -> None:
     assert not any(s.startswith("2001:db8:f00d::") for s in scanners)
     assert not any("192.0.2.252" in g["exporters"] for g in groups.values())
     ssh = [g for k, g in expected.items() if k[:3] == ("203.0.113.5", 6, 22)]
-    assert len(ssh) == 2 and sum(len(g["targets"]) for g in ssh) > EXACT_LIMIT  # two windows, one beyond exact
+    # two windows, one beyond exact
+    assert len(ssh) == 2 and sum(len(g["targets"]) for g in ssh) > EXACT_LIMIT
 
 
 def test_scan_detection_confirmed_and_busy_server_client_not() -> None:
@@ -289,14 +302,19 @@ flow_strategy = st.fixed_dictionaries(
         "src_as": st.sampled_from([0, INSIDE_AS, 65000]),
         "dst_as": st.sampled_from([0, INSIDE_AS, 65000]),
         "exporter": st.sampled_from(["192.0.2.254", "2001:db8::1"]),
-        "end": st.one_of(st.none(), st.integers(-1000, 1000).map(lambda s: T0 + timedelta(milliseconds=997 * s))),
+        "end": st.one_of(
+            st.none(), st.integers(-1000, 1000).map(lambda s: T0 + timedelta(milliseconds=997 * s))
+        ),
         "received": st.integers(-1000, 1000).map(lambda s: T0 + timedelta(microseconds=777_777 * s)),
     }
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(flow_strategy, min_size=1, max_size=40), min_size=1, max_size=4), st.sampled_from([1, 60, 300]))
+@given(
+    st.lists(st.lists(flow_strategy, min_size=1, max_size=40), min_size=1, max_size=4),
+    st.sampled_from([1, 60, 300]),
+)
 def test_random_flows_merged_equal_reference(batches: list[list[dict[str, Any]]], window: int) -> None:
     assert_equal_to_reference(detect(batches, window), reference(batches, window))
 
@@ -384,7 +402,9 @@ def test_demo_sample_has_one_scanner() -> None:
         if any(src in n for n in nets) or not any(dst in n for n in nets):
             continue
         probe = (f["proto"] == 6 and f["flags"] & 0x12 == 0x02) or (f["proto"] != 6 and f["packets"] <= 1)
-        g = expected.setdefault((f["src"], f["proto"], f["dport"]), {"flows": 0, "probe": 0, "targets": set()})
+        g = expected.setdefault(
+            (f["src"], f["proto"], f["dport"]), {"flows": 0, "probe": 0, "targets": set()}
+        )
         g["flows"] += 1
         g["probe"] += probe
         g["targets"].add(f["dst"])
@@ -398,7 +418,10 @@ def test_demo_sample_has_one_scanner() -> None:
     assert len(scanner["scan"]["targets"]) == 80 and scanner["hosts"][""]["probe_flows"] == 80
     assert scanner["exporters"] == ["192.0.2.1", "192.0.2.2"]
     confirmed = [
-        g["key"] for g in groups.values() for _, r in render(g, DetectionConfig(), 0) if r["state"] == "confirmed"
+        g["key"]
+        for g in groups.values()
+        for _, r in render(g, DetectionConfig(), 0)
+        if r["state"] == "confirmed"
     ]
     assert confirmed == ["scan|203.0.113.200|6|23"]
 

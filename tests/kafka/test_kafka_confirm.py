@@ -41,7 +41,8 @@ from pipeline.transport.detections import PARTIAL_SCHEMA, SCHEMA_HEADER, pack_pa
 pytestmark = pytest.mark.kafka
 SCANNER, SCANNER_PROBES = "203.0.113.200", 80  # the demo traffic's scanner (scripts/make_samples.py)
 DETECTION_SCHEMA = jsonschema.Draft202012Validator(
-    json.loads((schemas_dir() / "detection" / "v1.json").read_text()), format_checker=jsonschema.FormatChecker()
+    json.loads((schemas_dir() / "detection" / "v1.json").read_text()),
+    format_checker=jsonschema.FormatChecker(),
 )
 
 
@@ -55,7 +56,9 @@ def detections_file(tmp_path: Path, **overrides: object) -> Path:
     return path
 
 
-def start_confirm(bootstrap: str, config: Path, detections: Path, instance: str, metrics: str = "") -> subprocess.Popen:
+def start_confirm(
+    bootstrap: str, config: Path, detections: Path, instance: str, metrics: str = ""
+) -> subprocess.Popen:
     args = ["confirm", "--kafka", bootstrap, "--config", str(config), "--detections", str(detections),
             "--instance-id", instance]  # fmt: skip
     if metrics:
@@ -139,13 +142,18 @@ def test_worker_partials_exactly_once_and_confirmed_detections_match_reference(k
             for h in p["hosts"] if p["kind"] == "indicator" else ():
                 got[h["host"]] += h["flows"]
         assert got == want  # every hit in exactly one committed partial
-        assert sum(p["kind"] == "indicator" for p in partials) < sum(want.values())  # fewer messages than alerts
-        scan_flows = sum(p["hosts"][0]["flows"] for p in partials if p["scan"] and p["scan"]["scanner"] == SCANNER)
+        # fewer messages than alerts
+        assert sum(p["kind"] == "indicator" for p in partials) < sum(want.values())
+        scan_flows = sum(
+            p["hosts"][0]["flows"] for p in partials if p["scan"] and p["scan"]["scanner"] == SCANNER
+        )
         assert scan_flows == SCANNER_PROBES * len(batches)
 
         def complete(latest: dict) -> bool:
             scans = [d for d in latest.values() if d["kind"] == "scan"]
-            return _flows_by_host(latest) == want and any(d["flows"] == SCANNER_PROBES * len(batches) for d in scans)
+            return _flows_by_host(latest) == want and any(
+                d["flows"] == SCANNER_PROBES * len(batches) for d in scans
+            )
 
         latest = latest_detections(kafka.bootstrap, names["detections"], complete)
     finally:
@@ -193,7 +201,9 @@ def produce_partials(bootstrap: str, topic: str, partials: list[dict], abort_eve
         chunk = partials[start : start + 10]
         producer.begin_transaction()
         for partition, key, value in pack_partials(chunk, PartialsTopic().partitions):
-            producer.produce(topic, value, key=key, partition=partition, headers=[(SCHEMA_HEADER, PARTIAL_SCHEMA)])
+            producer.produce(
+                topic, value, key=key, partition=partition, headers=[(SCHEMA_HEADER, PARTIAL_SCHEMA)]
+            )
         if abort_every and n % abort_every == abort_every - 1:
             producer.flush(30)  # the aborted partials are written to the log, then aborted
             producer.abort_transaction(30)
@@ -221,7 +231,8 @@ def test_confirm_counts_exact_across_kill9_two_instances_and_feedback(kafka, tmp
         for p in committed:
             want[(p["key"], p["hosts"][0]["host"])] += p["hosts"][0]["flows"]
         time.sleep(1.5)
-        os.kill(first.pid, signal.SIGKILL)  # mid-stream: some partials applied, their offsets maybe not committed
+        # mid-stream: some partials applied, their offsets maybe not committed
+        os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
         first = start_confirm(kafka.bootstrap, config, detections, "c1", metrics[0])
         second = start_confirm(kafka.bootstrap, config, detections, "c2", metrics[1])
@@ -261,4 +272,8 @@ def test_confirm_without_its_topics_says_so(kafka, tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "confirm", "--kafka", kafka.bootstrap, "--config",
                           str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert res.returncode == 1
-    assert "missing topics" in res.stderr and "shoal topics create" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        "missing topics" in res.stderr
+        and "shoal topics create" in res.stderr
+        and "Traceback" not in res.stderr
+    )
