@@ -78,9 +78,10 @@ class Health:
 
     def add(self, name: str, check: Check, poll_every: float | None = None) -> None:
         """``poll_every``: the check waits on something remote (a broker, a worker process), so a
-        background thread runs it every that many seconds and probes read its last result. A probe
-        then answers at once, however slow the remote side: Kubernetes gives a probe 5 s, and probes
-        that waited on a slow broker piled up behind one another until none answered in time."""
+        background thread runs it every that many seconds and probes read its last result (see
+        :class:`PolledCheck`). A probe then answers within a second, however slow the remote side:
+        Kubernetes gives a probe 5 s, and probes that waited on a slow broker piled up behind one
+        another until none answered in time."""
         old = self._checks.get(name)
         if isinstance(old, PolledCheck):
             old.close()
@@ -103,35 +104,60 @@ def run_check(check: Check) -> bool | str:
 
 
 class PolledCheck:
-    """A readiness check run by a daemon thread of its own every ``every`` seconds; calling it
-    returns the last result at once. One run at a time, so a hung check costs one thread, and a run
-    that has not come back for ``stale_after`` seconds (default ``3 * every``, at least 10) is reported
-    as not ready."""
+    """A readiness check run by a daemon thread of its own every ``every`` seconds. Calling it returns
+    the last result at once when that was ready; when it was not, the call asks for a fresh run and
+    waits for it at most ``fresh_wait`` seconds, so a probe right after start-up sees the command
+    ready without waiting a whole period. One run at a time, so a hung check costs one thread, and a
+    run that has not come back for ``stale_after`` seconds (default ``3 * every``, at least 10) is
+    reported as not ready."""
 
-    def __init__(self, name: str, check: Check, every: float, stale_after: float | None = None) -> None:
+    def __init__(
+        self, name: str, check: Check, every: float, stale_after: float | None = None, fresh_wait: float = 1.0
+    ) -> None:
         self.check = check
         self.every = every
         self.stale_after = stale_after if stale_after is not None else max(3 * every, 10.0)
+        self.fresh_wait = fresh_wait
         self._result: bool | str = "not checked yet"
         self._running_since: float | None = None
-        self._closed = threading.Event()
+        self._asked = 0
+        """Fresh runs asked for so far; ``_answered`` is how many of those the last run covers."""
+        self._answered = 0
+        self._closed = False
+        self._changed = threading.Condition()
         threading.Thread(target=self._poll, name=f"readiness {name}", daemon=True).start()
 
     def __call__(self) -> bool | str:
+        with self._changed:
+            if self._result is not True and self._stale() is None and not self._closed:
+                self._asked += 1
+                asked = self._asked
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: self._answered >= asked, timeout=self.fresh_wait)
+            return self._stale() or self._result
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _stale(self) -> str | None:
         since = self._running_since
         if since is not None and (waited := time.monotonic() - since) > self.stale_after:
             return f"check has not come back for {waited:.0f} s"
-        return self._result
-
-    def close(self) -> None:
-        self._closed.set()
+        return None
 
     def _poll(self) -> None:
-        while not self._closed.is_set():
-            self._running_since = time.monotonic()
-            self._result = run_check(self.check)
-            self._running_since = None
-            self._closed.wait(self.every)
+        while True:
+            with self._changed:
+                if self._closed:
+                    return
+                self._running_since, covers = time.monotonic(), self._asked
+            result = run_check(self.check)
+            with self._changed:
+                self._result, self._running_since, self._answered = result, None, covers
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: self._closed or self._asked > self._answered, timeout=self.every)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -93,36 +93,79 @@ def null_hash() -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _unmatched(a, b, a_out, b_out):  # pragma: no cover - compiled
-    """Walk two ascending arrays, pairing equal values; the positions left unpaired in each."""
+def _unmatched_values(a, b, a_out, b_out):  # pragma: no cover - compiled
+    """Walk two ascending arrays, pairing equal values; the values left unpaired in each (ascending,
+    repeated as often as they are unpaired)."""
     i = j = na = nb = 0
     while i < len(a) and j < len(b):
         if a[i] == b[j]:
             i += 1
             j += 1
         elif a[i] < b[j]:
-            a_out[na] = i
+            a_out[na] = a[i]
             na += 1
             i += 1
         else:
-            b_out[nb] = j
+            b_out[nb] = b[j]
             nb += 1
             j += 1
     while i < len(a):
-        a_out[na] = i
+        a_out[na] = a[i]
         na += 1
         i += 1
     while j < len(b):
-        b_out[nb] = j
+        b_out[nb] = b[j]
         nb += 1
         j += 1
     return na, nb
 
 
+@numba.njit(cache=True, nogil=True)
+def _last_positions(values, wanted, skip, bits, out):  # pragma: no cover - compiled
+    """Positions of ``values`` equal to one of ``wanted`` (ascending, distinct), each value's first
+    ``skip`` occurrences left out; ascending. A bitmap of the wanted values' top ``bits`` bits turns
+    most values away before the binary search (fingerprints are uniform in their top bits)."""
+    shift = np.uint64(64 - bits)
+    seen_top = np.zeros(1 << bits, np.bool_)
+    for k in range(len(wanted)):
+        seen_top[np.uint64(wanted[k]) >> shift] = True
+    seen = np.zeros(len(wanted), np.int64)
+    n = 0
+    for i in range(len(values)):
+        v = values[i]
+        if not seen_top[np.uint64(v) >> shift]:
+            continue
+        k = np.searchsorted(wanted, v)
+        if k < len(wanted) and wanted[k] == v:
+            if seen[k] >= skip[k]:
+                out[n] = i
+                n += 1
+            seen[k] += 1
+    return n
+
+
+def _positions(values: np.ndarray, ordered: np.ndarray, unpaired: np.ndarray) -> np.ndarray:
+    """Where in ``values`` (``ordered`` is it sorted) the ``unpaired`` values are: of a value held k
+    times and unpaired m times, its last m positions (the first k - m were paired)."""
+    if len(unpaired) == len(values):
+        return np.arange(len(values), dtype=np.int64)
+    wanted, unpaired_count = np.unique(unpaired, return_counts=True)
+    held = np.searchsorted(ordered, wanted, "right") - np.searchsorted(ordered, wanted, "left")
+    out = np.empty(len(unpaired), np.int64)
+    bits = int(min(24, max(12, np.ceil(np.log2(len(wanted) + 1)) + 6)))  # ~1/64 of the bitmap set
+    _last_positions(values, wanted, held - unpaired_count, bits, out)
+    return out
+
+
 def multiset_difference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(positions of ``a`` with no equal value left in ``b``, the same of ``b``), each ascending: what
-    one multiset of fingerprints has that the other has not."""
-    order_a, order_b = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
-    a_out, b_out = np.empty(len(a), np.int64), np.empty(len(b), np.int64)
-    na, nb = _unmatched(a[order_a], b[order_b], a_out, b_out)
-    return np.sort(order_a[a_out[:na]]), np.sort(order_b[b_out[:nb]])
+    one multiset of fingerprints has that the other has not. Of a value held more often on one side,
+    the extra copies are its last positions there.
+
+    Sorted by value, not ``argsort``: at 10M fingerprints a side the two stable argsorts took ~3 s
+    of a republish whose change is a thousand rows; the few unpaired values are found again by one
+    pass over each side."""
+    sorted_a, sorted_b = np.sort(a), np.sort(b)
+    a_vals, b_vals = np.empty(len(a), a.dtype), np.empty(len(b), b.dtype)
+    na, nb = _unmatched_values(sorted_a, sorted_b, a_vals, b_vals)
+    return _positions(a, sorted_a, a_vals[:na]), _positions(b, sorted_b, b_vals[:nb])

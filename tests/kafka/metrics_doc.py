@@ -23,9 +23,10 @@ Prometheus in). `/readyz` answers 503 and names the failing checks until the com
 `shoal collect` listening (and, with `--kafka`, a broker answering), `shoal run` listening,
 `shoal detect` index loaded and a broker answering, `shoal intel sync` first round done, `shoal confirm`
 its Faust app running, `shoal share` the detections topic read up to each destination's committed offset.
-Checks that ask a broker or the collector's worker processes run in the background every 2 s, and
-the probe answers at once with their last result (a check that has not come back for 10 s is itself
-a failing reason), so a slow broker makes a pod not ready instead of making its probes time out.
+Checks that ask a broker or the collector's worker processes run in the background every 2 s; a
+probe answers with their last result at once when it was ready, and otherwise after a fresh run
+(waiting at most 1 s for it). A check that has not come back for 10 s is itself a failing reason, so
+a slow broker makes a pod not ready instead of making its probes time out.
 
 Every label set is bounded: `exporter` by the collector's `metrics.max_exporters` (first 64 seen keep
 their name, later ones count as `other`), `feed` by the first 64 intel feeds seen (then `other`),

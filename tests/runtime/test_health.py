@@ -157,3 +157,25 @@ def test_a_polled_check_starts_not_ready_and_follows_its_check() -> None:
     while health.failing() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert health.failing() == []
+
+
+def test_a_probe_that_would_say_not_ready_asks_for_a_fresh_result() -> None:
+    """Right after start-up the last background result is "not ready"; the probe must not repeat it
+    for a whole period (60 s here) once the check would pass, but a ready result is not re-checked
+    by probes: going from ready to not ready is the background thread's to notice."""
+    state = {"up": False, "runs": 0}
+
+    def broker() -> bool | str:
+        state["runs"] += 1
+        return state["up"] or "no broker answered"
+
+    check = PolledCheck("kafka reachable", broker, every=60)
+    assert check() == "no broker answered"
+    state["up"] = True
+    started = time.monotonic()
+    assert check() is True
+    assert time.monotonic() - started < 0.9  # a fresh run, not the 60 s period nor the whole 1 s wait
+    runs = state["runs"]
+    state["up"] = False
+    assert check() is True and state["runs"] == runs  # ready: the last result, no run per probe
+    check.close()
