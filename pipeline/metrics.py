@@ -157,7 +157,9 @@ class PolledCheck:
             with self._changed:
                 self._result, self._running_since, self._answered = result, None, covers
                 self._changed.notify_all()
-                self._changed.wait_for(lambda: self._closed or self._asked > self._answered, timeout=self.every)
+                self._changed.wait_for(
+                    lambda: self._closed or self._asked > self._answered, timeout=self.every
+                )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

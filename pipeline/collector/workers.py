@@ -295,13 +295,18 @@ class Supervisor:
             totals.update(summary)
         return dict(totals)
 
+    def listening(self) -> bool | str:
+        """Readiness, from the supervisor's own state: every worker listening."""
+        down = [f"worker {w.index} not listening" for w in self.workers if not (w.ready and w.alive)]
+        return "; ".join(down) or True
+
     def health(self) -> bool | str:
-        """Readiness: every worker listening, and each passing its own checks (sinks reachable)."""
+        """Readiness, asked of every listening worker: each passing its own checks (sinks reachable).
+        Waits on the workers (up to 5 s each): run it in the background (``Health.add(poll_every)``)."""
         problems = []
         for w in self.workers:
             if not (w.ready and w.alive):
-                problems.append(f"worker {w.index} not listening")
-                continue
+                continue  # said by listening()
             try:
                 problems += [f"worker {w.index}: {f}" for f in w.request("health", timeout=5)]
             except (TimeoutError, EOFError, OSError) as exc:

@@ -285,7 +285,8 @@ def _run_workers(args: argparse.Namespace, config: CollectorConfig, workers: int
     stop = _stop_on_signals()
     if config.metrics.listen:
         health = Health()
-        health.add("workers", supervisor.health, POLL_SECONDS)
+        health.add("workers", supervisor.listening)
+        health.add("workers' checks", supervisor.health, POLL_SECONDS)
         if not serve_metrics(registry, config.metrics.listen, "shoal collect", health):
             return 1
     try:
