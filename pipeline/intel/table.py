@@ -31,7 +31,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.intel.hashing import FNV_OFFSET, fnv1a_bytes, hash_strings, mix, mix_constant, null_hash
+from pipeline.intel.hashing import (
+    FNV_OFFSET,
+    fnv1a_bytes,
+    hash_strings,
+    mix,
+    mix_constant,
+    null_hash,
+    positions_of,
+)
 from pipeline.intel.model import Condition, Indicator
 from pipeline.schemas import load_schema
 
@@ -344,7 +352,16 @@ class IndicatorTable:
         port = np.concatenate([part_ints(p, "dst_port", -1, np.int32) for p in self.parts])
         hashes = np.empty(n, np.uint64)
         _row_hashes(network, prefix, version, side, port, others, hashes)
-        order = np.argsort(hashes, kind="stable")  # stable: of equal rows, the earliest comes first
+        # Only rows whose hash repeats can be duplicates: sort the hashes by value, then order just
+        # those rows (stable: of equal rows, the earliest comes first). At 10M rows a stable argsort
+        # of every hash took 1.6 s.
+        ordered = np.sort(hashes)
+        repeats = ordered[1:] == ordered[:-1]
+        candidates = (
+            positions_of(hashes, np.unique(ordered[1:][repeats])) if repeats.any() else np.empty(0, np.int64)
+        )
+        del ordered, repeats
+        order = candidates[np.argsort(hashes[candidates], kind="stable")]
         duplicate = np.zeros(n, np.bool_)
         if _mark_duplicates(order, hashes, network, prefix, version, side, port, others, duplicate):
             # two different rows share a hash (about once in 10^5 loads of 10M rows): compare exactly
