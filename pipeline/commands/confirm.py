@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from pipeline.confirm.app import build_app
-    from pipeline.metrics import Health, new_registry, serve
+    from pipeline.metrics import POLL_SECONDS, Health, new_registry, serve
+    from pipeline.transport.client import BrokerProbe
 
     overrides = {"confirm": {"instance_id": args.instance_id}} if args.instance_id else None
     streams = streams_config(args, overrides)
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics:
         health = Health()
         health.add("app running", lambda: app.shoal_running)
+        health.add(
+            "kafka reachable", BrokerProbe(streams.connection(args.kafka), t.partials.name), POLL_SECONDS
+        )
         serve(registry, args.metrics, health)
     if args.duration:
         timer = threading.Timer(args.duration, os.kill, (os.getpid(), signal.SIGTERM))

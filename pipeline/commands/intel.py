@@ -201,13 +201,16 @@ def run_sync(args: argparse.Namespace) -> int:
     preflight(config.connection(args.kafka))
     metrics = None
     if args.metrics:
-        from pipeline.metrics import Health, new_registry, serve
+        from pipeline.metrics import POLL_SECONDS, Health, new_registry, serve
         from pipeline.runtime.sync_metrics import SyncMetrics
+        from pipeline.transport.client import BrokerProbe
 
         registry = new_registry()
         metrics = SyncMetrics(registry, args.sources)
         health = Health()
         health.add("first round done", lambda: rounds > 0)
+        topic = config.topics.indicators.name
+        health.add("kafka reachable", BrokerProbe(config.connection(args.kafka), topic), POLL_SECONDS)
         serve(registry, args.metrics, health)
     stop = stop_event()
     rounds = 0

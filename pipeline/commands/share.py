@@ -177,12 +177,13 @@ def report(policy: Any, detections: list[dict[str, Any]], bundle: Path | None, o
 
 def serve(args: argparse.Namespace, policy: Any) -> int:
     from pipeline.commands._signals import stop_event
-    from pipeline.metrics import Health, new_registry
+    from pipeline.metrics import POLL_SECONDS, Health, new_registry
     from pipeline.metrics import serve as serve_metrics
     from pipeline.share.build import context as share_context
     from pipeline.share.delivery import ShareMetrics
     from pipeline.share.destinations import open_destination
     from pipeline.share.stream import DestinationLoop
+    from pipeline.transport.client import BrokerProbe
 
     streams = streams_config(args)
     kafka = streams.connection(args.kafka)
@@ -207,6 +208,7 @@ def serve(args: argparse.Namespace, policy: Any) -> int:
     if args.metrics:
         health = Health()
         health.add("detections read", lambda: all(loop.ready.is_set() for loop in loops))
+        health.add("kafka reachable", BrokerProbe(kafka, streams.topics.detections.name), POLL_SECONDS)
         serve_metrics(registry, args.metrics, health)
     errors: list[str] = []
 

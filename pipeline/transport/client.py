@@ -132,3 +132,21 @@ def check_reachable(kafka: KafkaConnection | str, timeout: float = 10.0) -> None
         raise KafkaUnreachable(
             f"no Kafka broker at {kafka.bootstrap} answered within {timeout:g}s ({exc.args[0].str()})"
         ) from None
+
+
+class BrokerProbe:
+    """Readiness check "kafka reachable": a broker answers a metadata request for ``topic`` within
+    ``timeout`` (raises if not). One admin client of its own, kept: run from a background thread
+    (``Health.add(poll_every)``), it shares no client with the command's own loop, and a probe every
+    few seconds opens no new connection."""
+
+    def __init__(self, kafka: KafkaConnection | str, topic: str, timeout: float = 2.0) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.admin = AdminClient(connection(kafka).config())
+        self.topic = topic
+        self.timeout = timeout
+
+    def __call__(self) -> bool:
+        self.admin.list_topics(self.topic, timeout=self.timeout)
+        return True

@@ -21,8 +21,9 @@ readiness at `/readyz` on its metrics address (`--metrics HOST:PORT`, or `[metri
 collector's file; with no host it binds 127.0.0.1, so give `0.0.0.0:PORT` or the pod address to let
 Prometheus in). `/readyz` answers 503 and names the failing checks until the command is ready:
 `shoal collect` listening (and, with `--kafka`, a broker answering), `shoal run` listening,
-`shoal detect` index loaded and a broker answering, `shoal intel sync` first round done, `shoal confirm`
-its Faust app running, `shoal share` the detections topic read up to each destination's committed offset.
+`shoal detect` index loaded, `shoal intel sync` first round done, `shoal confirm` its Faust app
+running, `shoal share` the detections topic read up to each destination's committed offset; and every
+command that uses Kafka (all but `shoal run`), a broker answering ("kafka reachable").
 Checks that ask a broker or the collector's worker processes run in the background every 2 s; a
 probe answers with their last result at once when it was ready, and otherwise after a fresh run
 (waiting at most 1 s for it). A check that has not come back for 10 s is itself a failing reason, so

@@ -1,6 +1,7 @@
 """Readiness follows the broker: a collector whose broker goes away stays alive, reports itself not
 ready and says why (at start, a broker that does not answer stops the collector instead: see
-test_collector_commands); a matcher worker busy consuming stays ready, its probe answered at once."""
+test_collector_commands), and so do `shoal intel sync` and `shoal share`; a matcher worker busy
+consuming stays ready, its probe answered at once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 from demo_reference import free_port
 from kafka_helpers import ROOT, Broker, create_topic, setup_topics, start_worker, stop, streams_config
+
+from pipeline.samples import DEMO_INTEL
 
 pytestmark = pytest.mark.kafka
 
@@ -29,7 +32,10 @@ def _get(url: str) -> tuple[int, str]:
 def _wait_ready(metrics: str, timeout: float = 30) -> None:
     deadline, answer = time.monotonic() + timeout, (0, "")
     while time.monotonic() < deadline:
-        answer = _get(f"http://{metrics}/readyz")
+        try:
+            answer = _get(f"http://{metrics}/readyz")
+        except OSError as exc:  # not serving yet
+            answer = (0, str(exc))
         if answer[0] == 200:
             return
         time.sleep(0.2)
@@ -60,6 +66,42 @@ def test_collect_is_not_ready_once_its_broker_is_gone(tmp_path: Path) -> None:
     finally:
         if proc is not None:
             stop(proc)
+        broker.stop()
+
+
+def test_intel_sync_and_share_are_not_ready_once_their_broker_is_gone(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    config, _names = streams_config(tmp_path)
+    setup_topics(broker.bootstrap, config)
+    policy = tmp_path / "sharing.toml"
+    policy.write_text('[identity]\nname = "Readiness NREN"\n[constituency]\ncidrs = ["192.0.2.0/24"]\n'
+                      f'[[destinations]]\nname = "file"\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n')  # fmt: skip
+    metrics = {"intel sync": f"127.0.0.1:{free_port()}", "share": f"127.0.0.1:{free_port()}"}
+    common = ["--kafka", broker.bootstrap, "--config", str(config)]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pipeline.cli", "intel", "sync", *common, "--every", "1",
+                          "--metrics", metrics["intel sync"], str(DEMO_INTEL)], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-m", "pipeline.cli", "share", "--policy", str(policy), *common,
+                          "--metrics", metrics["share"]], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True),
+    ]  # fmt: skip
+    try:
+        for address in metrics.values():
+            _wait_ready(address, timeout=60)
+        broker.stop()
+        for command, address in metrics.items():
+            deadline, status, body = time.monotonic() + 60, 200, ""
+            while time.monotonic() < deadline and status == 200:
+                status, body = _get(f"http://{address}/readyz")
+                time.sleep(0.5)
+            assert status == 503 and "kafka reachable" in body, (command, body)
+            assert _get(f"http://{address}/healthz") == (200, "ok\n")
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            stop(p)
         broker.stop()
 
 
