@@ -35,35 +35,19 @@ class SequenceTracker:
                 self.stats.sequence_resets[(exporter, domain)] += 1
         self._put(key, None if units is None else (seq + units) & 0xFFFFFFFF)
 
-    def check_run(self, key: SequenceKey, seq: np.ndarray, units: np.ndarray) -> None:
-        """:meth:`check` over consecutive packets of one sequence space at once."""
-        expected = np.empty_like(seq)
-        expected[1:] = (seq[:-1] + units[:-1]) & 0xFFFFFFFF
-        previous = self.expected.get(key)
-        expected[0] = seq[0] if previous is None else previous
-        diff = (seq - expected) & 0xFFFFFFFF
-        lost = int(diff[diff < 0x80000000].sum())
-        resets = int(np.count_nonzero(diff >= 0x80000000))
-        exporter, domain = key[0], key[1]
-        if lost:
-            self.stats.sequence_gaps[(exporter, domain)] += lost
-        if resets:
-            self.stats.sequence_resets[(exporter, domain)] += resets
-        self._put(key, int((seq[-1] + units[-1]) & 0xFFFFFFFF))
-
     def check_runs(
         self, keys: list[SequenceKey], space: np.ndarray, seq: np.ndarray, units: np.ndarray
     ) -> None:
-        """:meth:`check_run` for each of ``keys`` (numbered in order of first packet) over its packets
-        among these (``space``: each packet's key), all at once: one pass of numpy for any number
-        of streams, then one dict update per stream. Counters are added in the order the per-packet
-        walk first touches them (the stream's first packet with a gap, or a reset), so that bounded
+        """:meth:`check` over consecutive packets of the sequence spaces ``keys`` (numbered in order of
+        first packet; ``space``: each packet's), all at once: one pass of numpy for any number of
+        spaces, then one dict update per space. Counters are added in the order the per-packet walk
+        first touches them (the space's first packet with a gap, or a reset), so that bounded
         counters fold the same streams."""
-        if len(keys) == 1:
-            self.check_run(keys[0], seq, units)
-            return
-        order = np.argsort(space, kind="stable")
-        seq, units, space = seq[order], units[order], space[order]
+        if len(keys) > 1:
+            order = np.argsort(space, kind="stable")
+            seq, units, space = seq[order], units[order], space[order]
+        else:  # the usual case: already in order
+            order = np.arange(len(space))
         starts = np.flatnonzero(np.diff(space, prepend=-1))
         last = np.append(starts[1:], len(space)) - 1
         expected = np.empty_like(seq)
