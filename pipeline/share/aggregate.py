@@ -13,15 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from pipeline.share.build import ShareBuilder, stix_time
+from pipeline.share.build import ShareBuilder, stix_moment, stix_time
 from pipeline.share.destinations.base import Share
 
 
 def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return stix_moment(text).timestamp()
 
 
 def _unstamped(obj: dict[str, Any]) -> dict[str, Any]:
@@ -41,9 +41,7 @@ def _later_than(old: Share | None, share: Share) -> Share:
     a millisecond after the old version, unchanged ones kept as partners hold them."""
     if old is None or share.modified > old.modified:
         return share
-    modified = stix_time(
-        datetime.fromisoformat(old.modified.replace("Z", "+00:00")) + timedelta(milliseconds=1)
-    )
+    modified = stix_time(stix_moment(old.modified) + timedelta(milliseconds=1))
     before = {o["id"]: o for o in old.objects}
 
     def restamped(obj: dict[str, Any]) -> dict[str, Any]:

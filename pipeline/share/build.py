@@ -73,10 +73,15 @@ def shared_indicator_ref(indicator_id: str) -> str | None:
     return f"indicator--{text}" if uuid.UUID(text).variant == uuid.RFC_4122 else None
 
 
+def stix_moment(text: str) -> datetime:
+    """An ISO 8601 timestamp (STIX's ``...Z`` or with an offset) as an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
 def stix_time(moment: str | datetime) -> str:
     """``moment`` (ISO 8601 text or an aware datetime) as a STIX timestamp: UTC, milliseconds."""
     if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        moment = stix_moment(moment)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
@@ -165,8 +170,8 @@ class ShareBuilder:
         conf = self.scan_confidence(detection)
         tlp = self._tlp([detection])
         valid_from = stix_time(detection["first_seen"])
-        last = datetime.fromisoformat(detection["last_seen"].replace("Z", "+00:00"))
-        valid_until = stix_time((last + timedelta(hours=self.policy.indicators.validity_hours)).isoformat())
+        last = stix_moment(detection["last_seen"])
+        valid_until = stix_time(last + timedelta(hours=self.policy.indicators.validity_hours))
         proto = PROTOCOL_NAMES.get(protocol, str(protocol))
         kill_chain = {"kill_chain_name": self.policy.indicators.kill_chain_name,
                       "phase_name": self.policy.indicators.phase_name}  # fmt: skip

@@ -23,12 +23,12 @@ import os
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from pymisp import MISPEvent, MISPOrganisation, PyMISP
 from pymisp.exceptions import PyMISPError
 
+from pipeline.share.build import stix_moment
 from pipeline.share.destinations.base import DeliveryError, Share, ShareContext
 from pipeline.share.guard import addresses_in
 from pipeline.share.policy import DestinationConfig
@@ -39,7 +39,7 @@ UUID_TEXT = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def _epoch(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    return int(stix_moment(text).timestamp())
 
 
 def attribute_uuid(share: Share) -> str | None:
@@ -104,7 +104,7 @@ class ScannerEvents:
         attr.add_tag(f"tlp:{share.tlp}")
         # Timestamps from the share's version, not the clock (PyMISP's default): the same share
         # always makes the same event, and MISP sees an update (a newer timestamp) only when there is one.
-        attr.timestamp = datetime.fromisoformat(share.modified.replace("Z", "+00:00"))
+        attr.timestamp = stix_moment(share.modified)
         event.timestamp = event.publish_timestamp = max(a.timestamp for a in event.attributes)
 
 
